@@ -1,0 +1,5 @@
+"""Networks assembled from :mod:`nnunetv2_segresmamba.networks.blocks` and the ToM operator."""
+
+from nnunetv2_segresmamba.networks.segresmamba import SegResMamba
+
+__all__ = ["SegResMamba"]

@@ -1,0 +1,146 @@
+"""Tri-orientated Mamba (ToM): SegMamba's ``Mamba(bimamba_type="v3")``, backend-agnostic.
+
+Three scans share one ``in_proj`` and one ``out_proj``: forward over the flattened volume,
+reverse (suffix ``_b``) and inter-slice (suffix ``_s``, which visits the same in-plane
+position in every slice before moving on). Parameter names and shapes are those of
+mamba_ssm's ``Mamba`` plus SegMamba's suffixed copies, so official weights load as they are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from nnunetv2_segresmamba.operators.backends import (
+    causal_depthwise_conv1d,
+    check_backend,
+    resolve_kernels,
+)
+from nnunetv2_segresmamba.operators.selective_scan import selective_scan
+
+DIRECTIONS = ("", "_b", "_s")  # forward, reverse, inter-slice
+
+
+def to_inter_slice(x: Tensor, num_slices: int) -> Tensor:
+    """(B, C, L) in slice-major order -> (B, C, L) visiting position p of every slice in turn."""
+    return torch.stack(x.chunk(num_slices, dim=-1), dim=-1).flatten(-2)
+
+
+def from_inter_slice(x: Tensor, num_slices: int) -> Tensor:
+    """Inverse of :func:`to_inter_slice`."""
+    batch, channels, length = x.shape
+    return x.reshape(batch, channels, length // num_slices, num_slices).transpose(-1, -2).flatten(-2)
+
+
+class TriOrientedMamba(nn.Module):
+    """Mamba with forward, reverse and inter-slice scans (SegMamba's v3).
+
+    Args:
+        d_model: token width D.
+        d_state: SSM state size N.
+        d_conv: causal conv1d width.
+        expand: E = expand * D inner width.
+        backend: "auto" (CUDA kernels when they load and the input is on CUDA),
+            "pure" or "cuda".
+
+    Shapes: ``forward(hidden_states (B, L, D), num_slices) -> (B, L, D)``; ``L`` must be a
+    multiple of ``num_slices``.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, backend: str = "auto"):
+        super().__init__()
+        if min(d_model, d_state, d_conv, expand) < 1:
+            raise ValueError("d_model, d_state, d_conv and expand must all be positive")
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16)
+        self.backend = check_backend(backend)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        for suffix in DIRECTIONS:
+            self._add_direction(suffix)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self._init_forward_dt()
+
+    def _add_direction(self, suffix: str) -> None:
+        d_inner, d_state = self.d_inner, self.d_state
+        self.add_module(
+            f"conv1d{suffix}",
+            nn.Conv1d(d_inner, d_inner, self.d_conv, groups=d_inner, padding=self.d_conv - 1),
+        )
+        self.add_module(f"x_proj{suffix}", nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False))
+        self.add_module(f"dt_proj{suffix}", nn.Linear(self.dt_rank, d_inner, bias=True))
+        s4d_real = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+        self.register_parameter(f"A{suffix}_log", nn.Parameter(torch.log(s4d_real)))
+        self.register_parameter(f"D{suffix}", nn.Parameter(torch.ones(d_inner)))
+        for name in (f"A{suffix}_log", f"D{suffix}"):
+            getattr(self, name)._no_weight_decay = True
+
+    def _init_forward_dt(self, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_floor: float = 1e-4) -> None:
+        """mamba_ssm's dt init; like SegMamba, only the forward direction gets it."""
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        dt = torch.exp(log_dt).clamp(min=dt_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.dt_proj.bias._no_reinit = True
+
+    def forward(self, hidden_states: Tensor, num_slices: int) -> Tensor:
+        batch, length, width = hidden_states.shape
+        if width != self.d_model:
+            raise ValueError(f"expected {self.d_model} channels in (B, L, D) input, got {width}")
+        if num_slices < 1 or length % num_slices:
+            raise ValueError(f"sequence length {length} is not a multiple of num_slices={num_slices}")
+        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2E, L)
+        out = self._scan(xz, "")
+        out = out + self._scan(xz.flip(-1), "_b").flip(-1)
+        out = out + from_inter_slice(self._scan(to_inter_slice(xz, num_slices), "_s"), num_slices)
+        return self.out_proj(out.transpose(1, 2))
+
+    def _scan(self, xz: Tensor, suffix: str) -> Tensor:
+        """One direction without out_proj: (B, 2E, L) -> y * silu(z), (B, E, L)."""
+        conv1d: nn.Conv1d = getattr(self, f"conv1d{suffix}")
+        x_proj: nn.Linear = getattr(self, f"x_proj{suffix}")
+        dt_proj: nn.Linear = getattr(self, f"dt_proj{suffix}")
+        A = -torch.exp(getattr(self, f"A{suffix}_log").float())
+        D = getattr(self, f"D{suffix}").float()
+        kernels = resolve_kernels(self.backend, xz)
+        x, z = xz.chunk(2, dim=1)
+        if kernels is None:
+            x = causal_depthwise_conv1d(x, conv1d.weight, conv1d.bias)
+        else:
+            x = kernels.causal_conv1d_fn(x.contiguous(), conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
+        dt, B, C = torch.split(x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias is added inside the scan
+        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        scan = selective_scan if kernels is None else kernels.selective_scan_fn
+        return scan(
+            x.contiguous(), delta.contiguous(), A, B, C, D, z.contiguous(),
+            delta_bias=dt_proj.bias.float(), delta_softplus=True,
+        )
+
+
+class MambaLayer(nn.Module):
+    """SegMamba's MambaLayer: LayerNorm over channels -> ToM -> residual.
+
+    ``forward(x (B, C, D, H, W)) -> (B, C, D, H, W)``. The inter-slice scan uses the depth
+    D of the feature map as its slice count (SegMamba hard-codes the depth at 128^3).
+    Attribute names ``norm`` and ``mamba`` match SegMamba's state_dict.
+    """
+
+    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, backend: str = "auto"):
+        super().__init__()
+        self.dim = dim
+        self.norm = nn.LayerNorm(dim)
+        self.mamba = TriOrientedMamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, backend=backend)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, channels, *spatial = x.shape
+        if channels != self.dim:
+            raise ValueError(f"MambaLayer expects {self.dim} channels, got {channels}")
+        tokens = x.reshape(batch, channels, -1).transpose(1, 2)  # (B, L, C)
+        out = self.mamba(self.norm(tokens), num_slices=spatial[0])
+        return out.transpose(1, 2).reshape(x.shape) + x

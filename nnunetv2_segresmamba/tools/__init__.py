@@ -1,0 +1,1 @@
+"""Tools around the stock nnU-Net CLI: synthetic data, the demo pipeline."""

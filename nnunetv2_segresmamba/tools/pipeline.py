@@ -1,0 +1,69 @@
+"""Runs the stock nnU-Net commands as subprocesses: used by the demo and by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+NNUNET_DIRS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The three nnU-Net folders under one root."""
+
+    root: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {name: os.path.join(self.root, name) for name in NNUNET_DIRS}
+
+    def path(self, name: str) -> str:
+        return self.env[name]
+
+
+def require_nnunet_env(names: tuple[str, ...] = NNUNET_DIRS) -> dict[str, str]:
+    """The nnU-Net folders from the environment, or an error that says how to set them."""
+    missing = [n for n in names if not os.environ.get(n)]
+    if missing:
+        raise EnvironmentError(
+            f"{', '.join(missing)} not set. nnU-Net needs its folders in environment variables, e.g.\n"
+            + "\n".join(f"  export {n}=/data/nnunet/{n}" for n in missing)
+            + "\nSee nnU-Net's documentation/setting_up_paths.md."
+        )
+    return {n: os.environ[n] for n in names}
+
+
+def run_command(args: list[str], env: dict[str, str] | None = None, log_path: str | None = None,
+                quiet: bool = False) -> float:
+    """Runs one CLI command; raises with the log's tail if it fails. Returns seconds taken."""
+    executable = shutil.which(args[0]) or os.path.join(os.path.dirname(sys.executable), args[0])
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    start = time.perf_counter()
+    with open(log_path or os.devnull, "w") as log:
+        proc = subprocess.Popen([executable, *args[1:]], env=full_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        tail: list[str] = []
+        for line in proc.stdout:
+            log.write(line)
+            tail = (tail + [line])[-40:]
+            if not quiet:
+                sys.stdout.write("    " + line)
+                sys.stdout.flush()
+        proc.wait()
+    if proc.returncode:
+        raise RuntimeError(f"`{' '.join(args)}` failed with exit code {proc.returncode}:\n{''.join(tail)}")
+    return time.perf_counter() - start
+
+
+def evaluate_folder(gt_dir: str, pred_dir: str, labels: list[int], env: dict[str, str] | None = None) -> dict:
+    """nnUNetv2_evaluate_simple; returns the summary with per-class and mean Dice."""
+    out = os.path.join(pred_dir, "summary.json")
+    run_command(["nnUNetv2_evaluate_simple", gt_dir, pred_dir, "-l", *map(str, labels), "-o", out], env, quiet=True)
+    with open(out) as f:
+        return json.load(f)

@@ -1,0 +1,93 @@
+"""What every trainer of the comparison family shares: the training budget, 3D-only
+configurations, no torch.compile, and networks without deep supervision."""
+
+from __future__ import annotations
+
+import torch
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import softmax_helper_dim1
+from torch.optim.lr_scheduler import _LRScheduler
+
+from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
+from nnunetv2_segresmamba.trainers.schedules import CosineAnnealingScheduler
+
+
+class ComparisonTrainerBase(nnUNetTrainer):
+    """Base of the comparison family. Subclasses set the recipe attributes below.
+
+    The budget (``num_epochs`` x ``num_iterations_per_epoch``) is nnU-Net's default and is
+    set here only, so every network of the family trains for the same number of steps.
+    Subclasses change class attributes only: nnU-Net re-creates trainers from the exact
+    ``__init__`` signature, so no variant may override it.
+    """
+
+    # training budget, one place for the whole family
+    comparison_num_epochs = 1000
+    comparison_iterations_per_epoch = 250
+    comparison_val_iterations_per_epoch = 50
+    comparison_save_every = 50  # epochs between checkpoint_latest.pth writes
+
+    # recipe; subclasses override
+    optimizer_name = "SGD"  # "SGD" (nesterov, momentum 0.99) or "AdamW"
+    recipe_initial_lr = 1e-2
+    recipe_weight_decay = 3e-5
+    lr_schedule = "poly"  # "poly" or "cosine"
+    loss_name = "dice_ce"  # "dice_ce" (nnU-Net default) or "dice"
+    deep_supervision = False
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        require_nnunet_env(("nnUNet_preprocessed", "nnUNet_results"))
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        require_3d_configuration(self.configuration_manager.patch_size, configuration, type(self).__name__)
+        self.num_epochs = self.comparison_num_epochs
+        self.num_iterations_per_epoch = self.comparison_iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.comparison_val_iterations_per_epoch
+        self.save_every = self.comparison_save_every
+        self.initial_lr = self.recipe_initial_lr
+        self.weight_decay = self.recipe_weight_decay
+        self.enable_deep_supervision = self.deep_supervision
+
+    def _do_i_compile(self) -> bool:
+        return False  # torch.compile is not measured to work with the Mamba scans
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        if self.deep_supervision:
+            super().set_deep_supervision_enabled(enabled)
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, _LRScheduler]:
+        params = self.network.parameters()
+        if self.optimizer_name == "AdamW":
+            optimizer = torch.optim.AdamW(params, lr=self.initial_lr, weight_decay=self.weight_decay)
+        elif self.optimizer_name == "SGD":
+            optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay,
+                                        momentum=0.99, nesterov=True)
+        else:
+            raise ValueError(f"unknown optimizer_name {self.optimizer_name!r}: use 'SGD' or 'AdamW'")
+        if self.lr_schedule == "cosine":
+            return optimizer, CosineAnnealingScheduler(optimizer, self.initial_lr, self.num_epochs)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def _build_loss(self):
+        if self.loss_name == "dice_ce":
+            return super()._build_loss()
+        if self.loss_name != "dice" or self.deep_supervision:
+            raise ValueError(f"loss_name {self.loss_name!r} needs 'dice_ce', or 'dice' without deep supervision")
+        if self.label_manager.ignore_label is not None:
+            raise ValueError("the Dice-only recipe does not support an ignore label; use loss_name = 'dice_ce'")
+        regions = self.label_manager.has_regions
+        return MemoryEfficientSoftDiceLoss(
+            apply_nonlin=torch.sigmoid if regions else softmax_helper_dim1,
+            batch_dice=self.configuration_manager.batch_dice, do_bg=regions, smooth=1e-5, ddp=self.is_ddp,
+        )
+
+
+def require_3d_configuration(patch_size, configuration: str, trainer_name: str) -> None:
+    if len(patch_size) != 3:
+        raise ValueError(
+            f"{trainer_name} trains 3D networks, but configuration '{configuration}' has a "
+            f"{len(patch_size)}D patch {list(patch_size)}. Use a 3D configuration: "
+            f"nnUNetv2_train DATASET 3d_fullres FOLD -tr {trainer_name}"
+        )
