@@ -6,8 +6,7 @@ import warnings
 import pytest
 import torch
 
-from nnunetv2_segresmamba.operators import MambaLayer, TriOrientedMamba
-from nnunetv2_segresmamba.operators import backends
+from nnunetv2_segresmamba.operators import MambaLayer, TriOrientedMamba, backends
 from tests.reference import reference_tom
 
 

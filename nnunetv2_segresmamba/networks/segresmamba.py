@@ -12,7 +12,7 @@ without padding: see :func:`plan_strides`.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch.nn as nn
 import torch.nn.functional as F
@@ -169,7 +169,8 @@ def check_patch_size(patch_size: Sequence[int]) -> None:
     if len(patch_size) != 3:
         raise ValueError(
             f"SegResMamba is a 3D network but the patch size {list(patch_size)} has {len(patch_size)} axes. "
-            "Train a 3D configuration instead, e.g. `nnUNetv2_train DATASET 3d_fullres FOLD -tr nnUNetTrainerSegResMamba`."
+            "Train a 3D configuration instead, e.g. "
+            "`nnUNetv2_train DATASET 3d_fullres FOLD -tr nnUNetTrainerSegResMamba`."
         )
     if min(patch_size) < MIN_PATCH_EDGE:
         raise ValueError(

@@ -11,8 +11,9 @@ DEMO_TRAINER = "nnUNetTrainerSegResMamba_smoke"
 
 
 def run_demo(workdir: str, trainer: str = DEMO_TRAINER, device: str = "cpu",
-             spec: SyntheticSpec = SyntheticSpec(), verbose: bool = False) -> dict:
+             spec: SyntheticSpec | None = None, verbose: bool = False) -> dict:
     """Runs the demo in a new ``workdir`` and returns the evaluation summary."""
+    spec = spec or SyntheticSpec()
     if os.path.exists(workdir) and os.listdir(workdir):
         raise FileExistsError(f"{workdir} is not empty; the demo never overwrites results. Pass a new --workdir.")
     ws = Workspace(os.path.abspath(workdir))
@@ -21,7 +22,8 @@ def run_demo(workdir: str, trainer: str = DEMO_TRAINER, device: str = "cpu",
     steps = [
         ("planning and preprocessing",
          ["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "-np", "2", "--verify_dataset_integrity"]),
-        (f"training fold 0 with {trainer}", ["nnUNetv2_train", did, "3d_fullres", "0", "-tr", trainer, "-device", device]),
+        (f"training fold 0 with {trainer}",
+         ["nnUNetv2_train", did, "3d_fullres", "0", "-tr", trainer, "-device", device]),
         ("predicting the held-out cases",
          ["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", os.path.join(ws.root, "predictions"),
           "-d", did, "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-device", device, "-npp", "1", "-nps", "1"]),

@@ -31,7 +31,7 @@ def require_nnunet_env(names: tuple[str, ...] = NNUNET_DIRS) -> dict[str, str]:
     """The nnU-Net folders from the environment, or an error that says how to set them."""
     missing = [n for n in names if not os.environ.get(n)]
     if missing:
-        raise EnvironmentError(
+        raise OSError(
             f"{', '.join(missing)} not set. nnU-Net needs its folders in environment variables, e.g.\n"
             + "\n".join(f"  export {n}=/data/nnunet/{n}" for n in missing)
             + "\nSee nnU-Net's documentation/setting_up_paths.md."

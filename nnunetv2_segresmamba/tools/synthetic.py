@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -63,7 +63,8 @@ def make_dataset(raw_dir: str, spec: SyntheticSpec = SyntheticSpec(), overwrite:
             case = f"{spec.name.lower()}_{split.lower()}{index:03d}"
             channels, label = synthesize_case(spec, rng)
             for c, image in enumerate(channels):
-                _write_nifti(sitk, image, spec.spacing, os.path.join(folder, f"images{split}", f"{case}_{c:04d}.nii.gz"))
+                image_path = os.path.join(folder, f"images{split}", f"{case}_{c:04d}.nii.gz")
+                _write_nifti(sitk, image, spec.spacing, image_path)
             _write_nifti(sitk, label, spec.spacing, os.path.join(folder, f"labels{split}", f"{case}.nii.gz"))
     with open(os.path.join(folder, "dataset.json"), "w") as f:
         json.dump(dataset_json(spec), f, indent=2)

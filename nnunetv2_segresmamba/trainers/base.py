@@ -38,7 +38,7 @@ class ComparisonTrainerBase(nnUNetTrainer):
     deep_supervision = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         require_nnunet_env(("nnUNet_preprocessed", "nnUNet_results"))
         super().__init__(plans, configuration, fold, dataset_json, device)
         require_3d_configuration(self.configuration_manager.patch_size, configuration, type(self).__name__)

@@ -1,0 +1,90 @@
+"""End to end through the stock nnU-Net CLI, as subprocesses, on a tiny synthetic dataset.
+
+plan_and_preprocess -> train (killed after its first checkpoint) -> resume with --c ->
+--val --npz -> predict -> evaluate, with a Dice that must beat chance.
+"""
+
+import glob
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from nnunetv2_segresmamba.tools.pipeline import Workspace, evaluate_folder, run_command
+from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
+
+pytestmark = pytest.mark.e2e
+
+TRAINER = "nnUNetTrainerSegResMamba_smoke"
+SPEC = SyntheticSpec(dataset_id=991, name="E2E", num_train=6, num_test=2, shape=(16, 32, 32),
+                     spacing=(2.0, 1.0, 1.0), num_classes=2, num_channels=2)
+DID = str(SPEC.dataset_id)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    ws = Workspace(str(tmp_path_factory.mktemp("nnunet")))
+    make_dataset(ws.path("nnUNet_raw"), SPEC)
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", DID, "-c", "3d_fullres", "-np", "2",
+                 "--verify_dataset_integrity"], ws.env, quiet=True)
+    return ws
+
+
+def fold_dir(ws, trainer=TRAINER):
+    return os.path.join(ws.path("nnUNet_results"), SPEC.folder_name, f"{trainer}__nnUNetPlans__3d_fullres", "fold_0")
+
+
+def test_train_killed_then_resumed_with_c(workspace):
+    train = ["nnUNetv2_train", DID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"]
+    latest = os.path.join(fold_dir(workspace), "checkpoint_latest.pth")
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), train[0]), *train[1:]],
+                            env={**os.environ, **workspace.env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 900
+        while not os.path.exists(latest) and proc.poll() is None and time.time() < deadline:
+            time.sleep(1)
+        assert os.path.exists(latest), "no checkpoint_latest.pth after the first epoch"
+        time.sleep(2)  # let torch.save finish
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not os.path.exists(os.path.join(fold_dir(workspace), "checkpoint_final.pth"))
+
+    run_command(train + ["--c"], workspace.env, quiet=True)
+    logs = sorted(glob.glob(os.path.join(fold_dir(workspace), "training_log_*.txt")))
+    resumed = open(logs[-1]).read()
+    assert re.search(r": Epoch 0 ?$", resumed, re.M) is None, "resume restarted from epoch 0"
+    assert re.search(r": Epoch 1 ?$", resumed, re.M) and re.search(r": Epoch 2 ?$", resumed, re.M)
+    assert os.path.exists(os.path.join(fold_dir(workspace), "checkpoint_final.pth"))
+
+
+def test_validation_with_npz_then_predict_beats_chance(workspace):
+    run_command(["nnUNetv2_train", DID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--val", "--npz"],
+                workspace.env, quiet=True)
+    validation = os.path.join(fold_dir(workspace), "validation")
+    assert glob.glob(os.path.join(validation, "*.npz")), "--val --npz wrote no probabilities"
+    assert os.path.exists(os.path.join(validation, "summary.json"))
+
+    raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
+    out = os.path.join(workspace.root, "predictions")
+    run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", out, "-d", DID, "-c", "3d_fullres",
+                 "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"], workspace.env, quiet=True)
+    summary = evaluate_folder(os.path.join(raw, "labelsTs"), out, [1, 2], workspace.env)
+    dice = summary["foreground_mean"]["Dice"]
+    chance = chance_dice(os.path.join(raw, "labelsTs"), [1, 2])
+    print(f"mean Dice {dice:.3f}, chance {chance:.3f}")
+    assert dice > chance + 0.1, f"Dice {dice:.3f} is not above chance ({chance:.3f})"
+
+
+def chance_dice(label_dir, classes):
+    """Mean Dice of the best trivial guess per class (every voxel of that class): 2p / (1 + p)."""
+    import SimpleITK as sitk
+
+    labels = np.concatenate([sitk.GetArrayFromImage(sitk.ReadImage(f)).ravel()
+                             for f in sorted(glob.glob(os.path.join(label_dir, "*.nii.gz")))])
+    fractions = [np.mean(labels == c) for c in classes]
+    return float(np.mean([2 * p / (1 + p) for p in fractions]))
