@@ -1,9 +1,9 @@
 """Parameters and fvcore-style MACs of SegResMamba at a patch size (default 128^3, 1 -> 14).
 
 fvcore-style: one per multiply-accumulate of convolutions, transposed convolutions and
-linear layers; norms, activations, upsampling and additions are not counted. The selective
-scan is counted too, as fvcore's mamba handles do: per direction 2 * L * E * N (the state
-update and the output contraction). Usage::
+linear layers; norms, activations, upsampling and additions are not counted. Inside each
+ToM direction: the causal conv1d (L * E * k), the dt projection (L * E * R) and the
+selective scan, 2 * L * E * N (the state update and the output contraction). Usage::
 
     python -m benchmarks.model_cost --size 128 128 128 --in-channels 1 --classes 14
 """
@@ -27,7 +27,7 @@ PAPER = {"params_M": 119.98, "fvcore_flops_G": 188.42, "macs_G": 336.45}
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     """MACs per kind of layer for one forward of ``x``."""
-    counts = {"conv": 0, "conv_transpose": 0, "linear": 0, "conv1d": 0, "scan": 0}
+    counts = {"conv": 0, "conv_transpose": 0, "linear": 0, "tom_conv1d_dt": 0, "scan": 0}
 
     def conv_hook(kind):
         def hook(module, inputs, output):
@@ -41,9 +41,10 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     def linear_hook(module, inputs, output):
         counts["linear"] += output.numel() * module.in_features
 
-    def tom_hook(module, inputs, output):
-        batch, length, _ = inputs[0].shape
-        counts["scan"] += 3 * 2 * batch * length * module.d_inner * module.d_state
+    def tom_hook(module, inputs, output):  # in_proj/x_proj/out_proj are counted as Linear
+        tokens_x_width = inputs[0].shape[0] * inputs[0].shape[1] * module.d_inner
+        counts["tom_conv1d_dt"] += 3 * tokens_x_width * (module.d_conv + module.dt_rank)
+        counts["scan"] += 3 * 2 * tokens_x_width * module.d_state
 
     handles = []
     for module in model.modules():
@@ -51,8 +52,6 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
             handles.append(module.register_forward_hook(conv_hook("conv")))
         elif isinstance(module, nn.ConvTranspose3d):
             handles.append(module.register_forward_hook(conv_hook("conv_transpose")))
-        elif isinstance(module, nn.Conv1d):
-            handles.append(module.register_forward_hook(conv_hook("conv1d")))
         elif isinstance(module, nn.Linear):
             handles.append(module.register_forward_hook(linear_hook))
         elif isinstance(module, TriOrientedMamba):

@@ -7,6 +7,7 @@ plan_and_preprocess -> train (killed after its first checkpoint) -> resume with 
 import glob
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -42,7 +43,8 @@ def test_train_killed_then_resumed_with_c(workspace):
     train = ["nnUNetv2_train", DID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"]
     latest = os.path.join(fold_dir(workspace), "checkpoint_latest.pth")
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), train[0]), *train[1:]],
-                            env={**os.environ, **workspace.env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                            env={**os.environ, **workspace.env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # own process group: the kill reaches the data workers
     try:
         deadline = time.time() + 900
         while not os.path.exists(latest) and proc.poll() is None and time.time() < deadline:
@@ -50,7 +52,7 @@ def test_train_killed_then_resumed_with_c(workspace):
         assert os.path.exists(latest), "no checkpoint_latest.pth after the first epoch"
         time.sleep(2)  # let torch.save finish
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not os.path.exists(os.path.join(fold_dir(workspace), "checkpoint_final.pth"))
 
@@ -88,3 +90,16 @@ def chance_dice(label_dir, classes):
                              for f in sorted(glob.glob(os.path.join(label_dir, "*.nii.gz")))])
     fractions = [np.mean(labels == c) for c in classes]
     return float(np.mean([2 * p / (1 + p) for p in fractions]))
+
+
+def test_2d_configuration_is_refused_with_advice(workspace):
+    with pytest.raises(RuntimeError, match="Use a 3D configuration"):
+        run_command(["nnUNetv2_train", DID, "2d", "0", "-tr", TRAINER, "-device", "cpu"], workspace.env, quiet=True)
+
+
+def test_missing_results_folder_variable_is_explained(workspace):
+    env = {k: v for k, v in {**os.environ, **workspace.env}.items() if k != "nnUNet_results"}
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train"), DID, "3d_fullres", "0",
+                             "-tr", TRAINER, "-device", "cpu"], env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "export nnUNet_results=" in result.stdout + result.stderr

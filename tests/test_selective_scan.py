@@ -83,7 +83,23 @@ def test_long_forward_is_memory_bounded():
     assert peak < budget, f"peak allocation {peak / 2**20:.0f} MiB exceeds {budget / 2**20:.0f} MiB"
 
 
-def _peak_traced_bytes(fn):
+def test_forward_backward_memory_is_bounded():
+    """With autograd only the inputs and chunk-entry states are kept, never (L, d, n) tensors."""
+    length, d, n = 65536, 32, 64
+    inputs = [torch.randn(1, d, length), torch.randn(1, d, length), -torch.rand(d, n),
+              torch.randn(1, n, length), torch.randn(1, n, length)]
+    inputs = [t.requires_grad_() for t in inputs]
+    budget = length * d * n * 4 // 2  # half of one (L, d, n) tensor; (L, n) inputs and grads take ~64 MiB
+
+    def forward_backward():
+        selective_scan(*inputs, delta_softplus=True).sum().backward()
+
+    peak = _peak_traced_bytes(forward_backward, grad=True)
+    assert peak < budget, f"peak allocation {peak / 2**20:.0f} MiB exceeds {budget / 2**20:.0f} MiB"
+    assert all(t.grad is not None for t in inputs)
+
+
+def _peak_traced_bytes(fn, grad=False):
     """Largest sum of live tensor bytes, tracked through the torch dispatcher."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -106,6 +122,6 @@ def _peak_traced_bytes(fn):
             self.peak = max(self.peak, sum(self.live.values()))
             return out
 
-    with torch.no_grad(), Tracker() as tracker:
+    with torch.set_grad_enabled(grad), Tracker() as tracker:
         fn()
     return tracker.peak

@@ -9,8 +9,9 @@ The recurrence, per channel ``d`` and state ``n``::
 
 The reference builds (batch, d, L, n) tensors for the whole sequence. Here the sequence
 is cut into chunks; each chunk is solved with a log-depth parallel scan and hands its
-last state to the next chunk, so memory grows with the chunk, not with L. Under autograd
-each chunk is checkpointed: the backward pass recomputes one chunk at a time.
+last state to the next chunk, so memory grows with the chunk, not with L. For autograd only
+the inputs and the state entering each chunk are kept; the backward pass recomputes one
+chunk at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 DEFAULT_CHUNK_SIZE = 256
 
@@ -86,23 +86,61 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> 
 
 def _chunked_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> Tensor:
     """Runs the recurrence chunk by chunk, carrying the state h (batch, d, n)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C)):
+        return _ChunkedScan.apply(u, delta, A, B, C, chunk_size)
+    y, _ = _forward_chunks(u, delta, A, B, C, chunk_size)
+    return y
+
+
+def _chunk_windows(length: int, chunk_size: int) -> list[slice]:
+    return [slice(start, start + chunk_size) for start in range(0, length, chunk_size)]
+
+
+def _forward_chunks(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int):
+    """y (batch, d, L) and the state entering each chunk, (chunks, batch, d, n)."""
     batch, d, length = u.shape
+    windows = _chunk_windows(length, chunk_size)
+    y = torch.empty_like(u)
+    entering = u.new_empty(len(windows), batch, d, A.shape[1])
     h = u.new_zeros(batch, d, A.shape[1])
-    recompute_in_backward = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (u, delta, A, B, C)
-    )
-    windows = [slice(start, start + chunk_size) for start in range(0, length, chunk_size)]
-    if not recompute_in_backward:  # fill one output in place: no list of chunks, no cat
-        y = torch.empty_like(u)
-        for window in windows:
-            y[..., window], h = _scan_chunk(h, u[..., window], delta[..., window], A, B[..., window], C[..., window])
+    for k, w in enumerate(windows):
+        entering[k] = h
+        y[..., w], h = _scan_chunk(h, u[..., w], delta[..., w], A, B[..., w], C[..., w])
+    return y, entering
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """Saves the inputs and the state entering each chunk; the backward pass recomputes one
+    chunk at a time, last to first, passing the state's gradient back to the chunk before."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, chunk_size):
+        with torch.no_grad():
+            y, entering = _forward_chunks(u, delta, A, B, C, chunk_size)
+        ctx.save_for_backward(u, delta, A, B, C, entering)
+        ctx.chunk_size = chunk_size
         return y
-    ys = []
-    for window in windows:
-        args = (h, u[..., window], delta[..., window], A, B[..., window], C[..., window])
-        y, h = checkpoint(_scan_chunk, *args, use_reentrant=False)
-        ys.append(y)
-    return torch.cat(ys, dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        u, delta, A, B, C, entering = ctx.saved_tensors
+        grads = [torch.zeros_like(t) for t in (u, delta, B, C)]
+        grad_A = torch.zeros_like(A)
+        grad_h = torch.zeros_like(entering[0])
+        windows = _chunk_windows(u.shape[-1], ctx.chunk_size)
+        for k in reversed(range(len(windows))):
+            w = windows[k]
+            inputs = [t.detach().requires_grad_() for t in (entering[k], u[..., w], delta[..., w], A, B[..., w],
+                                                              C[..., w])]
+            with torch.enable_grad():
+                y, h = _scan_chunk(*inputs)
+                chunk_grads = torch.autograd.grad((y, h), inputs, (grad_y[..., w], grad_h))
+            grad_h, g_u, g_delta, g_A, g_B, g_C = chunk_grads
+            for full, part in zip(grads, (g_u, g_delta, g_B, g_C)):
+                full[..., w] = part
+            grad_A += g_A
+        grad_u, grad_delta, grad_B, grad_C = grads
+        return grad_u, grad_delta, grad_A, grad_B, grad_C, None
 
 
 def _scan_chunk(h0: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
