@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 
 import torch
 import torch.nn as nn
 
+from benchmarks.machine import describe
 from nnunetv2_segresmamba.networks import SegResMamba
 from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
 
@@ -75,8 +75,7 @@ def main() -> None:
     start = time.perf_counter()
     counts = count_macs(model, torch.randn(1, args.in_channels, *args.size))
     result = {
-        "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        "machine": describe(),
         "size": args.size,
         "params": sum(p.numel() for p in model.parameters()),
         "macs": sum(counts.values()),

@@ -21,12 +21,13 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import time
 
 import torch
+
+from benchmarks.machine import describe
 
 D_STATE = 16
 
@@ -108,13 +109,6 @@ def measure(kind: str, backend: str, length: int, d_model: int, device: str, bac
             "pass": "fwd+bwd" if backward else "fwd", **result}
 
 
-def machine() -> dict:
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
-    return info
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[32768])
@@ -138,7 +132,7 @@ def main() -> None:
                         rows.append(row)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "rows": rows}, f, indent=2)
+            json.dump({"machine": describe(), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
