@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DEFAULT_CHUNK_SIZE = 256
+DEFAULT_CHUNK_SIZE = 64  # fastest on a 2-core CPU at L = 32768 (fwd+bwd: 64 -> 1.31 s, 256 -> 1.68 s)
 
 
 def selective_scan(
@@ -130,12 +130,9 @@ class _ChunkedScan(torch.autograd.Function):
         windows = _chunk_windows(u.shape[-1], ctx.chunk_size)
         for k in reversed(range(len(windows))):
             w = windows[k]
-            inputs = [t.detach().requires_grad_() for t in (entering[k], u[..., w], delta[..., w], A, B[..., w],
-                                                              C[..., w])]
-            with torch.enable_grad():
-                y, h = _scan_chunk(*inputs)
-                chunk_grads = torch.autograd.grad((y, h), inputs, (grad_y[..., w], grad_h))
-            grad_h, g_u, g_delta, g_A, g_B, g_C = chunk_grads
+            grad_h, g_u, g_delta, g_A, g_B, g_C = _scan_chunk_backward(
+                entering[k], u[..., w], delta[..., w], A, B[..., w], C[..., w], grad_y[..., w], grad_h
+            )
             for full, part in zip(grads, (g_u, g_delta, g_B, g_C)):
                 full[..., w] = part
             grad_A += g_A
@@ -153,6 +150,35 @@ def _scan_chunk(h0: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
     h = linear_recurrence(decay, drive)  # (b, d, T, n)
     y = torch.einsum("bdtn,bnt->bdt", h, C)
     return y, h[:, :, -1]
+
+
+def _scan_chunk_backward(h0, u, delta, A, B, C, grad_y, grad_h_last):
+    """Gradients of :func:`_scan_chunk` w.r.t. (h0, u, delta, A, B, C), written out.
+
+    The adjoint of h_t = a_t h_{t-1} + b_t is the same recurrence run backwards:
+    G_t = dL/dh_t + a_{t+1} G_{t+1}; then dL/db_t = G_t and dL/da_t = G_t h_{t-1}.
+    """
+    B_t, C_t = B.transpose(1, 2).unsqueeze(1), C.transpose(1, 2).unsqueeze(1)  # (b, 1, T, n)
+    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])
+    drive = (delta * u).unsqueeze(-1) * B_t
+    first = decay[:, :, :1] * h0.unsqueeze(2) + drive[:, :, :1]
+    h = linear_recurrence(decay, torch.cat([first, drive[:, :, 1:]], dim=2))
+    h_before = torch.cat([h0.unsqueeze(2), h[:, :, :-1]], dim=2)  # h_{t-1}
+
+    grad_h = grad_y.unsqueeze(-1) * C_t  # from y_t = <h_t, C_t>
+    grad_h = torch.cat([grad_h[:, :, :-1], grad_h[:, :, -1:] + grad_h_last.unsqueeze(2)], dim=2)
+    next_decay = torch.cat([decay[:, :, 1:], torch.zeros_like(decay[:, :, :1])], dim=2)  # a_{t+1}
+    G = linear_recurrence(next_decay.flip(2), grad_h.flip(2)).flip(2)
+
+    grad_delta_a = G * h_before * decay  # dL/d(delta_t A)
+    grad_C = torch.einsum("bdtn,bdt->bnt", h, grad_y)
+    grad_B = torch.einsum("bdtn,bdt->bnt", G, delta * u)
+    G_dot_B = (G * B_t).sum(-1)
+    grad_u = delta * G_dot_B
+    grad_delta = u * G_dot_B + (grad_delta_a * A[:, None, :]).sum(-1)
+    grad_A = torch.einsum("bdtn,bdt->dn", grad_delta_a, delta)
+    grad_h0 = G[:, :, 0] * decay[:, :, 0]
+    return grad_h0, grad_u, grad_delta, grad_A, grad_B, grad_C
 
 
 def linear_recurrence(a: Tensor, b: Tensor) -> Tensor:
