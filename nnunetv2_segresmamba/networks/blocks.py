@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 Stride = Sequence[int]  # one stride per spatial axis (D, H, W)
@@ -85,3 +87,17 @@ class AdditiveUpBlock(nn.Module):
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         return self.refine(self.upsample(self.reduce(x)) + skip)
+
+
+def pad_to_multiple(x: Tensor, divisor: Sequence[int]) -> Tensor:
+    """Zero-pads the end of each spatial axis to a multiple of its divisor, at least twice it
+    (so the deepest feature map keeps 2 voxels per axis: InstanceNorm needs more than one)."""
+    extra = [max(math.ceil(s / d), 2) * d - s for s, d in zip(x.shape[2:], divisor)]
+    if not any(extra):
+        return x
+    return F.pad(x, [p for e in reversed(extra) for p in (0, e)])
+
+
+def crop_to(x: Tensor, size: Sequence[int]) -> Tensor:
+    """The first ``size`` voxels of each spatial axis of x."""
+    return x[(..., *(slice(0, s) for s in size))]

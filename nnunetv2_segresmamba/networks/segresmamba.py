@@ -11,11 +11,9 @@ without padding: see :func:`plan_strides`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from nnunetv2_segresmamba.networks.blocks import (
@@ -23,6 +21,8 @@ from nnunetv2_segresmamba.networks.blocks import (
     SkipProjection,
     Stride,
     conv_in_relu,
+    crop_to,
+    pad_to_multiple,
     transposed_conv_in_relu,
 )
 from nnunetv2_segresmamba.operators.tom import MambaLayer
@@ -151,7 +151,7 @@ class SegResMamba(nn.Module):
         if x.dim() != 5:
             raise ValueError(f"SegResMamba expects (B, C, D, H, W) input, got shape {tuple(x.shape)}")
         size = x.shape[2:]
-        x = _pad_to_multiple(x, self.size_divisor)
+        x = pad_to_multiple(x, self.size_divisor)
         skips = []
         for stage in range(NUM_STAGES):
             x = self.stem(x) if stage == 0 else self.downsamplings[stage - 1](x)
@@ -160,8 +160,7 @@ class SegResMamba(nn.Module):
         x = skips.pop()
         for up_block in self.up_blocks:
             x = up_block(x, skips.pop())
-        logits = self.head(x)
-        return logits[(..., *(slice(0, s) for s in size))]
+        return crop_to(self.head(x), size)
 
 
 def check_patch_size(patch_size: Sequence[int]) -> None:
@@ -197,10 +196,3 @@ def _size_divisor(stage_strides: list[tuple[int, ...]], block_strides: list[tupl
         reduction = [r * s for r, s in zip(reduction, stage)]
         divisor = [max(d, r * b) for d, r, b in zip(divisor, reduction, block)]
     return tuple(divisor)
-
-
-def _pad_to_multiple(x: Tensor, divisor: Sequence[int]) -> Tensor:
-    extra = [max(math.ceil(s / d), 2) * d - s for s, d in zip(x.shape[2:], divisor)]
-    if not any(extra):
-        return x
-    return F.pad(x, [p for e in reversed(extra) for p in (0, e)])

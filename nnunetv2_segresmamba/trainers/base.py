@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import softmax_helper_dim1
@@ -34,13 +35,18 @@ class ComparisonTrainerBase(nnUNetTrainer):
     recipe_initial_lr = 1e-2
     recipe_weight_decay = 3e-5
     lr_schedule = "poly"  # "poly" or "cosine"
-    loss_name = "dice_ce"  # "dice_ce" (nnU-Net default) or "dice"
+    loss_name = "dice_ce"  # "dice_ce" (nnU-Net default), "dice" or "ce"
     deep_supervision = False
+    patch_divisor: int | None = None  # round the planned patch to multiples of this (saved in plans.json)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         require_nnunet_env(("nnUNet_preprocessed", "nnUNet_results"))
+        planned = round_patch_in_plans(plans, configuration, self.patch_divisor)
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if planned != list(self.configuration_manager.patch_size):
+            self.print_to_log_file(f"patch size {planned} rounded to {self.configuration_manager.patch_size} "
+                                   f"(multiples of {self.patch_divisor}); saved in this run's plans.json")
         require_3d_configuration(self.configuration_manager.patch_size, configuration, type(self).__name__)
         self.num_epochs = self.comparison_num_epochs
         self.num_iterations_per_epoch = self.comparison_iterations_per_epoch
@@ -73,15 +79,52 @@ class ComparisonTrainerBase(nnUNetTrainer):
     def _build_loss(self):
         if self.loss_name == "dice_ce":
             return super()._build_loss()
-        if self.loss_name != "dice" or self.deep_supervision:
-            raise ValueError(f"loss_name {self.loss_name!r} needs 'dice_ce', or 'dice' without deep supervision")
+        if self.loss_name not in ("dice", "ce") or self.deep_supervision:
+            raise ValueError(f"loss_name {self.loss_name!r}: use 'dice_ce', or 'dice'/'ce' without deep supervision")
+        regions = self.label_manager.has_regions
+        if self.loss_name == "ce":
+            if regions:
+                raise ValueError("cross-entropy needs classes, not regions; use loss_name = 'dice_ce'")
+            ignore = self.label_manager.ignore_label
+            return RobustCrossEntropyLoss(ignore_index=ignore if ignore is not None else -100)
         if self.label_manager.ignore_label is not None:
             raise ValueError("the Dice-only recipe does not support an ignore label; use loss_name = 'dice_ce'")
-        regions = self.label_manager.has_regions
         return MemoryEfficientSoftDiceLoss(
             apply_nonlin=torch.sigmoid if regions else softmax_helper_dim1,
             batch_dice=self.configuration_manager.batch_dice, do_bg=regions, smooth=1e-5, ddp=self.is_ddp,
         )
+
+
+class TwoEpochs:
+    """Mixin: two epochs of the full iteration count, a quick check on a real dataset."""
+
+    comparison_num_epochs = 2
+
+
+class SmokeSchedule:
+    """Mixin: minutes on a CPU: 3 epochs x 12 iterations, 2 validation iterations, a checkpoint
+    every epoch. For tests and the demo on the synthetic dataset."""
+
+    comparison_num_epochs = 3
+    comparison_iterations_per_epoch = 12
+    comparison_val_iterations_per_epoch = 2
+    comparison_save_every = 1
+
+
+def round_patch_in_plans(plans: dict, configuration: str, divisor: int | None) -> list[int]:
+    """Rounds the configuration's patch size in ``plans`` (in place) to the nearest multiples of
+    ``divisor``, at least twice ``divisor`` (the deepest feature map keeps 2 voxels per axis, as
+    InstanceNorm needs). nnU-Net saves these plans into the run's output folder, so
+    ``nnUNetv2_predict`` uses the same patch. Returns the patch size as planned."""
+    configurations = plans["configurations"]
+    config = configurations[configuration]
+    while "patch_size" not in config and "inherits_from" in config:
+        config = configurations[config["inherits_from"]]
+    planned = list(config["patch_size"])
+    if divisor:
+        rounded = [max(2 * divisor, int(s / divisor + 0.5) * divisor) for s in planned]
+        plans["configurations"][configuration]["patch_size"] = rounded
+    return planned
 
 
 def require_3d_configuration(patch_size, configuration: str, trainer_name: str) -> None:

@@ -6,7 +6,7 @@ import torch.nn as nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_segresmamba.networks.segresmamba import SegResMamba
-from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase
+from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, SmokeSchedule, TwoEpochs
 
 
 class nnUNetTrainerSegResMamba(ComparisonTrainerBase):
@@ -39,19 +39,11 @@ class nnUNetTrainerSegResMamba(ComparisonTrainerBase):
         return SegResMamba.for_patch_size(num_input_channels, num_output_channels, configuration_manager.patch_size)
 
 
-class nnUNetTrainerSegResMamba_2epochs(nnUNetTrainerSegResMamba):
-    """Two epochs of 250 iterations: a quick check on a real dataset."""
-
-    comparison_num_epochs = 2
+class nnUNetTrainerSegResMamba_2epochs(TwoEpochs, nnUNetTrainerSegResMamba):
+    pass
 
 
-class nnUNetTrainerSegResMamba_smoke(nnUNetTrainerSegResMamba):
-    """Minutes on a CPU: 3 epochs x 12 iterations, 2 validation iterations, a checkpoint every
-    epoch. For tests and the demo on the synthetic dataset; lr 1e-3 so that so few steps
-    learn something."""
+class nnUNetTrainerSegResMamba_smoke(SmokeSchedule, nnUNetTrainerSegResMamba):
+    """The smoke schedule with lr 1e-3, so that so few steps of AdamW learn something."""
 
-    comparison_num_epochs = 3
-    comparison_iterations_per_epoch = 12
-    comparison_val_iterations_per_epoch = 2
-    comparison_save_every = 1
     recipe_initial_lr = 1e-3

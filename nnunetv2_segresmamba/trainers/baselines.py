@@ -1,0 +1,110 @@
+"""The paper's baselines as siblings of nnUNetTrainerSegResMamba, trained by the same pipeline.
+
+Each is a small subclass of :class:`ComparisonTrainerBase`: its recipe is a set of class
+attributes and its network comes from :mod:`nnunetv2_segresmamba.registry`. The budget
+(epochs x iterations) is the base's, the same for every sibling.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from nnunetv2_segresmamba.registry import build_segmamba, build_swinunetr, build_unetr
+from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, SmokeSchedule, TwoEpochs
+
+
+class nnUNetTrainerSegMamba(ComparisonTrainerBase):
+    """SegMamba (ge-xing/SegMamba) with its official recipe (``3_train.py``).
+
+    - optimizer: SGD, lr 1e-2, momentum 0.99, nesterov, weight decay 3e-5
+    - schedule: poly
+    - loss: cross-entropy; no deep supervision
+    - patch: rounded to multiples of 16 (stem and three stride-2 downsamplings)
+    """
+
+    recipe_initial_lr = 1e-2
+    recipe_weight_decay = 3e-5
+    loss_name = "ce"
+    patch_divisor = 16
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        return build_segmamba(num_input_channels, num_output_channels, configuration_manager.patch_size)
+
+
+class nnUNetTrainerSwinUNETR(ComparisonTrainerBase):
+    """MONAI SwinUNETR (feature_size 48) with the recipe of MONAI's BTCV tutorial.
+
+    - optimizer: AdamW, lr 1e-4, weight decay 1e-5
+    - schedule: cosine annealing
+    - loss: Dice + cross-entropy; no deep supervision
+    - patch: rounded to multiples of 32 (five stride-2 stages)
+    """
+
+    optimizer_name = "AdamW"
+    recipe_initial_lr = 1e-4
+    recipe_weight_decay = 1e-5
+    lr_schedule = "cosine"
+    patch_divisor = 32
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        return build_swinunetr(num_input_channels, num_output_channels, configuration_manager.patch_size)
+
+
+class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
+    """MONAI UNETR (ViT-B/16, ``img_size`` = the patch) with the same recipe as SwinUNETR
+    (MONAI's BTCV tutorial): AdamW 1e-4, weight decay 1e-5, cosine, Dice + CE. Patch rounded to
+    multiples of 16 (the ViT patch)."""
+
+    patch_divisor = 16
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        return build_unetr(num_input_channels, num_output_channels, configuration_manager.patch_size)
+
+
+class nnUNetTrainerComparisonNnUNet(ComparisonTrainerBase):
+    """nnU-Net itself: the network from the plans and nnU-Net's recipe (SGD 1e-2, poly, Dice + CE,
+    deep supervision), only the family's shared budget set by the base."""
+
+    deep_supervision = True
+
+
+class nnUNetTrainerSegMamba_2epochs(TwoEpochs, nnUNetTrainerSegMamba):
+    pass
+
+
+class nnUNetTrainerSegMamba_smoke(SmokeSchedule, nnUNetTrainerSegMamba):
+    pass
+
+
+class nnUNetTrainerSwinUNETR_2epochs(TwoEpochs, nnUNetTrainerSwinUNETR):
+    pass
+
+
+class nnUNetTrainerSwinUNETR_smoke(SmokeSchedule, nnUNetTrainerSwinUNETR):
+    pass
+
+
+class nnUNetTrainerUNETR_2epochs(TwoEpochs, nnUNetTrainerUNETR):
+    pass
+
+
+class nnUNetTrainerUNETR_smoke(SmokeSchedule, nnUNetTrainerUNETR):
+    pass
+
+
+class nnUNetTrainerComparisonNnUNet_2epochs(TwoEpochs, nnUNetTrainerComparisonNnUNet):
+    pass
+
+
+class nnUNetTrainerComparisonNnUNet_smoke(SmokeSchedule, nnUNetTrainerComparisonNnUNet):
+    pass

@@ -1,0 +1,78 @@
+"""The comparison family: parameter counts against the paper, patch rounding, the registry."""
+
+import copy
+
+import pytest
+
+from nnunetv2_segresmamba.registry import FAMILY, member
+from nnunetv2_segresmamba.trainers import base
+
+MEASURED_PARAMS = {  # 128^3, 1 -> 14 channels
+    "SegResMamba": 73_548_350,  # paper 119.98M: see README
+    "SegMamba": 67_363_262,
+    "SwinUNETR": 62_187_296,
+    "UNETR": 93_029_806,
+    "nnU-Net": 31_205_254,
+}
+
+
+@pytest.mark.parametrize("m", FAMILY, ids=lambda m: m.network)
+def test_parameter_counts_at_128(m):
+    params = sum(p.numel() for p in m.build(1, 14, (128, 128, 128)).parameters())
+    assert params == MEASURED_PARAMS[m.network]
+    if m.network != "SegResMamba":
+        assert params / 1e6 == pytest.approx(m.paper_params_m, rel=2e-3)
+
+
+def plans_with_patch(patch):
+    return {
+        "dataset_name": "Dataset001_X", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [1, 1, 1],
+        "original_median_shape_after_transp": [64, 64, 64], "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "configurations": {
+            "3d_fullres": {"patch_size": list(patch), "batch_size": 2},
+            "3d_cascade_fullres": {"inherits_from": "3d_fullres"},
+        },
+        "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {},
+    }
+
+
+@pytest.mark.parametrize(
+    "patch,divisor,expected",
+    [((40, 224, 192), 32, [64, 224, 192]), ((40, 224, 192), 16, [48, 224, 192]), ((128, 128, 128), 32, [128] * 3),
+     ((80, 160, 112), 16, [80, 160, 112]), ((16, 32, 32), 16, [32, 32, 32])],
+)
+def test_patch_rounding_is_written_into_the_plans(patch, divisor, expected):
+    plans = plans_with_patch(patch)
+    planned = base.round_patch_in_plans(plans, "3d_fullres", divisor)
+    assert planned == list(patch)
+    assert plans["configurations"]["3d_fullres"]["patch_size"] == expected
+
+
+def test_rounding_an_inheriting_configuration_overrides_only_that_configuration():
+    plans = plans_with_patch((40, 224, 192))
+    original = copy.deepcopy(plans["configurations"]["3d_fullres"])
+    base.round_patch_in_plans(plans, "3d_cascade_fullres", 32)
+    assert plans["configurations"]["3d_cascade_fullres"]["patch_size"] == [64, 224, 192]
+    assert plans["configurations"]["3d_fullres"] == original
+
+
+def test_no_divisor_leaves_plans_alone():
+    plans = plans_with_patch((40, 224, 192))
+    base.round_patch_in_plans(plans, "3d_fullres", None)
+    assert plans["configurations"]["3d_fullres"]["patch_size"] == [40, 224, 192]
+
+
+def test_registry_lookup():
+    assert member("nnUNetTrainerSwinUNETR_smoke").network == "SwinUNETR"
+    assert [m.trainer for m in FAMILY][0] == "nnUNetTrainerSegResMamba"
+    with pytest.raises(KeyError, match="not in the comparison family"):
+        member("nnUNetTrainerFoo")
+
+
+@pytest.mark.parametrize("network,patch", [("SwinUNETR", (40, 64, 64)), ("UNETR", (40, 64, 64))])
+def test_builders_refuse_indivisible_patches(network, patch):
+    m = next(m for m in FAMILY if m.network == network)
+    with pytest.raises(ValueError, match="divisible by"):
+        m.build(1, 2, patch)
