@@ -5,6 +5,7 @@ plan_and_preprocess -> train (killed after its first checkpoint) -> resume with 
 """
 
 import glob
+import json
 import os
 import re
 import signal
@@ -103,3 +104,31 @@ def test_missing_results_folder_variable_is_explained(workspace):
                              "-tr", TRAINER, "-device", "cpu"], env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "export nnUNet_results=" in result.stdout + result.stderr
+
+
+SIBLINGS = {  # smoke trainer -> patch it must train with ((16, 32, 32) planned)
+    "nnUNetTrainerSegMamba_smoke": [32, 32, 32],
+    "nnUNetTrainerSwinUNETR_smoke": [64, 64, 64],
+    "nnUNetTrainerUNETR_smoke": [32, 32, 32],
+    "nnUNetTrainerComparisonNnUNet_smoke": [16, 32, 32],
+}
+
+
+@pytest.mark.parametrize("trainer", SIBLINGS)
+def test_sibling_trains_and_predicts_through_the_cli(workspace, trainer):
+    run_command(["nnUNetv2_train", DID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], workspace.env,
+                quiet=True)
+    folder = os.path.dirname(fold_dir(workspace, trainer))
+    assert os.path.exists(os.path.join(folder, "fold_0", "checkpoint_final.pth"))
+    with open(os.path.join(folder, "plans.json")) as f:
+        assert json.load(f)["configurations"]["3d_fullres"]["patch_size"] == SIBLINGS[trainer]
+
+    raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
+    out = os.path.join(workspace.root, f"predictions_{trainer}")
+    run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", out, "-d", DID, "-c", "3d_fullres",
+                 "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"], workspace.env, quiet=True)
+    import SimpleITK as sitk
+
+    predictions = sorted(glob.glob(os.path.join(out, "*.nii.gz")))
+    assert len(predictions) == SPEC.num_test
+    assert sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == tuple(SPEC.shape)

@@ -3,12 +3,16 @@ configurations, no torch.compile, and networks without deep supervision."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
+import torch.nn as nn
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import softmax_helper_dim1
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
@@ -102,13 +106,25 @@ class TwoEpochs:
 
 
 class SmokeSchedule:
-    """Mixin: minutes on a CPU: 3 epochs x 12 iterations, 2 validation iterations, a checkpoint
-    every epoch. For tests and the demo on the synthetic dataset."""
+    """Mixin: a pipeline check in a few CPU minutes: 2 epochs x 4 iterations, 1 validation
+    iteration, a checkpoint every epoch. Trains, validates, saves and predicts; learns little."""
 
-    comparison_num_epochs = 3
-    comparison_iterations_per_epoch = 12
-    comparison_val_iterations_per_epoch = 2
+    comparison_num_epochs = 2
+    comparison_iterations_per_epoch = 4
+    comparison_val_iterations_per_epoch = 1
     comparison_save_every = 1
+
+
+def network_from_builder(builder: Callable[[int, int, Sequence[int]], nn.Module]) -> staticmethod:
+    """A ``build_network_architecture`` (nnU-Net 2.8 signature) that calls
+    ``builder(in_channels, out_channels, patch_size)``. No deep supervision: the flag is ignored."""
+
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        return builder(num_input_channels, num_output_channels, configuration_manager.patch_size)
+
+    return staticmethod(build_network_architecture)
 
 
 def round_patch_in_plans(plans: dict, configuration: str, divisor: int | None) -> list[int]:

@@ -7,11 +7,8 @@ attributes and its network comes from :mod:`nnunetv2_segresmamba.registry`. The 
 
 from __future__ import annotations
 
-import torch.nn as nn
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
-
 from nnunetv2_segresmamba.registry import build_segmamba, build_swinunetr, build_unetr
-from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, SmokeSchedule, TwoEpochs
+from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, SmokeSchedule, TwoEpochs, network_from_builder
 
 
 class nnUNetTrainerSegMamba(ComparisonTrainerBase):
@@ -27,12 +24,7 @@ class nnUNetTrainerSegMamba(ComparisonTrainerBase):
     recipe_weight_decay = 3e-5
     loss_name = "ce"
     patch_divisor = 16
-
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        return build_segmamba(num_input_channels, num_output_channels, configuration_manager.patch_size)
+    build_network_architecture = network_from_builder(build_segmamba)
 
 
 class nnUNetTrainerSwinUNETR(ComparisonTrainerBase):
@@ -49,12 +41,7 @@ class nnUNetTrainerSwinUNETR(ComparisonTrainerBase):
     recipe_weight_decay = 1e-5
     lr_schedule = "cosine"
     patch_divisor = 32
-
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        return build_swinunetr(num_input_channels, num_output_channels, configuration_manager.patch_size)
+    build_network_architecture = network_from_builder(build_swinunetr)
 
 
 class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
@@ -63,12 +50,7 @@ class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
     multiples of 16 (the ViT patch)."""
 
     patch_divisor = 16
-
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        return build_unetr(num_input_channels, num_output_channels, configuration_manager.patch_size)
+    build_network_architecture = network_from_builder(build_unetr)
 
 
 class nnUNetTrainerComparisonNnUNet(ComparisonTrainerBase):

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import torch.nn as nn
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
-
-from nnunetv2_segresmamba.networks.segresmamba import SegResMamba
-from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, SmokeSchedule, TwoEpochs
+from nnunetv2_segresmamba.registry import build_segresmamba
+from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, SmokeSchedule, TwoEpochs, network_from_builder
 
 
 class nnUNetTrainerSegResMamba(ComparisonTrainerBase):
@@ -29,14 +26,7 @@ class nnUNetTrainerSegResMamba(ComparisonTrainerBase):
     recipe_weight_decay = 1e-5
     lr_schedule = "cosine"
     loss_name = "dice"
-
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager,
-                                   configuration_manager: ConfigurationManager,
-                                   num_input_channels: int,
-                                   num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        return SegResMamba.for_patch_size(num_input_channels, num_output_channels, configuration_manager.patch_size)
+    build_network_architecture = network_from_builder(build_segresmamba)
 
 
 class nnUNetTrainerSegResMamba_2epochs(TwoEpochs, nnUNetTrainerSegResMamba):
@@ -44,6 +34,10 @@ class nnUNetTrainerSegResMamba_2epochs(TwoEpochs, nnUNetTrainerSegResMamba):
 
 
 class nnUNetTrainerSegResMamba_smoke(SmokeSchedule, nnUNetTrainerSegResMamba):
-    """The smoke schedule with lr 1e-3, so that so few steps of AdamW learn something."""
+    """Minutes on a CPU and still learning: 3 epochs x 12 iterations, 2 validation iterations,
+    lr 1e-3 so that so few AdamW steps learn the synthetic dataset. Used by the demo and tests."""
 
+    comparison_num_epochs = 3
+    comparison_iterations_per_epoch = 12
+    comparison_val_iterations_per_epoch = 2
     recipe_initial_lr = 1e-3
