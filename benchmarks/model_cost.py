@@ -1,66 +1,72 @@
-"""Parameters and fvcore-style MACs of SegResMamba at a patch size (default 128^3, 1 -> 14).
+"""Parameters and fvcore-style MACs of the comparison family at a patch size.
 
-fvcore-style: one per multiply-accumulate of convolutions, transposed convolutions and
-linear layers; norms, activations, upsampling and additions are not counted. Inside each
-ToM direction: the causal conv1d (L * E * k), the dt projection (L * E * R) and the
-selective scan, 2 * L * E * N (the state update and the output contraction). Usage::
+fvcore-style: one per multiply-accumulate of convolutions (transposed too), matrix products
+and einsums (``torch.utils.flop_counter`` counts them at the aten level, FLOPs = 2 MACs);
+norms, activations, softmax, upsampling and additions are not counted. The selective scan
+adds its state update, one MAC per (position, channel, state) and direction, which is
+elementwise and so not seen by the counter; its output contraction is an einsum and is
+counted. Networks are run on the ``meta`` device where they allow it, else on the CPU.
+Usage::
 
-    python -m benchmarks.model_cost --size 128 128 128 --in-channels 1 --classes 14
+    python -m benchmarks.model_cost --size 128 128 128 --in-channels 1 --classes 14 --networks all
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.machine import describe
-from nnunetv2_segresmamba.networks import SegResMamba
 from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
+from nnunetv2_segresmamba.registry import FAMILY, Member
 
-PAPER = {"params_M": 119.98, "fvcore_flops_G": 188.42, "macs_G": 336.45}
+PAPER_TABLE7_FLOPS_G = {"SegResMamba": 188.42, "SegMamba": 1443.96, "SwinUNETR": 767.23, "UNETR": 177.44,
+                        "nnU-Net": 480.06}  # fvcore "FLOPs", which count multiply-accumulates
 
 
-def count_macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
-    """MACs per kind of layer for one forward of ``x``."""
-    counts = {"conv": 0, "conv_transpose": 0, "linear": 0, "tom_conv1d_dt": 0, "scan": 0}
+def count(member: Member, in_channels: int, classes: int, size: list[int]) -> dict:
+    for device in ("meta", "cpu"):
+        try:
+            return _count_on(device, member, in_channels, classes, size)
+        except (RuntimeError, NotImplementedError):
+            if device == "cpu":
+                raise
+    raise AssertionError("unreachable")
 
-    def conv_hook(kind):
-        def hook(module, inputs, output):
-            per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
-            if kind == "conv_transpose":  # each input voxel meets every kernel tap once
-                counts[kind] += inputs[0].numel() * module.out_channels * math.prod(module.kernel_size)
-            else:
-                counts[kind] += output.numel() * per_output
-        return hook
 
-    def linear_hook(module, inputs, output):
-        counts["linear"] += output.numel() * module.in_features
+def _count_on(device: str, member: Member, in_channels: int, classes: int, size: list[int]) -> dict:
+    start = time.perf_counter()
+    with torch.device(device):
+        torch.manual_seed(0)
+        net = member.build(in_channels, classes, size).eval()
+        x = torch.randn(1, in_channels, *size)
+    scan_updates = _count_scan_updates(net)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    macs = counter.get_total_flops() // 2 + scan_updates["macs"]
+    return {
+        "network": member.network, "params": sum(p.numel() for p in net.parameters()), "macs": macs,
+        "scan_state_update_macs": scan_updates["macs"], "counted_on": device,
+        "seconds": round(time.perf_counter() - start, 1), "paper_fvcore_flops_g": PAPER_TABLE7_FLOPS_G[member.network],
+    }
 
-    def tom_hook(module, inputs, output):  # in_proj/x_proj/out_proj are counted as Linear
-        tokens_x_width = inputs[0].shape[0] * inputs[0].shape[1] * module.d_inner
-        counts["tom_conv1d_dt"] += 3 * tokens_x_width * (module.d_conv + module.dt_rank)
-        counts["scan"] += 3 * 2 * tokens_x_width * module.d_state
 
-    handles = []
-    for module in model.modules():
-        if isinstance(module, nn.Conv3d):
-            handles.append(module.register_forward_hook(conv_hook("conv")))
-        elif isinstance(module, nn.ConvTranspose3d):
-            handles.append(module.register_forward_hook(conv_hook("conv_transpose")))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
-        elif isinstance(module, TriOrientedMamba):
-            handles.append(module.register_forward_hook(tom_hook))
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return counts
+def _count_scan_updates(net: nn.Module) -> dict:
+    total = {"macs": 0}
+
+    def hook(module: TriOrientedMamba, inputs, output):
+        batch, length, _ = inputs[0].shape
+        total["macs"] += 3 * batch * length * module.d_inner * module.d_state
+
+    for module in net.modules():
+        if isinstance(module, TriOrientedMamba):
+            module.register_forward_hook(hook)
+    return total
 
 
 def main() -> None:
@@ -68,25 +74,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=3, default=[128, 128, 128])
     parser.add_argument("--in-channels", type=int, default=1)
     parser.add_argument("--classes", type=int, default=14)
-    parser.add_argument("--json", help="write the result here")
+    parser.add_argument("--networks", nargs="+", default=["all"],
+                        help=f"'all' or some of {[m.network for m in FAMILY]}")
+    parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    model = SegResMamba(args.in_channels, args.classes).eval()
-    start = time.perf_counter()
-    counts = count_macs(model, torch.randn(1, args.in_channels, *args.size))
-    result = {
-        "machine": describe(),
-        "size": args.size,
-        "params": sum(p.numel() for p in model.parameters()),
-        "macs": sum(counts.values()),
-        "macs_by_kind": counts,
-        "cpu_forward_s": round(time.perf_counter() - start, 1),
-        "paper_table7_and_1": PAPER,
-    }
-    print(json.dumps(result, indent=2))
+    chosen = [m for m in FAMILY if "all" in args.networks or m.network in args.networks]
+    rows = []
+    for member in chosen:
+        row = count(member, args.in_channels, args.classes, args.size)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump({"machine": describe(), "size": args.size, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
