@@ -1,5 +1,5 @@
 """What every trainer of the comparison family shares: the training budget, 3D-only
-configurations, no torch.compile, and networks without deep supervision."""
+configurations, no torch.compile, patch rounding, and recipes set as class attributes."""
 
 from __future__ import annotations
 
