@@ -142,14 +142,18 @@ class _ChunkedScan(torch.autograd.Function):
 
 def _scan_chunk(h0: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
     """One chunk of T steps. Shapes: h0 (b, d, n); u, delta (b, d, T); A (d, n); B, C (b, n, T)."""
-    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])  # exp(delta_t A): (b, d, T, n)
-    drive = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # delta_t B_t u_t: (b, d, T, n)
-    # fold the carried state into the first step: h_0 = decay_0 * h0 + drive_0
-    first = decay[:, :, :1] * h0.unsqueeze(2) + drive[:, :, :1]
-    drive = torch.cat([first, drive[:, :, 1:]], dim=2)
-    h = linear_recurrence(decay, drive)  # (b, d, T, n)
+    _, h = _chunk_states(h0, u, delta, A, B)
     y = torch.einsum("bdtn,bnt->bdt", h, C)
     return y, h[:, :, -1]
+
+
+def _chunk_states(h0: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
+    """The decays exp(delta_t A) and the states h_t of one chunk, both (b, d, T, n)."""
+    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])
+    drive = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # delta_t B_t u_t
+    # fold the carried state into the first step: h_0 = decay_0 * h0 + drive_0
+    first = decay[:, :, :1] * h0.unsqueeze(2) + drive[:, :, :1]
+    return decay, linear_recurrence(decay, torch.cat([first, drive[:, :, 1:]], dim=2))
 
 
 def _scan_chunk_backward(h0, u, delta, A, B, C, grad_y, grad_h_last):
@@ -159,10 +163,7 @@ def _scan_chunk_backward(h0, u, delta, A, B, C, grad_y, grad_h_last):
     G_t = dL/dh_t + a_{t+1} G_{t+1}; then dL/db_t = G_t and dL/da_t = G_t h_{t-1}.
     """
     B_t, C_t = B.transpose(1, 2).unsqueeze(1), C.transpose(1, 2).unsqueeze(1)  # (b, 1, T, n)
-    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])
-    drive = (delta * u).unsqueeze(-1) * B_t
-    first = decay[:, :, :1] * h0.unsqueeze(2) + drive[:, :, :1]
-    h = linear_recurrence(decay, torch.cat([first, drive[:, :, 1:]], dim=2))
+    decay, h = _chunk_states(h0, u, delta, A, B)
     h_before = torch.cat([h0.unsqueeze(2), h[:, :, :-1]], dim=2)  # h_{t-1}
 
     grad_h = grad_y.unsqueeze(-1) * C_t  # from y_t = <h_t, C_t>
