@@ -1,6 +1,6 @@
-"""Operators: the selective scan and the Tri-orientated Mamba (ToM) layer."""
+"""Operators: the selective scan (``operators.selective_scan``) and the Tri-orientated Mamba
+(ToM) layer shared by every network."""
 
-from nnunetv2_segresmamba.operators.selective_scan import selective_scan
 from nnunetv2_segresmamba.operators.tom import MambaLayer, TriOrientedMamba
 
-__all__ = ["MambaLayer", "TriOrientedMamba", "selective_scan"]
+__all__ = ["MambaLayer", "TriOrientedMamba"]

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 
 NNUNET_DIRS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -48,10 +49,10 @@ def run_command(args: list[str], env: dict[str, str] | None = None, log_path: st
     with open(log_path or os.devnull, "w") as log:
         proc = subprocess.Popen([executable, *args[1:]], env=full_env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
-        tail: list[str] = []
+        tail: deque[str] = deque(maxlen=40)
         for line in proc.stdout:
             log.write(line)
-            tail = (tail + [line])[-40:]
+            tail.append(line)
             if not quiet:
                 sys.stdout.write("    " + line)
                 sys.stdout.flush()
