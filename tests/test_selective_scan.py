@@ -55,6 +55,15 @@ def test_linear_recurrence_matches_loop_at_odd_length():
     torch.testing.assert_close(linear_recurrence(a, b), torch.stack(expected, dim=2))
 
 
+def test_reverse_linear_recurrence_matches_backward_loop_at_odd_length():
+    a, b = torch.rand(2, 3, 13, 4), torch.randn(2, 3, 13, 4)
+    h, expected = torch.zeros(2, 3, 4), []
+    for t in reversed(range(13)):
+        h = a[:, :, t] * h + b[:, :, t]
+        expected.insert(0, h)
+    torch.testing.assert_close(linear_recurrence(a, b, reverse=True), torch.stack(expected, dim=2))
+
+
 def test_scan_runs_in_fp32_under_bf16_autocast():
     x = make_inputs(batch=1, d=4, n=3, length=20)
     bf16 = {k: v.detach().bfloat16() if k in ("u", "delta", "z") else v.detach() for k, v in x.items()}
