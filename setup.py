@@ -70,7 +70,10 @@ setup(
     ],
     extras_require={
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
-        "test": ["pytest>=8", "ruff>=0.5"],
+        "energy": ["codecarbon>=2.5"],
+        "cluster": ["submitit>=1.5"],
+        "benchmark": ["mambapy>=1.2", "matplotlib", "tqdm"],
+        "test": ["pytest>=8", "ruff>=0.5", "codecarbon>=2.5", "submitit>=1.5", "mambapy>=1.2", "matplotlib", "tqdm"],
     },
     entry_points={"console_scripts": ["nnunetv2_segresmamba=nnunetv2_segresmamba.cli:main"]},
     cmdclass=cmdclass,

@@ -21,12 +21,10 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks import paper
 from benchmarks.machine import describe
 from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
 from nnunetv2_segresmamba.registry import FAMILY, Member
-
-PAPER_TABLE7_FLOPS_G = {"SegResMamba": 188.42, "SegMamba": 1443.96, "SwinUNETR": 767.23, "UNETR": 177.44,
-                        "nnU-Net": 480.06}  # fvcore "FLOPs", which count multiply-accumulates
 
 
 def count(member: Member, in_channels: int, classes: int, size: list[int]) -> dict:
@@ -52,7 +50,7 @@ def _count_on(device: str, member: Member, in_channels: int, classes: int, size:
     return {
         "network": member.network, "params": sum(p.numel() for p in net.parameters()), "macs": macs,
         "scan_state_update_macs": scan_updates["macs"], "counted_on": device,
-        "seconds": round(time.perf_counter() - start, 1), "paper_fvcore_flops_g": PAPER_TABLE7_FLOPS_G[member.network],
+        "seconds": round(time.perf_counter() - start, 1), "paper_fvcore_flops_g": paper.FVCORE_MACS_G[member.network],
     }
 
 

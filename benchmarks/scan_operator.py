@@ -1,110 +1,98 @@
 """Time and peak memory of the ToM layer and of the bare selective scan.
 
-Each measurement runs in a fresh child process so peaks do not mix:
+- ``tom``: the full ToM layer (in_proj, three directions, out_proj) on a (1, L, d_model)
+  input, with the scan from ``pure`` (ours), ``cuda`` (mamba_ssm's kernels) or ``mambapy``
+  (mambapy's parallel scan, ``pip install mambapy``, in our layer).
+- ``scan``: one selective scan of width E = 2 * d_model, N = 16, same backends.
 
-- ``tom``: our full ToM layer (3 directions, in/out projections), forward and forward+backward.
-- ``scan``: one selective scan of width E = 2 * d_model, N = 16; ``pure`` is ours,
-  ``mambapy`` is mambapy's parallel scan (``pip install mambapy``), ``cuda`` is mamba_ssm's
-  kernel when it loads.
+Forward, and forward+backward of the sum. Peak memory is the rise during the measured calls
+(inputs and weights excluded), see :mod:`benchmarks.isolate`. Usage::
 
-Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the rise of the process's
-peak resident set size (``ru_maxrss``) over its size just before the measured call, so it
-covers every allocation the call makes, PyTorch's and the allocator's slack included.
-Times are medians over ``--repeats`` runs after one warm-up. Usage::
-
-    python -m benchmarks.scan_operator --lengths 32768 --d-models 96 --kinds tom scan
+    python -m benchmarks.scan_operator --kinds tom scan --lengths 32768 --d-models 96
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import os
-import resource
-import statistics
-import time
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
+from benchmarks.isolate import PeakMemory, default_memory_cap_gib, run_isolated
 from benchmarks.machine import describe
+from benchmarks.network_step import median_time
+from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
 
 D_STATE = 16
+BACKENDS = ("pure", "cuda", "mambapy")
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def mambapy_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """mambapy's ``MambaBlock.selective_scan`` behind the ``selective_scan_fn`` signature."""
+    from mambapy.mamba import MambaBlock
+
+    delta = delta + delta_bias[:, None]
+    delta = F.softplus(delta) if delta_softplus else delta
+    y = MambaBlock.selective_scan(None, u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2),
+                                  C.transpose(1, 2), D)  # the method uses no state of its block
+    return y.transpose(1, 2) * F.silu(z)
 
 
-def _make_call(kind: str, backend: str, length: int, d_model: int, device: str, backward: bool):
+class MambapyToM(TriOrientedMamba):
+    """Our ToM layer with mambapy's scan in place of ours."""
+
+    @staticmethod
+    def _scan_function(kernels):
+        return mambapy_selective_scan
+
+
+def make_call(kind: str, backend: str, length: int, d_model: int, device: str, backward: bool) -> Callable:
     torch.manual_seed(0)
     if kind == "tom":
-        from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
-
-        layer = TriOrientedMamba(d_model, backend="pure" if backend == "pure" else "cuda").to(device)
+        layer_class = MambapyToM if backend == "mambapy" else TriOrientedMamba
+        layer = layer_class(d_model, backend="cuda" if backend == "cuda" else "pure").to(device)
         x = torch.randn(1, length, d_model, device=device, requires_grad=backward)
-        depth = round(length ** (1 / 3))  # a cube of side `depth` when L is a cube
-        slices = depth if length % depth == 0 else 1
-        return lambda: layer(x, num_slices=slices)
+        side = round(length ** (1 / 3))
+        return lambda: layer(x, num_slices=side if length % side == 0 else 1)  # cube volumes: slices = side
     d_inner = 2 * d_model
-    u, delta = (torch.randn(1, d_inner, length, device=device, requires_grad=backward) for _ in range(2))
+    u, delta, z = (torch.randn(1, d_inner, length, device=device, requires_grad=backward) for _ in range(3))
     A = (-torch.rand(d_inner, D_STATE, device=device)).requires_grad_(backward)
     B, C = (torch.randn(1, D_STATE, length, device=device, requires_grad=backward) for _ in range(2))
-    D = torch.ones(d_inner, device=device, requires_grad=backward)
+    D, bias = torch.ones(d_inner, device=device, requires_grad=backward), torch.zeros(d_inner, device=device)
     if backend == "mambapy":
-        from mambapy.mamba import MambaBlock, MambaConfig
-
-        block = MambaBlock(MambaConfig(d_model=d_model, n_layers=1, d_state=D_STATE))
-        sp = torch.nn.functional.softplus
-        return lambda: block.selective_scan(u.transpose(1, 2), sp(delta.transpose(1, 2)), A,
-                                            B.transpose(1, 2), C.transpose(1, 2), D)
-    if backend == "cuda":
+        scan = mambapy_selective_scan
+    elif backend == "cuda":
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as scan
     else:
         from nnunetv2_segresmamba.operators.selective_scan import selective_scan as scan
-    return lambda: scan(u, delta, A, B, C, D, delta_softplus=True)
+    return lambda: scan(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True)
 
 
-def _measure(kind, backend, length, d_model, device, backward, repeats, queue):
-    try:
-        call = _make_call(kind, backend, length, d_model, device, backward)
+def measure_operator(kind: str, backend: str, length: int, d_model: int, device: str, backward: bool,
+                     repeats: int) -> dict:
+    """Runs in a child process; returns one result row's measurements."""
+    call = make_call(kind, backend, length, d_model, device, backward)
 
-        def step():
-            with torch.set_grad_enabled(backward):
-                out = call()
-                if backward:
-                    out.float().sum().backward()
-            if device == "cuda":
-                torch.cuda.synchronize()
+    def step() -> None:
+        with torch.set_grad_enabled(backward):
+            out = call()
+            if backward:
+                out.float().sum().backward()
 
-        step()  # warm-up
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            base = _rss_bytes()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        if device == "cuda":
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        queue.put({"median_s": statistics.median(times), "peak_mib": max(peak, 0) / 2**20})
-    except Exception as err:  # reported, not raised: one missing backend must not stop the table
-        queue.put({"error": f"{type(err).__name__}: {err}"})
+    memory = PeakMemory(device)
+    step()  # warm-up before the memory mark, so lazily created buffers are not counted
+    memory.reset()
+    return {"median_s": median_time(step, device, repeats, warmup=0), "peak_mib": memory.mib()}
 
 
-def measure(kind: str, backend: str, length: int, d_model: int, device: str, backward: bool, repeats: int) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(kind, backend, length, d_model, device, backward, repeats, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
+def operator_row(kind: str, backend: str, length: int, d_model: int, device: str, backward: bool,
+                 repeats: int) -> dict:
+    """One isolated measurement as a result row; an ``error`` key replaces the figures on failure."""
+    cap = None if device == "cuda" else default_memory_cap_gib()
+    result = run_isolated(measure_operator, kind, backend, length, d_model, device, backward, repeats,
+                          memory_cap_gib=cap)
     return {"kind": kind, "backend": backend, "L": length, "d_model": d_model,
             "pass": "fwd+bwd" if backward else "fwd", **result}
 
@@ -114,20 +102,18 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[32768])
     parser.add_argument("--d-models", type=int, nargs="+", default=[96])
     parser.add_argument("--kinds", nargs="+", default=["tom", "scan"], choices=["tom", "scan"])
-    parser.add_argument("--backends", nargs="+", default=["pure", "mambapy"], choices=["pure", "mambapy", "cuda"])
+    parser.add_argument("--backends", nargs="+", default=["pure", "mambapy"], choices=BACKENDS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     rows = []
     for kind in args.kinds:
-        for backend in (["pure", "cuda"] if kind == "tom" else args.backends):
-            if (backend == "cuda") != (args.device == "cuda") and backend != "mambapy":
-                continue
+        for backend in args.backends:
             for length in args.lengths:
                 for d_model in args.d_models:
                     for backward in (False, True):
-                        row = measure(kind, backend, length, d_model, args.device, backward, args.repeats)
+                        row = operator_row(kind, backend, length, d_model, args.device, backward, args.repeats)
                         print(json.dumps(row), flush=True)
                         rows.append(row)
     if args.json:

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from nnunetv2_segresmamba.trainers.tracking import CO2_COUNTRY_ENV
 from nnunetv2_segresmamba.tools.pipeline import Workspace, evaluate_folder, run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
 
@@ -63,6 +64,8 @@ def test_train_killed_then_resumed_with_c(workspace):
     assert re.search(r": Epoch 0 ?$", resumed, re.M) is None, "resume restarted from epoch 0"
     assert re.search(r": Epoch 1 ?$", resumed, re.M) and re.search(r": Epoch 2 ?$", resumed, re.M)
     assert os.path.exists(os.path.join(fold_dir(workspace), "checkpoint_final.pth"))
+    metrics = json.load(open(os.path.join(fold_dir(workspace), "run_metrics.json")))
+    assert metrics["epochs"] == 3 and metrics["first_epoch_this_process"] == 1
 
 
 def test_validation_with_npz_then_predict_beats_chance(workspace):
@@ -116,10 +119,12 @@ SIBLINGS = {  # smoke trainer -> patch it must train with ((16, 32, 32) planned)
 
 @pytest.mark.parametrize("trainer", SIBLINGS)
 def test_sibling_trains_and_predicts_through_the_cli(workspace, trainer):
-    run_command(["nnUNetv2_train", DID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], workspace.env,
-                quiet=True)
+    run_command(["nnUNetv2_train", DID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
+                {**workspace.env, CO2_COUNTRY_ENV: "DEU"}, quiet=True)
     folder = os.path.dirname(fold_dir(workspace, trainer))
     assert os.path.exists(os.path.join(folder, "fold_0", "checkpoint_final.pth"))
+    metrics = json.load(open(os.path.join(folder, "fold_0", "run_metrics.json")))
+    assert metrics["epochs"] == 2 and metrics["energy"]["energy_kwh"] > 0 and metrics["energy"]["country"] == "DEU"
     with open(os.path.join(folder, "plans.json")) as f:
         assert json.load(f)["configurations"]["3d_fullres"]["patch_size"] == SIBLINGS[trainer]
 

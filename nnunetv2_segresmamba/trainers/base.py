@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
 from nnunetv2_segresmamba.trainers.schedules import CosineAnnealingScheduler
+from nnunetv2_segresmamba.trainers.tracking import energy_record, energy_tracker_from_env, write_run_metrics
 
 
 class ComparisonTrainerBase(nnUNetTrainer):
@@ -59,6 +60,22 @@ class ComparisonTrainerBase(nnUNetTrainer):
         self.initial_lr = self.recipe_initial_lr
         self.weight_decay = self.recipe_weight_decay
         self.enable_deep_supervision = self.deep_supervision
+
+    def on_train_start(self) -> None:
+        """Also starts energy tracking when asked for (see :mod:`.tracking`)."""
+        self._first_epoch_this_process = self.current_epoch
+        self._energy_tracker = None
+        if self.local_rank == 0:  # before nnU-Net starts its workers, so a bad setting fails fast
+            self._energy_tracker = energy_tracker_from_env(self.output_folder, type(self).__name__)
+        super().on_train_start()
+
+    def on_train_end(self) -> None:
+        """Also writes ``run_metrics.json``: epoch times, peak GPU memory, energy."""
+        super().on_train_end()
+        if self.local_rank == 0:
+            energy = energy_record(self._energy_tracker) if self._energy_tracker is not None else None
+            write_run_metrics(self.output_folder, self.logger, self.device,
+                              self._first_epoch_this_process, energy)
 
     def _do_i_compile(self) -> bool:
         return False  # torch.compile is not measured to work with the Mamba scans

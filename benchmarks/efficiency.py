@@ -1,0 +1,180 @@
+"""The paper's efficiency tables, every network of the comparison family measured side by
+side in one run:
+
+- parameters and fvcore-style MACs (Table 7), see :mod:`benchmarks.model_cost`;
+- peak memory of one training step at each batch size and precision (Table 8) and the
+  step's median time, see :mod:`benchmarks.network_step`;
+- median inference time per patch at batch 1 (Table 1);
+- the ToM layer (and the bare scan) against mambapy, see :mod:`benchmarks.scan_operator`.
+
+Each measurement runs in its own process. Writes ``efficiency.json``, ``efficiency.md``
+(tables beside the paper's, ratios to SegResMamba, the targets) and PNG plots to
+``benchmarks/results/<machine>/``. Usage::
+
+    python -m benchmarks.efficiency                  # 128^3, 1 -> 14, batch 1 and 2, fp32 and AMP
+    python -m benchmarks.efficiency --quick          # smoke test: < 2 min on a 2-core CPU
+    python -m benchmarks.efficiency --size 64 64 64 --repeats 1 --leaderboard sweep/leaderboard.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from benchmarks import report
+from benchmarks.isolate import default_memory_cap_gib, run_isolated
+from benchmarks.machine import describe, slug
+from benchmarks.model_cost import count
+from benchmarks.network_step import PRECISIONS, measure_network
+from benchmarks.scan_operator import BACKENDS, operator_row
+from nnunetv2_segresmamba.registry import FAMILY, Member
+
+RESULTS = Path(__file__).parent / "results"
+NETWORKS = [m.network for m in FAMILY]
+
+
+@dataclass
+class Settings:
+    size: list[int] = field(default_factory=lambda: [128, 128, 128])
+    in_channels: int = 1
+    classes: int = 14
+    networks: list[str] = field(default_factory=lambda: list(NETWORKS))
+    batches: list[int] = field(default_factory=lambda: [1, 2])
+    precisions: list[str] = field(default_factory=lambda: list(PRECISIONS))
+    repeats: int = 3
+    tom_kinds: list[str] = field(default_factory=lambda: ["tom", "scan"])
+    tom_lengths: list[int] = field(default_factory=lambda: [4096, 32768, 262144])
+    tom_d_models: list[int] = field(default_factory=lambda: [48, 96, 192])
+    tom_backends: list[str] = field(default_factory=lambda: available_backends())
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# the smallest patch every network trains at (SwinUNETR keeps 2 x 1 x 1 voxels at 1/32)
+QUICK = {"size": [64, 32, 32], "batches": [1], "repeats": 1, "tom_kinds": ["tom"], "tom_lengths": [4096],
+         "tom_d_models": [48]}
+
+
+def available_backends(device: str | None = None) -> list[str]:
+    """Our pure scan always; mamba_ssm's kernels on CUDA and mambapy when they are installed."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    found = ["pure"]
+    if device == "cuda" and importlib.util.find_spec("mamba_ssm") is not None:
+        found.append("cuda")
+    if importlib.util.find_spec("mambapy") is not None:
+        found.append("mambapy")
+    return found
+
+
+Task = tuple[str, str, Callable[[], list[dict]]]  # (section, label, measure)
+
+
+def plan(s: Settings) -> list[Task]:
+    """Every measurement of the run, cheapest first within each section."""
+    cap = None if s.device == "cuda" else default_memory_cap_gib()
+    tasks: list[Task] = []
+    for net in s.networks:
+        member = next(m for m in FAMILY if m.network == net)
+        tasks.append(("networks", f"{net} MACs", lambda m=member: [cost_row(m, s)]))
+    for net in s.networks:
+        for batch in s.batches:
+            for precision in s.precisions:
+                def step(net=net, batch=batch, precision=precision) -> list[dict]:
+                    result = run_isolated(measure_network, net, s.in_channels, s.classes, s.size, batch, precision,
+                                          s.device, s.repeats, batch == 1, memory_cap_gib=cap)
+                    return [{"network": net, "batch": batch, "precision": precision, **result}]
+                tasks.append(("steps", f"{net} b{batch} {precision}", step))
+    for kind in s.tom_kinds:
+        for length in s.tom_lengths:
+            for d_model in s.tom_d_models:
+                for backend in s.tom_backends:
+                    for backward in (False, True):
+                        tasks.append(("operators", f"{kind} {backend} L={length} d={d_model}",
+                                      lambda a=(kind, backend, length, d_model, s.device, backward, s.repeats):
+                                      [operator_row(*a)]))
+    return tasks
+
+
+def cost_row(member: Member, s: Settings) -> dict:
+    try:
+        return count(member, s.in_channels, s.classes, s.size)
+    except (RuntimeError, ValueError) as err:
+        return {"network": member.network, "error": f"{type(err).__name__}: {err}"}
+
+
+def run(s: Settings) -> dict:
+    results = {"machine": describe(), "date": datetime.date.today().isoformat(), "settings": asdict(s),
+               "command": "python -m benchmarks.efficiency " + shlex.join(sys.argv[1:]),
+               "networks": [], "steps": [], "operators": []}
+    progress = tqdm(plan(s), unit="case", dynamic_ncols=True)
+    for section, label, measure in progress:
+        progress.set_postfix_str(label)
+        results[section].extend(measure())
+    results["targets"] = report.targets(results)
+    return results
+
+
+def write(results: dict, out_dir: Path, leaderboard: Path | None) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "efficiency.json", out_dir / "efficiency.md"
+    json_path.write_text(json.dumps(results, indent=2))
+    md_path.write_text(report.markdown(results))
+    return [json_path, md_path, *report.write_plots(results, out_dir, leaderboard)]
+
+
+def parse_settings(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path | None]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = Settings()
+    parser.add_argument("--quick", action="store_true", help=f"smoke-test settings: {QUICK}")
+    parser.add_argument("--size", type=int, nargs=3)
+    parser.add_argument("--in-channels", type=int)
+    parser.add_argument("--classes", type=int)
+    parser.add_argument("--networks", nargs="+", choices=NETWORKS)
+    parser.add_argument("--batches", type=int, nargs="+")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS)
+    parser.add_argument("--repeats", type=int, help=f"timed runs after one warm-up (default {d.repeats})")
+    parser.add_argument("--tom-kinds", nargs="+", choices=["tom", "scan"])
+    parser.add_argument("--tom-lengths", type=int, nargs="+")
+    parser.add_argument("--tom-d-models", type=int, nargs="+")
+    parser.add_argument("--tom-backends", nargs="+", choices=BACKENDS)
+    parser.add_argument("--device", choices=["cpu", "cuda"])
+    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<machine>)")
+    parser.add_argument("--leaderboard", type=Path, help="a sweep's leaderboard.csv, for memory_vs_dice.png")
+    args = vars(parser.parse_args(argv))
+    quick, out, leaderboard = args.pop("quick"), args.pop("out"), args.pop("leaderboard")
+    chosen = {**(QUICK if quick else {}), **{k: v for k, v in args.items() if v is not None}}
+    if "device" in chosen and "tom_backends" not in chosen:
+        chosen["tom_backends"] = available_backends(chosen["device"])
+    settings = Settings(**chosen)
+    _check(settings)
+    return settings, out, leaderboard
+
+
+def _check(s: Settings) -> None:
+    if s.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this torch sees no CUDA device; leave --device out to measure on the CPU")
+    if "cuda" in s.tom_backends and s.device != "cuda":
+        raise SystemExit("--tom-backends cuda needs --device cuda (mamba_ssm's kernels run on CUDA only)")
+    if s.repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings, out, leaderboard = parse_settings(argv)
+    results = run(settings)
+    for path in write(results, out or RESULTS / slug(results["machine"]), leaderboard):
+        print(f"wrote {path}")
+    print(report.markdown(results).split("## Targets")[1])
+
+
+if __name__ == "__main__":
+    main()

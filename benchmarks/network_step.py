@@ -1,0 +1,82 @@
+"""One network's training step and inference, timed, with the step's peak memory.
+
+A training step is forward, cross-entropy against random labels, backward and an AdamW
+step, the same for every network, so the numbers compare networks rather than recipes.
+AMP is fp16 autocast with a GradScaler on CUDA and bf16 autocast on CPU.
+
+Peak training memory is measured from before the network is built: weights, gradients,
+AdamW's two moments, activations and the allocator's slack (see :mod:`benchmarks.isolate`).
+Times are medians over ``repeats`` after one warm-up. Inference is one patch at batch 1,
+no grad, in the same precision.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.isolate import PeakMemory
+from nnunetv2_segresmamba.registry import FAMILY
+
+PRECISIONS = ("fp32", "amp")
+
+
+def measure_network(network: str, in_channels: int, classes: int, size: list[int], batch: int, precision: str,
+                    device: str, repeats: int, with_inference: bool) -> dict:
+    """Runs in a child process (:func:`benchmarks.isolate.run_isolated`); returns one result row."""
+    torch.manual_seed(0)
+    memory = PeakMemory(device)
+    memory.reset()
+    builder = next(m.build for m in FAMILY if m.network == network)
+    net = builder(in_channels, classes, size).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device, enabled=precision == "amp" and device == "cuda")
+    x = torch.randn(batch, in_channels, *size, device=device)
+    target = torch.randint(0, classes, (batch, *size), device=device)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            loss = F.cross_entropy(net(x), target)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    row = {"train_step_s": median_time(train_step, device, repeats), "peak_train_mib": memory.mib()}
+    if with_inference:
+        del optimizer
+        net.zero_grad(set_to_none=True)
+        net.eval()
+        sample = x[:1]
+
+        def infer() -> None:
+            with torch.inference_mode(), autocast(device, precision):
+                net(sample)
+
+        row["inference_s"] = median_time(infer, device, repeats)
+    return row
+
+
+def autocast(device: str, precision: str) -> AbstractContextManager:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    dtype = torch.float16 if device == "cuda" else torch.bfloat16
+    return torch.autocast(device, dtype=dtype, enabled=precision == "amp")
+
+
+def median_time(fn: Callable[[], None], device: str, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -1,0 +1,264 @@
+"""Markdown tables laid out like the paper's, the issue's targets as ratios, and PNG plots,
+all from the dict that :mod:`benchmarks.efficiency` writes as JSON."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+
+from benchmarks import paper
+
+REFERENCE = "SegResMamba"
+MET = {True: "yes", False: "NO", None: "not measured"}
+
+
+def _fmt(value: float | None, digits: int = 2, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return value / reference if value is not None and reference else None
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    body = ("| " + " | ".join(r) + " |" for r in rows)
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header), *body]
+
+
+def step_value(results: dict, network: str, key: str, batch: int = 1, precision: str = "fp32") -> float | None:
+    for row in results["steps"]:
+        if (row["network"], row["batch"], row["precision"]) == (network, batch, precision):
+            return row.get(key)
+    return None
+
+
+def operator_value(results: dict, key: str, backend: str, length: int, d_model: int, kind: str = "tom",
+                   pass_: str = "fwd+bwd") -> float | None:
+    for row in results["operators"]:
+        if (row["kind"], row["backend"], row["L"], row["d_model"], row["pass"]) == (kind, backend, length, d_model,
+                                                                                    pass_):
+            return row.get(key)
+    return None
+
+
+def targets(results: dict) -> list[dict]:
+    """The issue's targets; ``measured`` is None where this run did not measure the case."""
+    mem = {n: step_value(results, n, "peak_train_mib") for n in ("SegResMamba", "SegMamba", "SwinUNETR")}
+    inference = {n: step_value(results, n, "inference_s") for n in ("SegResMamba", "SegMamba")}
+    ours = {k: operator_value(results, k, "pure", 32768, 96) for k in ("median_s", "peak_mib")}
+    theirs = {k: operator_value(results, k, "mambapy", 32768, 96) for k in ("median_s", "peak_mib")}
+    rows = [
+        ("peak training memory, SegResMamba / SegMamba (batch 1, fp32)", _ratio(mem["SegResMamba"], mem["SegMamba"]),
+         "<=", 0.4),
+        ("peak training memory, SegResMamba / SwinUNETR (batch 1, fp32)",
+         _ratio(mem["SegResMamba"], mem["SwinUNETR"]), "<=", 0.7),
+        ("inference time per patch, SegResMamba / SegMamba (fp32)",
+         _ratio(inference["SegResMamba"], inference["SegMamba"]), "<=", 0.5),
+        ("ToM fwd+bwd at L=32768, d_model=96: mambapy time / ours", _ratio(theirs["median_s"], ours["median_s"]),
+         ">=", 5.0),
+        ("ToM fwd+bwd at L=32768, d_model=96: our peak memory / mambapy's",
+         _ratio(ours["peak_mib"], theirs["peak_mib"]), "<=", 1.0),
+    ]
+    return [{"target": name, "measured": value, "limit": f"{op} {limit}",
+             "met": None if value is None else (value <= limit if op == "<=" else value >= limit)}
+            for name, value, op, limit in rows]
+
+
+def markdown(results: dict) -> str:
+    s = results["settings"]
+    machine = results["machine"]
+    lines = [
+        f"# Efficiency on {machine_name(machine)}",
+        "",
+        f"torch {machine['torch']}{', CUDA ' + machine['cuda'] if machine.get('cuda') else ''}, "
+        f"{machine['cores']} CPU cores ({machine['cpu']}). Patch {'x'.join(map(str, s['size']))}, "
+        f"{s['in_channels']} -> {s['classes']} channels, medians of {s['repeats']} after a warm-up. "
+        f"Paper: A100 40 GB, 128^3, 1 -> 14. Ratios are to {REFERENCE} in the same run.",
+        f"Command: `{results['command']}`",
+        "", "## Parameters and MACs (paper Table 7)", "",
+        *_cost_table(results),
+        "", "## Peak training memory, MiB (paper Table 8, GB at batch 1)", "",
+        *_memory_table(results),
+        "", "## Time per patch, s (paper Table 1: inference)", "",
+        *_time_table(results),
+        "", "## ToM operator against mambapy", "",
+        *_operator_table(results),
+        "", "## Targets", "",
+        *_table(["target", "measured", "limit", "met"],
+                [[t["target"], _fmt(t["measured"]), t["limit"], MET[t["met"]]] for t in targets(results)]),
+    ]
+    errors = [r for r in results["networks"] + results["steps"] + results["operators"] if "error" in r]
+    if errors:
+        lines += ["", "## Cases that could not run", "",
+                  *(f"- {_case(r)}: {r['error']}" for r in errors)]
+    return "\n".join(lines) + "\n"
+
+
+def _case(row: dict) -> str:
+    if "batch" not in row and "network" in row:
+        return f"{row['network']} MACs"
+    if "network" in row:
+        return f"{row['network']} batch {row['batch']} {row['precision']}"
+    return f"{row['kind']} {row['backend']} L={row['L']} d_model={row['d_model']} {row['pass']}"
+
+
+def _cost_table(results: dict) -> list[str]:
+    ref = next((r.get("macs") for r in results["networks"] if r["network"] == REFERENCE), None)
+    return _table(
+        ["network", "params (M)", "paper params (M)", "MACs (G)", "paper MACs (G)", "MACs / SegResMamba"],
+        [[r["network"], _fmt(_scaled(r.get("params"), 1e6)), _fmt(paper.PARAMS_M.get(r["network"])),
+          _fmt(_scaled(r.get("macs"), 1e9)), _fmt(paper.FVCORE_MACS_G.get(r["network"])),
+          _fmt(_ratio(r.get("macs"), ref))] for r in results["networks"]],
+    )
+
+
+def _step_columns(results: dict) -> list[tuple[int, str]]:
+    return [(b, p) for b in results["settings"]["batches"] for p in results["settings"]["precisions"]]
+
+
+def _memory_table(results: dict) -> list[str]:
+    columns = _step_columns(results)
+    ours_ref = step_value(results, REFERENCE, "peak_train_mib")
+    paper_ref = paper.TRAIN_MEMORY_GB[REFERENCE]
+    rows = []
+    for net in results["settings"]["networks"]:
+        ours = step_value(results, net, "peak_train_mib")
+        rows.append([net, *(_fmt(step_value(results, net, "peak_train_mib", b, p), 0) for b, p in columns),
+                     _fmt(paper.TRAIN_MEMORY_GB.get(net)), _fmt(_ratio(ours, ours_ref)),
+                     _fmt(_ratio(paper.TRAIN_MEMORY_GB.get(net), paper_ref))])
+    return _table(["network", *(f"batch {b} {p}" for b, p in columns), "paper (GB)", "ours / SegResMamba (b1 fp32)",
+                   "paper / SegResMamba"], rows)
+
+
+def _time_table(results: dict) -> list[str]:
+    precisions = results["settings"]["precisions"]
+    ours_ref = step_value(results, REFERENCE, "inference_s")
+    rows = []
+    for net in results["settings"]["networks"]:
+        ours = step_value(results, net, "inference_s")
+        rows.append([net, *(_fmt(step_value(results, net, "inference_s", 1, p), 3) for p in precisions),
+                     _fmt(paper.INFERENCE_S.get(net), 4), _fmt(_ratio(ours, ours_ref)),
+                     _fmt(_ratio(paper.INFERENCE_S.get(net), paper.INFERENCE_S[REFERENCE])),
+                     *(_fmt(step_value(results, net, "train_step_s", 1, p), 3) for p in precisions)])
+    return _table(["network", *(f"inference {p}" for p in precisions), "paper inference",
+                   "ours / SegResMamba (fp32)", "paper / SegResMamba", *(f"train step b1 {p}" for p in precisions)],
+                  rows)
+
+
+def _operator_table(results: dict) -> list[str]:
+    cases = sorted({(r["kind"], r["L"], r["d_model"], r["backend"]) for r in results["operators"]},
+                   key=lambda c: (c[0] != "tom", c[1], c[2], c[3]))
+    rows = []
+    for kind, length, d_model, backend in cases:
+        values = {(p, k): operator_value(results, k, backend, length, d_model, kind, p)
+                  for p in ("fwd", "fwd+bwd") for k in ("median_s", "peak_mib")}
+        ref = {k: operator_value(results, k, "mambapy", length, d_model, kind) for k in ("median_s", "peak_mib")}
+        rows.append([kind, str(length), str(d_model), backend, _fmt(values["fwd", "median_s"], 3),
+                     _fmt(values["fwd", "peak_mib"], 0), _fmt(values["fwd+bwd", "median_s"], 3),
+                     _fmt(values["fwd+bwd", "peak_mib"], 0),
+                     _fmt(_ratio(ref["median_s"], values["fwd+bwd", "median_s"])),
+                     _fmt(_ratio(values["fwd+bwd", "peak_mib"], ref["peak_mib"]))])
+    return _table(["op", "L", "d_model", "backend", "fwd s", "fwd MiB", "fwd+bwd s", "fwd+bwd MiB",
+                   "mambapy time / this (fwd+bwd)", "this memory / mambapy's (fwd+bwd)"], rows)
+
+
+def machine_name(machine: dict) -> str:
+    return machine.get("gpu") or f"CPU, {machine['cores']} cores"
+
+
+def write_plots(results: dict, out_dir: Path, leaderboard: Path | None = None) -> list[Path]:
+    """memory.png, time.png, tom.png and, given a sweep leaderboard CSV, memory_vs_dice.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = [_plot_memory(results, out_dir, plt), _plot_time(results, out_dir, plt), _plot_operator(results,
+                                                                                                        out_dir, plt)]
+    if leaderboard is not None:
+        written.append(_plot_memory_vs_dice(results, leaderboard, out_dir, plt))
+    return written
+
+
+def _grouped_bars(ax, networks: list[str], series: dict[str, list[float | None]]) -> None:
+    width = 0.8 / max(len(series), 1)
+    for i, (label, values) in enumerate(series.items()):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(networks))]
+        ax.bar(xs, [v or 0 for v in values], width, label=label)
+    ax.set_xticks(range(len(networks)), networks, rotation=20)
+    ax.legend(fontsize=8)
+
+
+def _plot_memory(results: dict, out_dir: Path, plt) -> Path:
+    networks = results["settings"]["networks"]
+    series = {f"ours b{b} {p}": [_gib(step_value(results, n, "peak_train_mib", b, p)) for n in networks]
+              for b, p in _step_columns(results)}
+    series["paper Table 8 (A100, 128^3, b1)"] = [paper.TRAIN_MEMORY_GB.get(n) for n in networks]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    _grouped_bars(ax, networks, series)
+    ax.set_ylabel("peak training memory (GiB)")
+    ax.set_title(f"Training step memory, {_where(results)}")
+    return _save(fig, out_dir / "memory.png", plt)
+
+
+def _plot_time(results: dict, out_dir: Path, plt) -> Path:
+    networks = results["settings"]["networks"]
+    precisions = results["settings"]["precisions"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    inference = {f"ours {p}": [step_value(results, n, "inference_s", 1, p) for n in networks] for p in precisions}
+    inference["paper Table 1 (A100, 128^3)"] = [paper.INFERENCE_S.get(n) for n in networks]
+    _grouped_bars(left, networks, inference)
+    left.set(yscale="log", ylabel="seconds per patch", title="Inference, batch 1")
+    train = {f"ours b{b} {p}": [step_value(results, n, "train_step_s", b, p) for n in networks]
+             for b, p in _step_columns(results)}
+    _grouped_bars(right, networks, train)
+    right.set(yscale="log", ylabel="seconds per step", title="Training step")
+    fig.suptitle(_where(results))
+    return _save(fig, out_dir / "time.png", plt)
+
+
+def _plot_operator(results: dict, out_dir: Path, plt) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = [r for r in results["operators"] if r["kind"] == "tom" and r["pass"] == "fwd+bwd" and "median_s" in r]
+    for backend, d_model in sorted({(r["backend"], r["d_model"]) for r in rows}):
+        points = sorted((r["L"], r["median_s"]) for r in rows if (r["backend"], r["d_model"]) == (backend, d_model))
+        ax.plot(*zip(*points), marker="o", label=f"{backend}, d_model {d_model}")
+    ax.set(xscale="log", yscale="log", xlabel="sequence length L", ylabel="seconds, forward + backward",
+           title=f"ToM layer, {machine_name(results['machine'])}")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir / "tom.png", plt)
+
+
+def _plot_memory_vs_dice(results: dict, leaderboard: Path, out_dir: Path, plt) -> Path:
+    """Like the paper's Figure 2: mean Dice from a sweep against our measured training memory."""
+    with open(leaderboard) as f:
+        dice = {row["network"]: float(row["dice_mean"]) for row in csv.DictReader(f) if row.get("dice_mean")}
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for net, value in dice.items():
+        memory = _gib(step_value(results, net, "peak_train_mib"))
+        if memory is not None:
+            ax.scatter(memory, value)
+            ax.annotate(net, (memory, value), textcoords="offset points", xytext=(4, 4))
+    ax.set(xlabel="peak training memory, batch 1 fp32 (GiB)", ylabel="mean Dice (sweep)",
+           title=f"Dice vs training memory, {_where(results)}")
+    return _save(fig, out_dir / "memory_vs_dice.png", plt)
+
+
+def _scaled(value: float | None, unit: float) -> float | None:
+    return None if value is None else value / unit
+
+
+def _gib(mib: float | None) -> float | None:
+    return _scaled(mib, 1024)
+
+
+def _where(results: dict) -> str:
+    return f"{machine_name(results['machine'])}, {'x'.join(map(str, results['settings']['size']))}"
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
