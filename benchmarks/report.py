@@ -233,7 +233,10 @@ def _plot_operator(results: dict, out_dir: Path, plt) -> Path:
 def _plot_memory_vs_dice(results: dict, leaderboard: Path, out_dir: Path, plt) -> Path:
     """Like the paper's Figure 2: mean Dice from a sweep against our measured training memory."""
     with open(leaderboard) as f:
-        dice = {row["network"]: float(row["dice_mean"]) for row in csv.DictReader(f) if row.get("dice_mean")}
+        rows = [r for r in csv.DictReader(f) if r.get("dice_mean") and r.get("complete") == "True"]
+    if len({(r["dataset"], r["configuration"]) for r in rows}) > 1:
+        raise ValueError(f"{leaderboard} covers several datasets or configurations; report one sweep at a time")
+    dice = {r["network"]: float(r["dice_mean"]) for r in rows}
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for net, value in dice.items():
         memory = _gib(step_value(results, net, "peak_train_mib"))

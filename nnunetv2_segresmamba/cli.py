@@ -1,10 +1,11 @@
-"""``nnunetv2_segresmamba`` command: make-dataset, demo, trainer-dir."""
+"""``nnunetv2_segresmamba`` command: make-dataset, demo, trainer-dir, sweep, status, report."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def _triple(kind):
@@ -58,6 +59,81 @@ def _trainer_dir(args: argparse.Namespace) -> None:
     print(trainer_dir())
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from nnunetv2_segresmamba.sweeps.executors import SlurmOptions
+    from nnunetv2_segresmamba.sweeps.jobs import expand
+    from nnunetv2_segresmamba.sweeps.sweep import run_sweep
+    from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
+
+    results = require_nnunet_env()["nnUNet_results"]
+    jobs = expand(args.datasets, args.configurations, args.trainers, args.folds, args.plans)
+    slurm = SlurmOptions(partition=args.partition, time_min=args.time_min, gpus=args.gpus, cpus=args.cpus,
+                         mem_gb=args.mem_gb, array_parallelism=args.array_parallelism, account=args.account)
+    return run_sweep(jobs, args.sweep_dir, results, args.executor, args.device, args.dry_run, args.wait,
+                     args.local_gpus, slurm)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from nnunetv2_segresmamba.sweeps.jobs import read_plan
+    from nnunetv2_segresmamba.sweeps.status import format_table, job_states
+    from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
+
+    jobs = read_plan(args.sweep_dir)
+    if not jobs:
+        raise ValueError(f"no sweep in {args.sweep_dir}: start one with nnunetv2_segresmamba sweep")
+    print(format_table(job_states(jobs, args.sweep_dir, require_nnunet_env(("nnUNet_results",))["nnUNet_results"])))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from nnunetv2_segresmamba.sweeps.report import build_report
+    from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
+
+    results = Path(require_nnunet_env(("nnUNet_results",))["nnUNet_results"])
+    for path in build_report(args.sweep_dir, results, args.out, args.allow_incomplete):
+        print(path)
+    return 0
+
+
+def _add_sweep_parsers(sub) -> None:
+    from nnunetv2_segresmamba.registry import FAMILY
+
+    sweep = sub.add_parser("sweep", help="train datasets x configurations x trainers x folds, here or on SLURM",
+                           description="Runs nnUNetv2_train for every job; done folds are skipped, interrupted "
+                                       "ones resume with --c, nothing finished is overwritten.")
+    sweep.add_argument("-d", "--datasets", nargs="+", required=True, help="dataset ids or names")
+    sweep.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"])
+    sweep.add_argument("-tr", "--trainers", nargs="+", default=[m.trainer for m in FAMILY])
+    sweep.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    sweep.add_argument("-p", "--plans", default="nnUNetPlans")
+    sweep.add_argument("--sweep-dir", type=Path, required=True, help="plan, logs and job records of this sweep")
+    sweep.add_argument("--executor", choices=("local", "slurm"), default="local")
+    sweep.add_argument("--device", choices=("cuda", "cpu", "mps"), default="cuda")
+    sweep.add_argument("--dry-run", action="store_true", help="print what would run and stop")
+    sweep.add_argument("--wait", action="store_true", help="slurm: wait until every job has ended")
+    sweep.add_argument("--local-gpus", type=int, default=1, help="local: jobs at a time, one per GPU")
+    slurm = sweep.add_argument_group("slurm")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--account")
+    slurm.add_argument("--time-min", type=int, default=72 * 60, help="per job, minutes (default 4320)")
+    slurm.add_argument("--gpus", type=int, default=1, help="per job (default 1)")
+    slurm.add_argument("--cpus", type=int, default=8, help="per job; also sets nnUNet_n_proc_DA (default 8)")
+    slurm.add_argument("--mem-gb", type=float)
+    slurm.add_argument("--array-parallelism", type=int, default=64, help="array tasks running at once")
+    sweep.set_defaults(func=_sweep)
+
+    status = sub.add_parser("status", help="state and log of every job of a sweep")
+    status.add_argument("--sweep-dir", type=Path, required=True)
+    status.set_defaults(func=_status)
+
+    report = sub.add_parser("report", help="Dice per trainer across folds: CSV, markdown leaderboard, plots")
+    report.add_argument("--sweep-dir", type=Path, required=True)
+    report.add_argument("--out", type=Path, help="default: SWEEP_DIR/report")
+    report.add_argument("--allow-incomplete", action="store_true",
+                        help="average over the folds present when some are missing (marked as incomplete)")
+    report.set_defaults(func=_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunetv2_segresmamba", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,17 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     where = sub.add_parser("trainer-dir", help="print the folder to put in nnUNet_extTrainer by hand")
     where.set_defaults(func=_trainer_dir)
+    _add_sweep_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except (OSError, FileExistsError, ValueError, RuntimeError) as err:
+        return args.func(args) or 0
+    except (OSError, ValueError, RuntimeError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from nnunetv2_segresmamba.trainers.tracking import CO2_COUNTRY_ENV
 from nnunetv2_segresmamba.tools.pipeline import Workspace, evaluate_folder, run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
+from nnunetv2_segresmamba.trainers.tracking import CO2_COUNTRY_ENV
 
 pytestmark = pytest.mark.e2e
 

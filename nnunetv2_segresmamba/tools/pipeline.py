@@ -41,12 +41,13 @@ def require_nnunet_env(names: tuple[str, ...] = NNUNET_DIRS) -> dict[str, str]:
 
 
 def run_command(args: list[str], env: dict[str, str] | None = None, log_path: str | None = None,
-                quiet: bool = False) -> float:
-    """Runs one CLI command; raises with the log's tail if it fails. Returns seconds taken."""
+                quiet: bool = False, append: bool = False) -> float:
+    """Runs one CLI command; raises with the log's tail if it fails. Returns seconds taken.
+    Output goes to ``log_path`` (appended with ``append``) and, unless ``quiet``, to stdout."""
     executable = shutil.which(args[0]) or os.path.join(os.path.dirname(sys.executable), args[0])
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     start = time.perf_counter()
-    with open(log_path or os.devnull, "w") as log:
+    with open(log_path or os.devnull, "a" if append else "w") as log:
         proc = subprocess.Popen([executable, *args[1:]], env=full_env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         tail: deque[str] = deque(maxlen=40)

@@ -1,0 +1,144 @@
+"""One sweep job is one fold of one trainer: its nnU-Net folder, its state on disk, and how to
+run it with the stock ``nnUNetv2_train`` so that a rerun resumes and never redoes or
+overwrites a finished fold.
+
+The sweep folder holds ``plan.json`` (every job of the sweep), ``logs/<job>.log`` (the
+output of each attempt, appended) and ``records/<job>.json`` (the last attempt: state,
+host, process and SLURM ids, exit code).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from itertools import product
+from pathlib import Path
+
+from nnunetv2_segresmamba.tools.pipeline import run_command
+
+PLAN_FILE = "plan.json"
+
+
+@dataclass(frozen=True, order=True)
+class FoldJob:
+    """``nnUNetv2_train dataset configuration fold -tr trainer -p plans``."""
+
+    dataset: str  # nnU-Net's folder name, e.g. Dataset991_E2E
+    configuration: str
+    trainer: str
+    fold: int
+    plans: str = "nnUNetPlans"
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}__{self.trainer}__{self.plans}__{self.configuration}__fold_{self.fold}"
+
+    def fold_dir(self, results: str | os.PathLike) -> Path:
+        """nnU-Net's output folder of this fold under ``nnUNet_results``."""
+        return Path(results, self.dataset, f"{self.trainer}__{self.plans}__{self.configuration}", f"fold_{self.fold}")
+
+    def train_command(self, device: str) -> list[str]:
+        """Training with ``--c`` (nnU-Net starts fresh when there is no checkpoint yet) and ``--npz``,
+        so ``nnUNetv2_find_best_configuration`` can ensemble afterwards."""
+        return ["nnUNetv2_train", self.dataset, self.configuration, str(self.fold), "-tr", self.trainer,
+                "-p", self.plans, "-device", device, "--npz", "--c"]
+
+
+def expand(datasets: list[str], configurations: list[str], trainers: list[str], folds: list[int],
+           plans: str = "nnUNetPlans") -> list[FoldJob]:
+    """datasets x configurations x trainers x folds; dataset ids become nnU-Net's folder names."""
+    names = [dataset_name(d) for d in datasets]
+    return [FoldJob(*combo, plans=plans) for combo in product(names, configurations, trainers, folds)]
+
+
+def dataset_name(dataset: str) -> str:
+    """``991`` or ``Dataset991_E2E`` -> ``Dataset991_E2E``, looked up as nnU-Net does."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        return maybe_convert_to_dataset_name(int(dataset) if dataset.isdigit() else dataset)
+    except RuntimeError as err:
+        raise ValueError(f"dataset {dataset!r} not found in nnUNet_raw, nnUNet_preprocessed or nnUNet_results; "
+                         f"run nnUNetv2_plan_and_preprocess -d {dataset} first") from err
+
+
+def write_plan(sweep_dir: Path, jobs: list[FoldJob]) -> list[FoldJob]:
+    """Adds ``jobs`` to the sweep's plan (earlier jobs stay) and returns the whole plan."""
+    merged = sorted(set(read_plan(sweep_dir)) | set(jobs))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / PLAN_FILE).write_text(json.dumps([asdict(j) for j in merged], indent=2))
+    return merged
+
+
+def read_plan(sweep_dir: Path) -> list[FoldJob]:
+    path = sweep_dir / PLAN_FILE
+    return [FoldJob(**j) for j in json.loads(path.read_text())] if path.exists() else []
+
+
+def is_trained(fold_dir: Path) -> bool:
+    return (fold_dir / "checkpoint_final.pth").exists()
+
+
+def is_done(fold_dir: Path) -> bool:
+    """Trained and validated: what the report and find_best_configuration need."""
+    return is_trained(fold_dir) and (fold_dir / "validation" / "summary.json").exists()
+
+
+def log_path(sweep_dir: Path, job: FoldJob) -> Path:
+    return sweep_dir / "logs" / f"{job.key}.log"
+
+
+def record_path(sweep_dir: Path, job: FoldJob) -> Path:
+    return sweep_dir / "records" / f"{job.key}.json"
+
+
+def read_record(sweep_dir: Path, job: FoldJob) -> dict | None:
+    path = record_path(sweep_dir, job)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_record(sweep_dir: Path, job: FoldJob, **fields) -> None:
+    path = record_path(sweep_dir, job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**(read_record(sweep_dir, job) or {}), **fields}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)  # atomic: status never reads half a record
+
+
+def run_fold(job: FoldJob, sweep_dir: Path, device: str, env: dict[str, str] | None = None) -> str:
+    """Runs one job to completion and returns ``"skipped"`` (already done) or ``"done"``.
+
+    A finished fold is never trained again: a trained but unvalidated fold only gets
+    ``--val --npz``; anything else resumes from its latest checkpoint. Raises RuntimeError,
+    with the log's tail, when nnU-Net fails.
+    """
+    results = (env or {}).get("nnUNet_results") or os.environ["nnUNet_results"]
+    fold_dir = job.fold_dir(results)
+    if is_done(fold_dir):
+        return "skipped"
+    command = job.train_command(device)
+    if is_trained(fold_dir):
+        command = [*command[:-1], "--val"]  # validate only; --c would save checkpoint_final again
+    log = log_path(sweep_dir, job)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    _write_record(sweep_dir, job, state="running", host=socket.gethostname(), pid=os.getpid(),
+                  slurm_job_id=slurm_job_id(), started=time.time(), ended=None, error=None, log=str(log))
+    try:
+        with open(log, "a") as f:
+            f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
+        run_command(command, env, log_path=str(log), quiet=True, append=True)
+    except RuntimeError as err:
+        _write_record(sweep_dir, job, state="failed", ended=time.time(), error=str(err).splitlines()[0])
+        raise
+    _write_record(sweep_dir, job, state="done", ended=time.time())
+    return "done"
+
+
+def slurm_job_id() -> str | None:
+    """``<array job>_<task>`` inside a SLURM array task, the plain job id in a single job."""
+    array_id, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array_id}_{task}" if array_id and task else os.environ.get("SLURM_JOB_ID")

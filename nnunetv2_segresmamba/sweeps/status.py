@@ -1,0 +1,91 @@
+"""The state of every job of a sweep, from the fold folders, the job records and SLURM's queue.
+
+- ``done``: trained and validated (``checkpoint_final.pth`` and ``validation/summary.json``);
+- ``running`` / ``pending``: a live process here, or a task in ``squeue``;
+- ``failed``: nnU-Net failed, or the job was killed or left the queue before finishing;
+- ``not started``: never run or submitted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnunetv2_segresmamba.sweeps.executors import submitted_ids
+from nnunetv2_segresmamba.sweeps.jobs import FoldJob, is_done, log_path, read_record
+
+ACTIVE = ("running", "pending")
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job: FoldJob
+    state: str
+    detail: str
+    log: Path
+
+
+def squeue_states() -> dict[str, str]:
+    """{job id: SLURM state} of the queue, array tasks one by one; empty without SLURM."""
+    if shutil.which("squeue") is None:
+        return {}
+    result = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True)
+    if result.returncode:
+        return {}
+    return dict(line.split("|", 1) for line in result.stdout.split())
+
+
+def job_states(jobs: list[FoldJob], sweep_dir: Path, results: str | os.PathLike) -> list[JobStatus]:
+    queue, submitted = squeue_states(), submitted_ids(sweep_dir)
+    return [JobStatus(job, *_state(job, sweep_dir, results, queue, submitted.get(job.key)), log_path(sweep_dir, job))
+            for job in jobs]
+
+
+def _state(job: FoldJob, sweep_dir: Path, results, queue: dict[str, str], slurm_id: str | None) -> tuple[str, str]:
+    if is_done(job.fold_dir(results)):
+        return "done", ""
+    record = read_record(sweep_dir, job) or {}
+    if record.get("state") == "running":
+        return _running_or_lost(record, queue)
+    if slurm_id in queue:
+        return ("running" if queue[slurm_id] == "RUNNING" else "pending"), f"SLURM {slurm_id} {queue[slurm_id]}"
+    if record.get("state") == "failed":
+        return "failed", record.get("error") or ""
+    if slurm_id:
+        return "failed", f"SLURM {slurm_id} left the queue without running"
+    return "not started", ""
+
+
+def _running_or_lost(record: dict, queue: dict[str, str]) -> tuple[str, str]:
+    slurm_id = record.get("slurm_job_id")
+    if slurm_id:
+        if slurm_id in queue:
+            return "running", f"SLURM {slurm_id} on {record['host']}"
+        return "failed", f"SLURM {slurm_id} ended while training (killed, preempted or out of time)"
+    if record.get("host") != socket.gethostname():
+        return "running", f"pid {record['pid']} on {record['host']} (cannot check from here)"
+    if _alive(record["pid"]):
+        return "running", f"pid {record['pid']}"
+    return "failed", f"pid {record['pid']} ended while training (killed)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def format_table(statuses: list[JobStatus]) -> str:
+    rows = [("state", "job", "detail", "log")] + [(s.state, s.job.key, s.detail, str(s.log)) for s in statuses]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3] for row in rows]
+    counts = {state: sum(s.state == state for s in statuses) for state in dict.fromkeys(s.state for s in statuses)}
+    return "\n".join(lines + ["", ", ".join(f"{n} {state}" for state, n in counts.items())])

@@ -1,0 +1,40 @@
+"""The efficiency benchmark's --quick mode end to end, and its target arithmetic."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.report import targets
+from nnunetv2_segresmamba.registry import FAMILY
+
+
+@pytest.mark.e2e
+def test_quick_efficiency_run_measures_every_network_and_writes_its_files(tmp_path):
+    subprocess.run([sys.executable, "-m", "benchmarks.efficiency", "--quick", "--out", str(tmp_path)], check=True)
+    results = json.loads((tmp_path / "efficiency.json").read_text())
+    errors = [r for r in results["networks"] + results["steps"] + results["operators"] if "error" in r]
+    assert not errors
+    assert {r["network"] for r in results["steps"]} == {m.network for m in FAMILY}
+    assert all(r["peak_train_mib"] > 0 and r["train_step_s"] > 0 and r["inference_s"] > 0 for r in results["steps"])
+    assert {(r["backend"], r["pass"]) for r in results["operators"]} >= {("pure", "fwd"), ("pure", "fwd+bwd")}
+    table = (tmp_path / "efficiency.md").read_text()
+    assert "## Peak training memory" in table and "| SegMamba |" in table and "## Targets" in table
+    for plot in ("memory.png", "time.png", "tom.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_targets_are_ratios_within_one_run():
+    results = {
+        "steps": [{"network": n, "batch": 1, "precision": "fp32", "peak_train_mib": mib, "inference_s": s}
+                  for n, mib, s in (("SegResMamba", 300.0, 1.0), ("SegMamba", 1000.0, 3.0), ("SwinUNETR", 400.0, 2.0))],
+        "operators": [{"kind": "tom", "backend": b, "L": 32768, "d_model": 96, "pass": "fwd+bwd", "median_s": t,
+                       "peak_mib": m} for b, t, m in (("pure", 2.0, 100.0), ("mambapy", 9.0, 800.0))],
+    }
+    values = [(t["measured"], t["met"]) for t in targets(results)]  # in the order of the issue's targets
+    assert values[0] == (0.3, True)  # 300 / 1000 <= 0.4
+    assert values[1] == (0.75, False)  # 300 / 400 > 0.7
+    assert values[2] == (pytest.approx(1 / 3), True)
+    assert values[3] == (4.5, False)  # 9 / 2 < 5
+    assert values[4] == (0.125, True)

@@ -1,0 +1,133 @@
+"""Sweeps through the real CLI on a tiny synthetic dataset: a local sweep killed mid-fold and
+resumed by a second call, then its report; and a SLURM sweep on a real one-node cluster."""
+
+import csv
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nnunetv2_segresmamba.sweeps.jobs import FoldJob, is_done
+from nnunetv2_segresmamba.tools.pipeline import Workspace, run_command
+from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
+from tests.slurm_cluster import SlurmUnavailable, start_local_cluster
+
+pytestmark = pytest.mark.e2e
+
+SPEC = SyntheticSpec(dataset_id=992, name="Sweep", num_train=6, num_test=1, shape=(16, 32, 32),
+                     spacing=(2.0, 1.0, 1.0), num_classes=2, num_channels=1)
+NNUNET, UNETR = "nnUNetTrainerComparisonNnUNet_smoke", "nnUNetTrainerUNETR_smoke"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    ws = Workspace(str(tmp_path_factory.mktemp("sweep")))
+    make_dataset(ws.path("nnUNet_raw"), SPEC)
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", str(SPEC.dataset_id), "-c", "3d_fullres", "-np", "2"],
+                ws.env, quiet=True)
+    return ws
+
+
+def cli(*args: str) -> list[str]:
+    return [os.path.join(os.path.dirname(sys.executable), "nnunetv2_segresmamba"), *args]
+
+
+def sweep_args(sweep_dir, trainers, folds) -> list[str]:
+    return ["sweep", "-d", str(SPEC.dataset_id), "-tr", *trainers, "-f", *map(str, folds), "--device", "cpu",
+            "--sweep-dir", str(sweep_dir)]
+
+
+def job(trainer: str, fold: int) -> FoldJob:
+    return FoldJob(SPEC.folder_name, "3d_fullres", trainer, fold)
+
+
+def leaderboard(report_dir) -> dict[str, dict]:
+    with open(os.path.join(report_dir, "leaderboard.csv")) as f:
+        return {row["trainer"]: row for row in csv.DictReader(f)}
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(workspace):
+    sweep_dir = os.path.join(workspace.root, "sweeps", "dry")
+    out = subprocess.run(cli(*sweep_args(sweep_dir, [NNUNET, UNETR], [0, 1]), "--dry-run"),
+                         env={**os.environ, **workspace.env}, capture_output=True, text=True, check=True).stdout
+    assert out.count("would run (local)") == 4
+    assert job(UNETR, 1).key in out
+    assert not os.path.exists(sweep_dir)
+
+
+def test_local_sweep_killed_then_resumed_then_reported(workspace):
+    results, sweep_dir = workspace.path("nnUNet_results"), os.path.join(workspace.root, "sweeps", "local")
+    first, second = job(NNUNET, 0), job(NNUNET, 1)
+    args = sweep_args(sweep_dir, [NNUNET, UNETR], [0, 1])
+    kill_when_second_fold_has_a_checkpoint(args, workspace, second.fold_dir(results))
+    finished_at = os.path.getmtime(first.fold_dir(results) / "checkpoint_final.pth")
+
+    status = run_status(workspace.env, sweep_dir)
+    assert re.search(rf"^done\s+{first.key}", status, re.M)
+    assert re.search(rf"^failed\s+{second.key}\s+pid \d+ ended while training", status, re.M)
+    assert re.search(rf"^not started\s+{job(UNETR, 0).key}", status, re.M)
+
+    out = subprocess.run(cli(*args), env={**os.environ, **workspace.env}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(rf"^{first.key}\s+skip \(done\)", out.stdout, re.M)
+    assert os.path.getmtime(first.fold_dir(results) / "checkpoint_final.pth") == finished_at, "a done fold was redone"
+    logs = sorted(glob.glob(str(second.fold_dir(results) / "training_log_*.txt")))
+    assert re.search(r": Epoch 0 ?$", open(logs[-1]).read(), re.M) is None, "the killed fold restarted from epoch 0"
+    for trainer in (NNUNET, UNETR):
+        for fold in (0, 1):
+            assert is_done(job(trainer, fold).fold_dir(results))
+            assert glob.glob(str(job(trainer, fold).fold_dir(results) / "validation" / "*.npz"))
+
+    run_command(cli("report", "--sweep-dir", sweep_dir), workspace.env, quiet=True)
+    board = leaderboard(os.path.join(sweep_dir, "report"))
+    assert {board[t]["folds_done"] for t in (NNUNET, UNETR)} == {"2"}
+    assert all(0 <= float(board[t]["dice_mean"]) <= 1 for t in (NNUNET, UNETR))
+    assert os.path.getsize(os.path.join(sweep_dir, "report", "dice_boxplot.png")) > 0
+
+
+def kill_when_second_fold_has_a_checkpoint(args, workspace, fold_dir) -> None:
+    proc = subprocess.Popen(cli(*args), env={**os.environ, **workspace.env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not (fold_dir / "checkpoint_latest.pth").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert (fold_dir / "checkpoint_latest.pth").exists(), "the second fold wrote no checkpoint"
+        time.sleep(2)  # let torch.save finish
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (fold_dir / "checkpoint_final.pth").exists(), "killed too late: the second fold had finished"
+
+
+def run_status(env, sweep_dir) -> str:
+    return subprocess.run(cli("status", "--sweep-dir", sweep_dir), env={**os.environ, **env},
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_slurm_sweep_on_a_real_cluster(workspace, tmp_path):
+    pytest.importorskip("submitit")
+    try:
+        cluster = start_local_cluster(tmp_path / "slurm", accounting=False)
+    except SlurmUnavailable as exc:
+        pytest.skip(f"no SLURM cluster on this machine: {exc}")
+    results, sweep_dir = workspace.path("nnUNet_results"), os.path.join(workspace.root, "sweeps", "slurm")
+    env = {**workspace.env, **cluster.env}
+    with cluster:
+        run_command(cli(*sweep_args(sweep_dir, [NNUNET], [2, 3]), "--executor", "slurm", "--partition",
+                        cluster.partition, "--gpus", "0", "--cpus", "1", "--time-min", "20",
+                        "--array-parallelism", "1", "--wait"), env, quiet=True)
+        status = run_status(env, sweep_dir)
+    assert len(re.findall(r"^done\s", status, re.M)) == 2, status
+    for fold in (2, 3):
+        assert is_done(job(NNUNET, fold).fold_dir(results))
+        record = json.load(open(os.path.join(sweep_dir, "records", f"{job(NNUNET, fold).key}.json")))
+        assert re.fullmatch(r"\d+_\d+", record["slurm_job_id"]), "the fold did not run as a SLURM array task"
+    run_command(cli("report", "--sweep-dir", sweep_dir), env, quiet=True)
+    assert leaderboard(os.path.join(sweep_dir, "report"))[NNUNET]["folds_done"] == "2"
