@@ -4,26 +4,17 @@ all from the dict that :mod:`benchmarks.efficiency` writes as JSON."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
 from pathlib import Path
 
 from benchmarks import paper
+from nnunetv2_segresmamba.tools.reporting import fmt, gib, markdown_table, pyplot, save_figure
 
 REFERENCE = "SegResMamba"
 MET = {True: "yes", False: "NO", None: "not measured"}
 
 
-def _fmt(value: float | None, digits: int = 2, unit: str = "") -> str:
-    return "-" if value is None else f"{value:.{digits}f}{unit}"
-
-
 def _ratio(value: float | None, reference: float | None) -> float | None:
     return value / reference if value is not None and reference else None
-
-
-def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
-    body = ("| " + " | ".join(r) + " |" for r in rows)
-    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header), *body]
 
 
 def step_value(results: dict, network: str, key: str, batch: int = 1, precision: str = "fp32") -> float | None:
@@ -85,8 +76,8 @@ def markdown(results: dict) -> str:
         "", "## ToM operator against mambapy", "",
         *_operator_table(results),
         "", "## Targets", "",
-        *_table(["target", "measured", "limit", "met"],
-                [[t["target"], _fmt(t["measured"]), t["limit"], MET[t["met"]]] for t in targets(results)]),
+        *markdown_table(["target", "measured", "limit", "met"],
+                [[t["target"], fmt(t["measured"]), t["limit"], MET[t["met"]]] for t in targets(results)]),
     ]
     errors = [r for r in results["networks"] + results["steps"] + results["operators"] if "error" in r]
     if errors:
@@ -105,11 +96,11 @@ def _case(row: dict) -> str:
 
 def _cost_table(results: dict) -> list[str]:
     ref = next((r.get("macs") for r in results["networks"] if r["network"] == REFERENCE), None)
-    return _table(
+    return markdown_table(
         ["network", "params (M)", "paper params (M)", "MACs (G)", "paper MACs (G)", "MACs / SegResMamba"],
-        [[r["network"], _fmt(_scaled(r.get("params"), 1e6)), _fmt(paper.PARAMS_M.get(r["network"])),
-          _fmt(_scaled(r.get("macs"), 1e9)), _fmt(paper.FVCORE_MACS_G.get(r["network"])),
-          _fmt(_ratio(r.get("macs"), ref))] for r in results["networks"]],
+        [[r["network"], fmt(_scaled(r.get("params"), 1e6)), fmt(paper.PARAMS_M.get(r["network"])),
+          fmt(_scaled(r.get("macs"), 1e9)), fmt(paper.FVCORE_MACS_G.get(r["network"])),
+          fmt(_ratio(r.get("macs"), ref))] for r in results["networks"]],
     )
 
 
@@ -124,11 +115,12 @@ def _memory_table(results: dict) -> list[str]:
     rows = []
     for net in results["settings"]["networks"]:
         ours = step_value(results, net, "peak_train_mib")
-        rows.append([net, *(_fmt(step_value(results, net, "peak_train_mib", b, p), 0) for b, p in columns),
-                     _fmt(paper.TRAIN_MEMORY_GB.get(net)), _fmt(_ratio(ours, ours_ref)),
-                     _fmt(_ratio(paper.TRAIN_MEMORY_GB.get(net), paper_ref))])
-    return _table(["network", *(f"batch {b} {p}" for b, p in columns), "paper (GB)", "ours / SegResMamba (b1 fp32)",
-                   "paper / SegResMamba"], rows)
+        rows.append([net, *(fmt(step_value(results, net, "peak_train_mib", b, p), 0) for b, p in columns),
+                     fmt(paper.TRAIN_MEMORY_GB.get(net)), fmt(_ratio(ours, ours_ref)),
+                     fmt(_ratio(paper.TRAIN_MEMORY_GB.get(net), paper_ref))])
+    header = ["network", *(f"batch {b} {p}" for b, p in columns), "paper (GB)", "ours / SegResMamba (b1 fp32)",
+              "paper / SegResMamba"]
+    return markdown_table(header, rows)
 
 
 def _time_table(results: dict) -> list[str]:
@@ -137,13 +129,13 @@ def _time_table(results: dict) -> list[str]:
     rows = []
     for net in results["settings"]["networks"]:
         ours = step_value(results, net, "inference_s")
-        rows.append([net, *(_fmt(step_value(results, net, "inference_s", 1, p), 3) for p in precisions),
-                     _fmt(paper.INFERENCE_S.get(net), 4), _fmt(_ratio(ours, ours_ref)),
-                     _fmt(_ratio(paper.INFERENCE_S.get(net), paper.INFERENCE_S[REFERENCE])),
-                     *(_fmt(step_value(results, net, "train_step_s", 1, p), 3) for p in precisions)])
-    return _table(["network", *(f"inference {p}" for p in precisions), "paper inference",
-                   "ours / SegResMamba (fp32)", "paper / SegResMamba", *(f"train step b1 {p}" for p in precisions)],
-                  rows)
+        rows.append([net, *(fmt(step_value(results, net, "inference_s", 1, p), 3) for p in precisions),
+                     fmt(paper.INFERENCE_S.get(net), 4), fmt(_ratio(ours, ours_ref)),
+                     fmt(_ratio(paper.INFERENCE_S.get(net), paper.INFERENCE_S[REFERENCE])),
+                     *(fmt(step_value(results, net, "train_step_s", 1, p), 3) for p in precisions)])
+    header = ["network", *(f"inference {p}" for p in precisions), "paper inference", "ours / SegResMamba (fp32)",
+              "paper / SegResMamba", *(f"train step b1 {p}" for p in precisions)]
+    return markdown_table(header, rows)
 
 
 def _operator_table(results: dict) -> list[str]:
@@ -154,13 +146,13 @@ def _operator_table(results: dict) -> list[str]:
         values = {(p, k): operator_value(results, k, backend, length, d_model, kind, p)
                   for p in ("fwd", "fwd+bwd") for k in ("median_s", "peak_mib")}
         ref = {k: operator_value(results, k, "mambapy", length, d_model, kind) for k in ("median_s", "peak_mib")}
-        rows.append([kind, str(length), str(d_model), backend, _fmt(values["fwd", "median_s"], 3),
-                     _fmt(values["fwd", "peak_mib"], 0), _fmt(values["fwd+bwd", "median_s"], 3),
-                     _fmt(values["fwd+bwd", "peak_mib"], 0),
-                     _fmt(_ratio(ref["median_s"], values["fwd+bwd", "median_s"])),
-                     _fmt(_ratio(values["fwd+bwd", "peak_mib"], ref["peak_mib"]))])
-    return _table(["op", "L", "d_model", "backend", "fwd s", "fwd MiB", "fwd+bwd s", "fwd+bwd MiB",
-                   "mambapy time / this (fwd+bwd)", "this memory / mambapy's (fwd+bwd)"], rows)
+        rows.append([kind, str(length), str(d_model), backend, fmt(values["fwd", "median_s"], 3),
+                     fmt(values["fwd", "peak_mib"], 0), fmt(values["fwd+bwd", "median_s"], 3),
+                     fmt(values["fwd+bwd", "peak_mib"], 0),
+                     fmt(_ratio(ref["median_s"], values["fwd+bwd", "median_s"])),
+                     fmt(_ratio(values["fwd+bwd", "peak_mib"], ref["peak_mib"]))])
+    return markdown_table(["op", "L", "d_model", "backend", "fwd s", "fwd MiB", "fwd+bwd s", "fwd+bwd MiB",
+                          "mambapy time / this (fwd+bwd)", "this memory / mambapy's (fwd+bwd)"], rows)
 
 
 def machine_name(machine: dict) -> str:
@@ -169,15 +161,9 @@ def machine_name(machine: dict) -> str:
 
 def write_plots(results: dict, out_dir: Path, leaderboard: Path | None = None) -> list[Path]:
     """memory.png, time.png, tom.png and, given a sweep leaderboard CSV, memory_vs_dice.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = [_plot_memory(results, out_dir, plt), _plot_time(results, out_dir, plt), _plot_operator(results,
-                                                                                                        out_dir, plt)]
+    written = [_plot_memory(results, out_dir), _plot_time(results, out_dir), _plot_operator(results, out_dir)]
     if leaderboard is not None:
-        written.append(_plot_memory_vs_dice(results, leaderboard, out_dir, plt))
+        written.append(_plot_memory_vs_dice(results, leaderboard, out_dir))
     return written
 
 
@@ -190,22 +176,22 @@ def _grouped_bars(ax, networks: list[str], series: dict[str, list[float | None]]
     ax.legend(fontsize=8)
 
 
-def _plot_memory(results: dict, out_dir: Path, plt) -> Path:
+def _plot_memory(results: dict, out_dir: Path) -> Path:
     networks = results["settings"]["networks"]
-    series = {f"ours b{b} {p}": [_gib(step_value(results, n, "peak_train_mib", b, p)) for n in networks]
+    series = {f"ours b{b} {p}": [gib(step_value(results, n, "peak_train_mib", b, p)) for n in networks]
               for b, p in _step_columns(results)}
     series["paper Table 8 (A100, 128^3, b1)"] = [paper.TRAIN_MEMORY_GB.get(n) for n in networks]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = pyplot().subplots(figsize=(8, 4.5))
     _grouped_bars(ax, networks, series)
     ax.set_ylabel("peak training memory (GiB)")
     ax.set_title(f"Training step memory, {_where(results)}")
-    return _save(fig, out_dir / "memory.png", plt)
+    return save_figure(fig, out_dir / "memory.png")
 
 
-def _plot_time(results: dict, out_dir: Path, plt) -> Path:
+def _plot_time(results: dict, out_dir: Path) -> Path:
     networks = results["settings"]["networks"]
     precisions = results["settings"]["precisions"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4.5))
     inference = {f"ours {p}": [step_value(results, n, "inference_s", 1, p) for n in networks] for p in precisions}
     inference["paper Table 1 (A100, 128^3)"] = [paper.INFERENCE_S.get(n) for n in networks]
     _grouped_bars(left, networks, inference)
@@ -215,11 +201,11 @@ def _plot_time(results: dict, out_dir: Path, plt) -> Path:
     _grouped_bars(right, networks, train)
     right.set(yscale="log", ylabel="seconds per step", title="Training step")
     fig.suptitle(_where(results))
-    return _save(fig, out_dir / "time.png", plt)
+    return save_figure(fig, out_dir / "time.png")
 
 
-def _plot_operator(results: dict, out_dir: Path, plt) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def _plot_operator(results: dict, out_dir: Path) -> Path:
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     rows = [r for r in results["operators"] if r["kind"] == "tom" and r["pass"] == "fwd+bwd" and "median_s" in r]
     for backend, d_model in sorted({(r["backend"], r["d_model"]) for r in rows}):
         points = sorted((r["L"], r["median_s"]) for r in rows if (r["backend"], r["d_model"]) == (backend, d_model))
@@ -227,41 +213,31 @@ def _plot_operator(results: dict, out_dir: Path, plt) -> Path:
     ax.set(xscale="log", yscale="log", xlabel="sequence length L", ylabel="seconds, forward + backward",
            title=f"ToM layer, {machine_name(results['machine'])}")
     ax.legend(fontsize=8)
-    return _save(fig, out_dir / "tom.png", plt)
+    return save_figure(fig, out_dir / "tom.png")
 
 
-def _plot_memory_vs_dice(results: dict, leaderboard: Path, out_dir: Path, plt) -> Path:
+def _plot_memory_vs_dice(results: dict, leaderboard: Path, out_dir: Path) -> Path:
     """Like the paper's Figure 2: mean Dice from a sweep against our measured training memory."""
     with open(leaderboard) as f:
         rows = [r for r in csv.DictReader(f) if r.get("dice_mean") and r.get("complete") == "True"]
     if len({(r["dataset"], r["configuration"]) for r in rows}) > 1:
         raise ValueError(f"{leaderboard} covers several datasets or configurations; report one sweep at a time")
     dice = {r["network"]: float(r["dice_mean"]) for r in rows}
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = pyplot().subplots(figsize=(6, 4.5))
     for net, value in dice.items():
-        memory = _gib(step_value(results, net, "peak_train_mib"))
+        memory = gib(step_value(results, net, "peak_train_mib"))
         if memory is not None:
             ax.scatter(memory, value)
             ax.annotate(net, (memory, value), textcoords="offset points", xytext=(4, 4))
     ax.set(xlabel="peak training memory, batch 1 fp32 (GiB)", ylabel="mean Dice (sweep)",
            title=f"Dice vs training memory, {_where(results)}")
-    return _save(fig, out_dir / "memory_vs_dice.png", plt)
+    return save_figure(fig, out_dir / "memory_vs_dice.png")
 
 
 def _scaled(value: float | None, unit: float) -> float | None:
     return None if value is None else value / unit
 
 
-def _gib(mib: float | None) -> float | None:
-    return _scaled(mib, 1024)
-
-
 def _where(results: dict) -> str:
     return f"{machine_name(results['machine'])}, {'x'.join(map(str, results['settings']['size']))}"
 
-
-def _save(fig, path: Path, plt) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

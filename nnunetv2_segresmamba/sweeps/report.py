@@ -20,6 +20,7 @@ from pathlib import Path
 
 from nnunetv2_segresmamba.registry import member
 from nnunetv2_segresmamba.sweeps.jobs import PLAN_FILE, FoldJob, is_done, is_trained, read_plan
+from nnunetv2_segresmamba.tools.reporting import fmt, gib, markdown_table, pyplot, save_figure
 from nnunetv2_segresmamba.trainers.tracking import RUN_METRICS_FILE
 
 GroupKey = tuple[str, str, str, str]  # dataset, configuration, plans, trainer
@@ -203,11 +204,10 @@ def _leaderboard_table(rows: list[dict]) -> list[str]:
     header = ["trainer", "network", "folds", "Dice", *(f"Dice {label}" for label in labels), "epoch (s)",
               "peak GPU memory (GiB)", "energy (kWh)", "CO2 (kg)"]
     body = [[r["trainer"], r["network"], _folds_cell(r), _dice_cell(r, "dice"),
-             *(_dice_cell(r, f"dice_{label}") for label in labels), _fmt(r["epoch_time_s"], 1),
-             _fmt(_gib(r["peak_gpu_memory_mib"]), 2), _energy_cell(r, "energy_kwh"), _energy_cell(r, "co2_kg")]
+             *(_dice_cell(r, f"dice_{label}") for label in labels), fmt(r["epoch_time_s"], 1),
+             fmt(gib(r["peak_gpu_memory_mib"]), 2), _energy_cell(r, "energy_kwh"), _energy_cell(r, "co2_kg")]
             for r in rows]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header), *("| " + " | ".join(b) + " |"
-                                                                                for b in body)]
+    lines = markdown_table(header, body)
     if any(not r["complete"] and r["dice_mean"] is not None for r in rows):
         lines += ["", "Rows marked (incomplete) average only the folds present; see Missing folds."]
     if any(r["energy_partial"] for r in rows):
@@ -232,7 +232,7 @@ def _dice_cell(row: dict, prefix: str) -> str:
 
 
 def _energy_cell(row: dict, key: str) -> str:
-    return _fmt(row[key], 4) + ("*" if row["energy_partial"] else "")
+    return fmt(row[key], 4) + ("*" if row["energy_partial"] else "")
 
 
 def _missing_lines(folds: list[FoldResult]) -> list[str]:
@@ -255,23 +255,6 @@ def _figure_lines(rows: list[dict], figures: dict[str, Path | None]) -> list[str
     return [*lines, f"- `{MEMORY_PLOT}` skipped: {reason}."]
 
 
-def _fmt(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _gib(mib: float | None) -> float | None:
-    return None if mib is None else mib / 1024
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_dice_boxplot(groups: dict[GroupKey, list[FoldResult]], path: Path) -> Path | None:
     """One panel per dataset/configuration/plans, one box per trainer with its folds as dots."""
     panels: dict[tuple[str, str, str], dict[str, list[FoldResult]]] = {}
@@ -281,8 +264,7 @@ def _plot_dice_boxplot(groups: dict[GroupKey, list[FoldResult]], path: Path) -> 
     if not panels:
         path.unlink(missing_ok=True)
         return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(1 + 2.5 * sum(map(len, panels.values())), 5), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(1 + 2.5 * sum(map(len, panels.values())), 5), squeeze=False)
     for ax, (panel, trainers) in zip(axes[0], panels.items()):
         values = [[f.dice for f in folds if f.done] for folds in trainers.values()]
         ax.boxplot(values)
@@ -291,7 +273,7 @@ def _plot_dice_boxplot(groups: dict[GroupKey, list[FoldResult]], path: Path) -> 
         ax.set_xticks(range(1, len(values) + 1), [f"{t}\n{len(v)}/{len(trainers[t])} folds"
                                                   for t, v in zip(trainers, values)], rotation=20, ha="right")
         ax.set(ylabel="foreground mean Dice (validation)", title=", ".join(panel))
-    return _save(fig, path, plt)
+    return save_figure(fig, path)
 
 
 def _plot_dice_vs_memory(rows: list[dict], path: Path) -> Path | None:
@@ -300,24 +282,17 @@ def _plot_dice_vs_memory(rows: list[dict], path: Path) -> Path | None:
     if not points:
         path.unlink(missing_ok=True)
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.5))
     for panel in dict.fromkeys((r["dataset"], r["configuration"]) for r in points):
         mine = [r for r in points if (r["dataset"], r["configuration"]) == panel]
-        ax.errorbar([_gib(r["peak_gpu_memory_mib"]) for r in mine], [r["dice_mean"] for r in mine],
+        ax.errorbar([gib(r["peak_gpu_memory_mib"]) for r in mine], [r["dice_mean"] for r in mine],
                     yerr=[r["dice_std"] or 0.0 for r in mine], fmt="o", capsize=3, label=", ".join(panel))
         for r in mine:
             name = r["network"] + ("" if r["complete"] else " (incomplete)")
-            ax.annotate(name, (_gib(r["peak_gpu_memory_mib"]), r["dice_mean"]), textcoords="offset points",
+            ax.annotate(name, (gib(r["peak_gpu_memory_mib"]), r["dice_mean"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
     ax.set(xlabel="peak GPU memory in training (GiB)", ylabel="mean Dice across folds",
            title="Dice vs training memory")
     ax.legend(fontsize=8)
-    return _save(fig, path, plt)
+    return save_figure(fig, path)
 
-
-def _save(fig, path: Path, plt) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
