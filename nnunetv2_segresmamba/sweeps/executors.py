@@ -85,9 +85,7 @@ def submit_slurm(jobs: list[FoldJob], sweep_dir: Path, device: str, options: Slu
 
     env = {**nnunet_env(), "nnUNet_n_proc_DA": str(options.cpus)}
     ids = submit(jobs, sweep_dir, device, env, options.submitit_parameters())
-    path = sweep_dir / SUBMITTED_FILE
-    recorded = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**recorded, **ids}, indent=2))
+    (sweep_dir / SUBMITTED_FILE).write_text(json.dumps({**submitted_ids(sweep_dir), **ids}, indent=2))
     return ids
 
 

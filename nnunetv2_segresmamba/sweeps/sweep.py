@@ -24,15 +24,17 @@ def run_sweep(jobs: list[FoldJob], sweep_dir: Path, results: str, executor: str 
         return 0
     if executor == "local":
         outcomes = run_local(todo, sweep_dir, device, gpus)
-        failed = [key for key, outcome in outcomes.items() if outcome == "failed"]
+        failed = "failed" in outcomes.values()
+        final = job_states(jobs, sweep_dir, results)
     else:
         ids = submit_slurm(todo, sweep_dir, device, slurm or SlurmOptions())
         print(f"submitted {len(ids)} array tasks: {', '.join(ids.values())}", flush=True)
         if not wait:
             print(f"follow with: nnunetv2_segresmamba status --sweep-dir {sweep_dir}")
             return 0
-        failed = [s.job.key for s in wait_for(jobs, sweep_dir, results, poll_s) if s.state != "done"]
-    print(format_table(job_states(jobs, sweep_dir, results)))
+        final = wait_for(jobs, sweep_dir, results, poll_s)
+        failed = any(s.state != "done" for s in final)
+    print(format_table(final))
     return 1 if failed else 0
 
 
