@@ -63,22 +63,23 @@ def test_dry_run_prints_the_plan_and_writes_nothing(workspace):
 
 def test_local_sweep_killed_then_resumed_then_reported(workspace):
     results, sweep_dir = workspace.path("nnUNet_results"), os.path.join(workspace.root, "sweeps", "local")
-    first, second = job(NNUNET, 0), job(NNUNET, 1)
+    finished, killed, untouched = [job(NNUNET, 0), job(NNUNET, 1)], job(UNETR, 0), job(UNETR, 1)
     args = sweep_args(sweep_dir, [NNUNET, UNETR], [0, 1])
-    kill_when_second_fold_has_a_checkpoint(args, workspace, second.fold_dir(results))
-    finished_at = os.path.getmtime(first.fold_dir(results) / "checkpoint_final.pth")
+    kill_once_fold_resumable(args, workspace, killed.fold_dir(results))
+    finished_at = [os.path.getmtime(j.fold_dir(results) / "checkpoint_final.pth") for j in finished]
 
     status = run_status(workspace.env, sweep_dir)
-    assert re.search(rf"^done\s+{first.key}", status, re.M)
-    assert re.search(rf"^failed\s+{second.key}\s+pid \d+ ended while training", status, re.M)
-    assert re.search(rf"^not started\s+{job(UNETR, 0).key}", status, re.M)
+    assert all(re.search(rf"^done\s+{j.key}", status, re.M) for j in finished)
+    assert re.search(rf"^failed\s+{killed.key}\s+pid \d+ ended while training", status, re.M)
+    assert re.search(rf"^not started\s+{untouched.key}", status, re.M)
 
     out = subprocess.run(cli(*args), env={**os.environ, **workspace.env}, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert re.search(rf"^{first.key}\s+skip \(done\)", out.stdout, re.M)
-    assert os.path.getmtime(first.fold_dir(results) / "checkpoint_final.pth") == finished_at, "a done fold was redone"
-    logs = sorted(glob.glob(str(second.fold_dir(results) / "training_log_*.txt")))
-    assert re.search(r": Epoch 0 ?$", open(logs[-1]).read(), re.M) is None, "the killed fold restarted from epoch 0"
+    assert all(re.search(rf"^{j.key}\s+skip \(done\)", out.stdout, re.M) for j in finished)
+    assert [os.path.getmtime(j.fold_dir(results) / "checkpoint_final.pth") for j in finished] == finished_at, \
+        "a done fold was redone"
+    assert re.search(r": Epoch 0 ?$", newest_training_log(killed.fold_dir(results)), re.M) is None, \
+        "the killed fold restarted from epoch 0"
     for trainer in (NNUNET, UNETR):
         for fold in (0, 1):
             assert is_done(job(trainer, fold).fold_dir(results))
@@ -91,19 +92,26 @@ def test_local_sweep_killed_then_resumed_then_reported(workspace):
     assert os.path.getsize(os.path.join(sweep_dir, "report", "dice_boxplot.png")) > 0
 
 
-def kill_when_second_fold_has_a_checkpoint(args, workspace, fold_dir) -> None:
+def newest_training_log(fold_dir) -> str:
+    logs = sorted(glob.glob(str(fold_dir / "training_log_*.txt")))
+    return open(logs[-1]).read() if logs else ""
+
+
+def kill_once_fold_resumable(args, workspace, fold_dir) -> None:
+    """Runs the sweep and kills it in the fold's second epoch: nnU-Net logs "Epoch 1" only after
+    checkpoint_latest.pth of epoch 0 is fully written, so the kill leaves a resumable fold."""
     proc = subprocess.Popen(cli(*args), env={**os.environ, **workspace.env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 600
-        while not (fold_dir / "checkpoint_latest.pth").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.5)
-        assert (fold_dir / "checkpoint_latest.pth").exists(), "the second fold wrote no checkpoint"
-        time.sleep(2)  # let torch.save finish
+        while (not re.search(r": Epoch 1 ?$", newest_training_log(fold_dir), re.M) and proc.poll() is None
+               and time.time() < deadline):
+            time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not (fold_dir / "checkpoint_final.pth").exists(), "killed too late: the second fold had finished"
+    assert (fold_dir / "checkpoint_latest.pth").exists(), "the fold wrote no checkpoint before the kill"
+    assert not (fold_dir / "checkpoint_final.pth").exists(), "killed too late: the fold had finished"
 
 
 def run_status(env, sweep_dir) -> str:
