@@ -19,6 +19,7 @@ import pytest
 from nnunetv2_segresmamba.tools.pipeline import Workspace, evaluate_folder, run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
 from nnunetv2_segresmamba.trainers.tracking import CO2_COUNTRY_ENV
+from tests.workspaces import drop_checkpoints
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +35,8 @@ def workspace(tmp_path_factory):
     make_dataset(ws.path("nnUNet_raw"), SPEC)
     run_command(["nnUNetv2_plan_and_preprocess", "-d", DID, "-c", "3d_fullres", "-np", "2",
                  "--verify_dataset_integrity"], ws.env, quiet=True)
-    return ws
+    yield ws
+    drop_checkpoints(ws.root)
 
 
 def fold_dir(ws, trainer=TRAINER):

@@ -17,6 +17,7 @@ from nnunetv2_segresmamba.sweeps.jobs import FoldJob, is_done
 from nnunetv2_segresmamba.tools.pipeline import Workspace, run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
 from tests.slurm_cluster import SlurmUnavailable, start_local_cluster
+from tests.workspaces import drop_checkpoints
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +32,8 @@ def workspace(tmp_path_factory):
     make_dataset(ws.path("nnUNet_raw"), SPEC)
     run_command(["nnUNetv2_plan_and_preprocess", "-d", str(SPEC.dataset_id), "-c", "3d_fullres", "-np", "2"],
                 ws.env, quiet=True)
-    return ws
+    yield ws
+    drop_checkpoints(ws.root)
 
 
 def cli(*args: str) -> list[str]:
