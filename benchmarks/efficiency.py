@@ -111,24 +111,40 @@ def cost_row(member: Member, s: Settings) -> dict:
         return {"network": member.network, "error": f"{type(err).__name__}: {err}"}
 
 
-def run(s: Settings) -> dict:
+def run(s: Settings, save: Callable[[dict], None] | None = None) -> dict:
+    """Measures every case of ``plan(s)``; ``save`` gets the results after each case, so that
+    a run that is stopped keeps what it measured (``progress`` says how far it got)."""
+    tasks = plan(s)
     results = {"machine": describe(), "date": datetime.date.today().isoformat(), "settings": asdict(s),
                "command": "python -m benchmarks.efficiency " + shlex.join(sys.argv[1:]),
-               "networks": [], "steps": [], "operators": []}
-    progress = tqdm(plan(s), unit="case", dynamic_ncols=True)
+               "progress": {"done": 0, "planned": len(tasks)}, "networks": [], "steps": [], "operators": []}
+    progress = tqdm(tasks, unit="case", dynamic_ncols=True)
     for section, label, measure in progress:
         progress.set_postfix_str(label)
         results[section].extend(measure())
-    results["targets"] = report.targets(results)
+        results["progress"]["done"] += 1
+        results["targets"] = report.targets(results)
+        if save:
+            save(results)
     return results
 
 
-def write(results: dict, out_dir: Path, leaderboard: Path | None) -> list[Path]:
+def write_tables(results: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "efficiency.json", out_dir / "efficiency.md"
-    json_path.write_text(json.dumps(results, indent=2))
-    md_path.write_text(report.markdown(results))
-    return [json_path, md_path, *report.write_plots(results, out_dir, leaderboard)]
+    _write_atomically(json_path, json.dumps(results, indent=2))
+    _write_atomically(md_path, report.markdown(results))
+    return [json_path, md_path]
+
+
+def write(results: dict, out_dir: Path, leaderboard: Path | None) -> list[Path]:
+    return [*write_tables(results, out_dir), *report.write_plots(results, out_dir, leaderboard)]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_suffix(path.suffix + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def parse_settings(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path | None]:
@@ -170,8 +186,9 @@ def _check(s: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     settings, out, leaderboard = parse_settings(argv)
-    results = run(settings)
-    for path in write(results, out or RESULTS / slug(results["machine"]), leaderboard):
+    out = out or RESULTS / slug(describe())
+    results = run(settings, save=lambda partial: write_tables(partial, out))
+    for path in write(results, out, leaderboard):
         print(f"wrote {path}")
     print(report.markdown(results).split("## Targets")[1])
 

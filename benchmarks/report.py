@@ -67,6 +67,7 @@ def markdown(results: dict) -> str:
         f"{s['in_channels']} -> {s['classes']} channels, medians of {s['repeats']} after a warm-up. "
         f"Paper: A100 40 GB, 128^3, 1 -> 14. Ratios are to {REFERENCE} in the same run.",
         f"Command: `{results['command']}`",
+        *_progress_line(results),
         "", "## Parameters and MACs (paper Table 7)", "",
         *_cost_table(results),
         "", "## Peak training memory, MiB (paper Table 8, GB at batch 1)", "",
@@ -84,6 +85,13 @@ def markdown(results: dict) -> str:
         lines += ["", "## Cases that could not run", "",
                   *(f"- {_case(r)}: {r['error']}" for r in errors)]
     return "\n".join(lines) + "\n"
+
+
+def _progress_line(results: dict) -> list[str]:
+    done, planned = results.get("progress", {}).get("done"), results.get("progress", {}).get("planned")
+    if done is None or done == planned:
+        return []
+    return ["", f"**Partial run: {done} of {planned} cases measured.** Missing values are shown as -."]
 
 
 def _case(row: dict) -> str:

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from benchmarks.report import targets
+from benchmarks.efficiency import Settings, run
+from benchmarks.report import markdown, targets
 from nnunetv2_segresmamba.registry import FAMILY
 
 
@@ -16,11 +17,13 @@ def test_quick_efficiency_run_measures_every_network_and_writes_its_files(tmp_pa
     results = json.loads((tmp_path / "efficiency.json").read_text())
     errors = [r for r in results["networks"] + results["steps"] + results["operators"] if "error" in r]
     assert not errors
+    assert results["progress"]["done"] == results["progress"]["planned"] > 0
     assert {r["network"] for r in results["steps"]} == {m.network for m in FAMILY}
     assert all(r["peak_train_mib"] > 0 and r["train_step_s"] > 0 and r["inference_s"] > 0 for r in results["steps"])
     assert {(r["backend"], r["pass"]) for r in results["operators"]} >= {("pure", "fwd"), ("pure", "fwd+bwd")}
     table = (tmp_path / "efficiency.md").read_text()
     assert "## Peak training memory" in table and "| SegMamba |" in table and "## Targets" in table
+    assert "Partial run" not in table
     for plot in ("memory.png", "time.png", "tom.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -38,3 +41,15 @@ def test_targets_are_ratios_within_one_run():
     assert values[2] == (pytest.approx(1 / 3), True)
     assert values[3] == (4.5, False)  # 9 / 2 < 5
     assert values[4] == (0.125, True)
+
+
+def test_a_stopped_run_keeps_what_it_measured_after_every_case():
+    settings = Settings(size=[64, 32, 32], networks=["UNETR"], batches=[1], precisions=["fp32"], repeats=1,
+                        tom_kinds=["scan"], tom_lengths=[64], tom_d_models=[8], tom_backends=["pure"])
+    saved = []
+    run(settings, save=lambda results: saved.append(json.loads(json.dumps(results))))
+    assert [s["progress"]["done"] for s in saved] == [1, 2, 3, 4]  # MACs, one step, scan fwd, scan fwd+bwd
+    first = saved[0]
+    assert len(first["networks"]) == 1 and not first["steps"] and not first["operators"]
+    assert "**Partial run: 1 of 4 cases measured.**" in markdown(first)
+    assert "Partial run" not in markdown(saved[-1])
