@@ -158,7 +158,8 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, Path | None
     parser.add_argument("--batches", type=int, nargs="+")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS)
     parser.add_argument("--repeats", type=int, help=f"timed runs after one warm-up (default {d.repeats})")
-    parser.add_argument("--tom-kinds", nargs="+", choices=["tom", "scan"])
+    parser.add_argument("--tom-kinds", nargs="*", choices=["tom", "scan"],
+                        help="the ToM layer and/or the bare scan; give none to measure the networks only")
     parser.add_argument("--tom-lengths", type=int, nargs="+")
     parser.add_argument("--tom-d-models", type=int, nargs="+")
     parser.add_argument("--tom-backends", nargs="+", choices=BACKENDS)

@@ -119,16 +119,30 @@ def _step_columns(results: dict) -> list[tuple[int, str]]:
 def _memory_table(results: dict) -> list[str]:
     columns = _step_columns(results)
     ours_ref = step_value(results, REFERENCE, "peak_train_mib")
+    rest_ref = _rest_mib(results, REFERENCE)
     paper_ref = paper.TRAIN_MEMORY_GB[REFERENCE]
     rows = []
     for net in results["settings"]["networks"]:
         ours = step_value(results, net, "peak_train_mib")
         rows.append([net, *(fmt(step_value(results, net, "peak_train_mib", b, p), 0) for b, p in columns),
-                     fmt(paper.TRAIN_MEMORY_GB.get(net)), fmt(_ratio(ours, ours_ref)),
+                     fmt(optimizer_state_mib(results, net), 0), fmt(paper.TRAIN_MEMORY_GB.get(net)),
+                     fmt(_ratio(ours, ours_ref)), fmt(_ratio(_rest_mib(results, net), rest_ref)),
                      fmt(_ratio(paper.TRAIN_MEMORY_GB.get(net), paper_ref))])
-    header = ["network", *(f"batch {b} {p}" for b, p in columns), "paper (GB)", "ours / SegResMamba (b1 fp32)",
-              "paper / SegResMamba"]
+    header = ["network", *(f"batch {b} {p}" for b, p in columns), "of which weights+grads+AdamW", "paper (GB)",
+              "ours / SegResMamba (b1 fp32)", "rest / SegResMamba (b1 fp32)", "paper / SegResMamba"]
     return markdown_table(header, rows)
+
+
+def optimizer_state_mib(results: dict, network: str) -> float | None:
+    """fp32 weights, gradients and AdamW's two moments: 16 bytes per parameter."""
+    params = next((r.get("params") for r in results["networks"] if r["network"] == network), None)
+    return None if params is None else 16 * params / 2**20
+
+
+def _rest_mib(results: dict, network: str) -> float | None:
+    """Peak training memory (batch 1, fp32) less the optimizer state: mostly activations."""
+    peak, state = step_value(results, network, "peak_train_mib"), optimizer_state_mib(results, network)
+    return None if peak is None or state is None else peak - state
 
 
 def _time_table(results: dict) -> list[str]:
@@ -168,8 +182,11 @@ def machine_name(machine: dict) -> str:
 
 
 def write_plots(results: dict, out_dir: Path, leaderboard: Path | None = None) -> list[Path]:
-    """memory.png, time.png, tom.png and, given a sweep leaderboard CSV, memory_vs_dice.png."""
-    written = [_plot_memory(results, out_dir), _plot_time(results, out_dir), _plot_operator(results, out_dir)]
+    """memory.png, time.png, tom.png (when the ToM layer was measured) and, given a sweep
+    leaderboard CSV, memory_vs_dice.png."""
+    written = [_plot_memory(results, out_dir), _plot_time(results, out_dir)]
+    if _tom_rows(results):
+        written.append(_plot_operator(results, out_dir))
     if leaderboard is not None:
         written.append(_plot_memory_vs_dice(results, leaderboard, out_dir))
     return written
@@ -212,9 +229,13 @@ def _plot_time(results: dict, out_dir: Path) -> Path:
     return save_figure(fig, out_dir / "time.png")
 
 
+def _tom_rows(results: dict) -> list[dict]:
+    return [r for r in results["operators"] if r["kind"] == "tom" and r["pass"] == "fwd+bwd" and "median_s" in r]
+
+
 def _plot_operator(results: dict, out_dir: Path) -> Path:
     fig, ax = pyplot().subplots(figsize=(7, 4.5))
-    rows = [r for r in results["operators"] if r["kind"] == "tom" and r["pass"] == "fwd+bwd" and "median_s" in r]
+    rows = _tom_rows(results)
     for backend, d_model in sorted({(r["backend"], r["d_model"]) for r in rows}):
         points = sorted((r["L"], r["median_s"]) for r in rows if (r["backend"], r["d_model"]) == (backend, d_model))
         ax.plot(*zip(*points), marker="o", label=f"{backend}, d_model {d_model}")

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from benchmarks.efficiency import Settings, run
-from benchmarks.report import markdown, targets
+from benchmarks.report import markdown, optimizer_state_mib, targets
 from nnunetv2_segresmamba.registry import FAMILY
 
 
@@ -53,3 +53,17 @@ def test_a_stopped_run_keeps_what_it_measured_after_every_case():
     assert len(first["networks"]) == 1 and not first["steps"] and not first["operators"]
     assert "**Partial run: 1 of 4 cases measured.**" in markdown(first)
     assert "Partial run" not in markdown(saved[-1])
+
+
+def test_memory_table_splits_off_the_optimizer_state():
+    mib = 2**20
+    results = {"settings": {"networks": ["SegResMamba", "SegMamba"], "batches": [1], "precisions": ["fp32"],
+                            "size": [64, 64, 64], "in_channels": 1, "classes": 2, "repeats": 1},
+               "machine": {"cpu": "x", "cores": 2, "torch": "t"}, "command": "c", "operators": [],
+               "networks": [{"network": "SegResMamba", "params": 10 * mib}, {"network": "SegMamba", "params": 5 * mib}],
+               "steps": [{"network": n, "batch": 1, "precision": "fp32", "peak_train_mib": m}
+                         for n, m in (("SegResMamba", 260.0), ("SegMamba", 480.0))]}
+    assert optimizer_state_mib(results, "SegMamba") == 80.0  # 16 B per parameter
+    table = markdown(results)
+    # peaks 260 and 480 MiB, less 160 and 80 MiB of state: rests 100 and 400 MiB
+    assert "| SegMamba | 480 | 80 | 13.51 | 1.85 | 4.00 |" in table
