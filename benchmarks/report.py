@@ -74,8 +74,7 @@ def markdown(results: dict) -> str:
         *_memory_table(results),
         "", "## Time per patch, s (paper Table 1: inference)", "",
         *_time_table(results),
-        "", "## ToM operator against mambapy", "",
-        *_operator_table(results),
+        *_operator_section(results),
         "", "## Targets", "",
         *markdown_table(["target", "measured", "limit", "met"],
                 [[t["target"], fmt(t["measured"]), t["limit"], MET[t["met"]]] for t in targets(results)]),
@@ -83,8 +82,20 @@ def markdown(results: dict) -> str:
     errors = [r for r in results["networks"] + results["steps"] + results["operators"] if "error" in r]
     if errors:
         lines += ["", "## Cases that could not run", "",
-                  *(f"- {_case(r)}: {r['error']}" for r in errors)]
+                  *(f"- {_case(r)}: {_short_error(r['error'])}" for r in errors)]
     return "\n".join(lines) + "\n"
+
+
+def _short_error(error: str) -> str:
+    if "can't allocate memory" in error or "out of memory" in error.lower():
+        return "out of memory (the measuring process may use 70% of RAM; see benchmarks/isolate.py)"
+    return error
+
+
+def _operator_section(results: dict) -> list[str]:
+    if not results["operators"]:
+        return []
+    return ["", "## ToM operator against mambapy", "", *_operator_table(results)]
 
 
 def _progress_line(results: dict) -> list[str]:

@@ -67,3 +67,14 @@ def test_memory_table_splits_off_the_optimizer_state():
     table = markdown(results)
     # peaks 260 and 480 MiB, less 160 and 80 MiB of state: rests 100 and 400 MiB
     assert "| SegMamba | 480 | 80 | 13.51 | 1.85 | 4.00 |" in table
+    assert "## ToM operator" not in table  # the ToM layer was not measured in this run
+
+
+def test_an_allocation_failure_reads_as_out_of_memory():
+    results = {"settings": {"networks": ["SegMamba"], "batches": [1], "precisions": ["fp32"], "size": [64, 64, 64],
+                            "in_channels": 1, "classes": 2, "repeats": 1},
+               "machine": {"cpu": "x", "cores": 2, "torch": "t"}, "command": "c", "networks": [], "operators": [],
+               "steps": [{"network": "SegMamba", "batch": 1, "precision": "fp32",
+                          "error": "RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                                   "can't allocate memory: you tried to allocate 6442450944 bytes."}]}
+    assert "- SegMamba batch 1 fp32: out of memory (the measuring process may use 70% of RAM" in markdown(results)
