@@ -87,7 +87,10 @@ def _child_main(target: Callable[..., dict], args: tuple, results: mp.Queue, mem
         results.put({"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"})
 
 
+CPU_MEMORY_SHARE = 0.7  # of physical memory, for one CPU child
+
+
 def default_memory_cap_gib() -> float:
-    """Address-space cap for CPU children: 70% of physical memory plus the ~3.5 GiB torch maps at import."""
+    """Address-space cap for CPU children: their share of physical memory plus the ~3.5 GiB torch maps at import."""
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return 0.7 * physical + 3.5
+    return CPU_MEMORY_SHARE * physical + 3.5

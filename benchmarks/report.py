@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 from benchmarks import paper
+from benchmarks.isolate import CPU_MEMORY_SHARE
 from nnunetv2_segresmamba.tools.reporting import fmt, gib, markdown_table, pyplot, save_figure
 
 REFERENCE = "SegResMamba"
@@ -87,8 +88,10 @@ def markdown(results: dict) -> str:
 
 
 def _short_error(error: str) -> str:
-    if "can't allocate memory" in error or "out of memory" in error.lower():
-        return "out of memory (the measuring process may use 70% of RAM; see benchmarks/isolate.py)"
+    """PyTorch's CPU allocator failing under the child's address-space cap; other errors as they are."""
+    if "can't allocate memory" in error:
+        return (f"out of memory (the measuring process may use {CPU_MEMORY_SHARE:.0%} of RAM; "
+                "see benchmarks/isolate.py)")
     return error
 
 
