@@ -57,12 +57,10 @@ def test_a_stopped_run_keeps_what_it_measured_after_every_case():
 
 def test_memory_table_splits_off_the_optimizer_state():
     mib = 2**20
-    results = {"settings": {"networks": ["SegResMamba", "SegMamba"], "batches": [1], "precisions": ["fp32"],
-                            "size": [64, 64, 64], "in_channels": 1, "classes": 2, "repeats": 1},
-               "machine": {"cpu": "x", "cores": 2, "torch": "t"}, "command": "c", "operators": [],
-               "networks": [{"network": "SegResMamba", "params": 10 * mib}, {"network": "SegMamba", "params": 5 * mib}],
-               "steps": [{"network": n, "batch": 1, "precision": "fp32", "peak_train_mib": m}
-                         for n, m in (("SegResMamba", 260.0), ("SegMamba", 480.0))]}
+    results = batch1_fp32_results(
+        networks=[{"network": "SegResMamba", "params": 10 * mib}, {"network": "SegMamba", "params": 5 * mib}],
+        steps=[{"network": n, "batch": 1, "precision": "fp32", "peak_train_mib": m}
+               for n, m in (("SegResMamba", 260.0), ("SegMamba", 480.0))])
     assert optimizer_state_mib(results, "SegMamba") == 80.0  # 16 B per parameter
     table = markdown(results)
     # peaks 260 and 480 MiB, less 160 and 80 MiB of state: rests 100 and 400 MiB
@@ -71,10 +69,17 @@ def test_memory_table_splits_off_the_optimizer_state():
 
 
 def test_an_allocation_failure_reads_as_out_of_memory():
-    results = {"settings": {"networks": ["SegMamba"], "batches": [1], "precisions": ["fp32"], "size": [64, 64, 64],
-                            "in_channels": 1, "classes": 2, "repeats": 1},
-               "machine": {"cpu": "x", "cores": 2, "torch": "t"}, "command": "c", "networks": [], "operators": [],
-               "steps": [{"network": "SegMamba", "batch": 1, "precision": "fp32",
-                          "error": "RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
-                                   "can't allocate memory: you tried to allocate 6442450944 bytes."}]}
+    error = ("RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+             "can't allocate memory: you tried to allocate 6442450944 bytes.")
+    results = batch1_fp32_results(networks=[], steps=[{"network": "SegMamba", "batch": 1, "precision": "fp32",
+                                                        "error": error}])
     assert "- SegMamba batch 1 fp32: out of memory (the measuring process may use 70% of RAM" in markdown(results)
+
+
+def batch1_fp32_results(networks: list[dict], steps: list[dict]) -> dict:
+    """A run's results dict at 64^3, batch 1, fp32, without the ToM layer."""
+    names = list(dict.fromkeys(r["network"] for r in steps))
+    return {"settings": {"networks": names, "batches": [1], "precisions": ["fp32"], "size": [64, 64, 64],
+                         "in_channels": 1, "classes": 2, "repeats": 1},
+            "machine": {"cpu": "x", "cores": 2, "torch": "t"}, "command": "c", "operators": [],
+            "networks": networks, "steps": steps}
