@@ -33,16 +33,23 @@ def reference_mamba_direction(xz, params, suffix):
     return reference_scan(x, delta, A, B, C, params[f"D{suffix}"], z, params[f"dt_proj{suffix}.bias"])
 
 
-def reference_tom(hidden, params, num_slices):
-    """SegMamba's Mamba(bimamba_type='v3').forward on (B, L, D), spelled out with index lists."""
+def reference_tom(hidden, params, num_slices, directions=("", "_b", "_s")):
+    """SegMamba's Mamba(bimamba_type='v3').forward on (B, L, D), spelled out with index lists.
+
+    Each direction reads the sequence in its own order and writes its outputs back in place.
+    """
     batch, length, _ = hidden.shape
     xz = torch.einsum("bld,ed->bel", hidden, params["in_proj.weight"])
-    out = reference_mamba_direction(xz, params, "")
-    reverse = torch.arange(length - 1, -1, -1)
-    out = out + reference_mamba_direction(xz[..., reverse], params, "_b")[..., reverse]
-    # inter-slice order: position p of slice 0, of slice 1, ..., then position p + 1
     per_slice = length // num_slices
-    order = torch.tensor([s * per_slice + p for p in range(per_slice) for s in range(num_slices)])
-    y_s = reference_mamba_direction(xz[..., order], params, "_s")
-    out = out + torch.zeros_like(y_s).index_copy(-1, order, y_s)
+    orders = {
+        "": list(range(length)),
+        "_b": list(range(length - 1, -1, -1)),
+        # inter-slice: position p of slice 0, of slice 1, ..., then position p + 1
+        "_s": [s * per_slice + p for p in range(per_slice) for s in range(num_slices)],
+    }
+    out = 0
+    for suffix in directions:
+        order = torch.tensor(orders[suffix])
+        y = reference_mamba_direction(xz[..., order], params, suffix)
+        out = out + torch.zeros_like(y).index_copy(-1, order, y)
     return torch.einsum("bel,de->bld", out, params["out_proj.weight"])

@@ -57,6 +57,21 @@ def test_three_directions_match_plain_reference(spatial):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"gradient of {name}")
 
 
+@pytest.mark.parametrize("directions", [("",), ("", "_b"), ("_s",)])
+def test_a_subset_of_directions_matches_the_reference_and_has_only_its_parameters(directions):
+    torch.manual_seed(0)
+    tom = TriOrientedMamba(d_model=8, d_state=4, directions=directions)
+    def direction_of(name):
+        return "_b" if "_b" in name else "_s" if "_s" in name else ""
+
+    shared = {"in_proj.weight", "out_proj.weight"}
+    expected_names = {k for k in mamba_ssm_v3_shapes(8, d_state=4) if k in shared or direction_of(k) in directions}
+    assert set(tom.state_dict()) == expected_names
+    hidden = torch.randn(2, 3 * 4 * 5, 8)
+    expected = reference_tom(hidden, dict(tom.named_parameters()), num_slices=3, directions=directions)
+    torch.testing.assert_close(tom(hidden, num_slices=3), expected, atol=1e-5, rtol=1e-4)
+
+
 def test_mamba_layer_is_residual_over_depth_slices():
     layer = MambaLayer(8, d_state=4)
     x = torch.randn(1, 8, 3, 4, 5)
@@ -70,7 +85,9 @@ def test_bad_inputs_raise_helpful_errors():
     with pytest.raises(ValueError, match="multiple of num_slices"):
         tom(torch.randn(1, 10, 8), num_slices=3)
     with pytest.raises(ValueError, match="backend must be one of"):
-        TriOrientedMamba(8, backend="triton")
+        TriOrientedMamba(8, backend="nonsense")
+    with pytest.raises(ValueError, match="non-empty subset"):
+        TriOrientedMamba(8, directions=("_x",))
     with pytest.raises(RuntimeError, match="needs a CUDA tensor"):
         TriOrientedMamba(8, backend="cuda")(torch.randn(1, 4, 8), num_slices=1)
 

@@ -9,6 +9,7 @@ mamba_ssm's ``Mamba`` plus SegMamba's suffixed copies, so official weights load 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -22,6 +23,15 @@ from nnunetv2_segresmamba.operators.backends import (
 from nnunetv2_segresmamba.operators.selective_scan import selective_scan
 
 DIRECTIONS = ("", "_b", "_s")  # forward, reverse, inter-slice
+
+
+def check_directions(directions: Sequence[str]) -> tuple[str, ...]:
+    """The directions in ``DIRECTIONS`` order; a ValueError for an empty or unknown one."""
+    unknown = set(directions) - set(DIRECTIONS)
+    if unknown or not directions:
+        raise ValueError(f"directions must be a non-empty subset of {DIRECTIONS} "
+                         f"('' forward, '_b' reverse, '_s' inter-slice), got {tuple(directions)}")
+    return tuple(d for d in DIRECTIONS if d in directions)
 
 
 def to_inter_slice(x: Tensor, num_slices: int) -> Tensor:
@@ -45,24 +55,36 @@ class TriOrientedMamba(nn.Module):
         expand: E = expand * D inner width.
         backend: "auto" (CUDA kernels when they load and the input is on CUDA),
             "pure" or "cuda".
+        directions: which scans to run, a subset of ``DIRECTIONS`` (for ablations); the
+            parameters of the others are not created.
 
     Shapes: ``forward(hidden_states (B, L, D), num_slices) -> (B, L, D)``; ``L`` must be a
     multiple of ``num_slices``.
     """
 
-    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, backend: str = "auto"):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        backend: str = "auto",
+        directions: Sequence[str] = DIRECTIONS,
+    ):
         super().__init__()
         if min(d_model, d_state, d_conv, expand) < 1:
             raise ValueError("d_model, d_state, d_conv and expand must all be positive")
+        self.directions = check_directions(directions)
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = expand * d_model
         self.dt_rank = math.ceil(d_model / 16)
         self.backend = check_backend(backend)
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
-        for suffix in DIRECTIONS:
+        for suffix in self.directions:
             self._add_direction(suffix)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
-        self._init_forward_dt()
+        if "" in self.directions:
+            self._init_forward_dt()
 
     def _add_direction(self, suffix: str) -> None:
         d_inner, d_state = self.d_inner, self.d_state
@@ -95,10 +117,16 @@ class TriOrientedMamba(nn.Module):
         if num_slices < 1 or length % num_slices:
             raise ValueError(f"sequence length {length} is not a multiple of num_slices={num_slices}")
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2E, L)
-        out = self._scan(xz, "")
-        out = out + self._scan(xz.flip(-1), "_b").flip(-1)
-        out = out + from_inter_slice(self._scan(to_inter_slice(xz, num_slices), "_s"), num_slices)
+        out = sum(self._scan_in_order(xz, suffix, num_slices) for suffix in self.directions)
         return self.out_proj(out.transpose(1, 2))
+
+    def _scan_in_order(self, xz: Tensor, suffix: str, num_slices: int) -> Tensor:
+        """One direction's y * silu(z), (B, E, L), scanned in its order and put back in place."""
+        if suffix == "_b":
+            return self._scan(xz.flip(-1), suffix).flip(-1)
+        if suffix == "_s":
+            return from_inter_slice(self._scan(to_inter_slice(xz, num_slices), suffix), num_slices)
+        return self._scan(xz, suffix)
 
     def _scan(self, xz: Tensor, suffix: str) -> Tensor:
         """One direction without out_proj: (B, 2E, L) -> y * silu(z), (B, E, L)."""
@@ -135,11 +163,21 @@ class MambaLayer(nn.Module):
     Attribute names ``norm`` and ``mamba`` match SegMamba's state_dict.
     """
 
-    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, backend: str = "auto"):
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        backend: str = "auto",
+        directions: Sequence[str] = DIRECTIONS,
+    ):
         super().__init__()
         self.dim = dim
         self.norm = nn.LayerNorm(dim)
-        self.mamba = TriOrientedMamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, backend=backend)
+        self.mamba = TriOrientedMamba(
+            dim, d_state=d_state, d_conv=d_conv, expand=expand, backend=backend, directions=directions
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         batch, channels, *spatial = x.shape
