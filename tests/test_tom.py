@@ -36,10 +36,11 @@ def test_initialisation_follows_mamba_ssm():
     assert dt.min() >= 1e-4 and dt.max() <= 0.1 + 1e-6
 
 
+@pytest.mark.parametrize("backend", ["pure", "numba"])
 @pytest.mark.parametrize("spatial", [(3, 5, 7), (4, 4, 2), (1, 3, 3)])
-def test_three_directions_match_plain_reference(spatial):
+def test_three_directions_match_plain_reference(spatial, backend):
     torch.manual_seed(0)
-    tom = TriOrientedMamba(d_model=8, d_state=4)
+    tom = TriOrientedMamba(d_model=8, d_state=4, backend=backend)
     with torch.no_grad():  # randomise every direction so a mixed-up suffix shows
         for p in tom.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -57,10 +58,11 @@ def test_three_directions_match_plain_reference(spatial):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"gradient of {name}")
 
 
+@pytest.mark.parametrize("backend", ["pure", "numba"])
 @pytest.mark.parametrize("directions", [("",), ("", "_b"), ("_s",)])
-def test_a_subset_of_directions_matches_the_reference_and_has_only_its_parameters(directions):
+def test_a_subset_of_directions_matches_the_reference_and_has_only_its_parameters(directions, backend):
     torch.manual_seed(0)
-    tom = TriOrientedMamba(d_model=8, d_state=4, directions=directions)
+    tom = TriOrientedMamba(d_model=8, d_state=4, directions=directions, backend=backend)
     def direction_of(name):
         return "_b" if "_b" in name else "_s" if "_s" in name else ""
 

@@ -1,9 +1,14 @@
-"""Backend selection: mamba_ssm/causal_conv1d CUDA kernels when usable, else pure PyTorch.
+"""Backend selection for the ToM: which implementation runs a given input.
 
-The kernels are an optional extra (``pip install .[cuda]``). They are imported lazily, on
-the first CUDA forward, and any ImportError or OSError (a missing build, an ABI
-"undefined symbol") gives one warning and the pure path. Both paths use the same
-parameters, so a checkpoint trained with one predicts with the other.
+- ``"cuda"``: mamba_ssm/causal_conv1d kernels, an optional extra (``pip install .[cuda]``).
+- ``"numba"``: the fused CPU kernels of ``operators.numba_tom`` (numba is a dependency).
+- ``"pure"``: PyTorch ops only, on any device; the readable reference.
+- ``"auto"``: on CUDA tensors mamba_ssm, else pure; on CPU tensors numba, else pure.
+
+Compiled paths are loaded lazily, on the first forward that needs them, and any
+ImportError or OSError (a missing build, an ABI "undefined symbol") gives one warning and
+the pure path. All paths use the same parameters, so a checkpoint trained with one
+predicts with any other.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("auto", "pure", "cuda")
+BACKENDS = ("auto", "pure", "numba", "cuda")
+NUMBA_HINT = "Install numba (pip install numba), a wheel for Linux, macOS and Windows."
 INSTALL_HINT = (
     "Install the CUDA kernels on a machine with nvcc and a CUDA build of torch: "
     "pip install 'nnunetv2-segresmamba[cuda]' (mamba-ssm and causal-conv1d)."
@@ -45,22 +51,48 @@ def load_cuda_kernels() -> CudaKernels | None:
     return CudaKernels(selective_scan_fn, causal_conv1d_fn)
 
 
+@functools.lru_cache(maxsize=1)
+def numba_available() -> bool:
+    """Whether the fused CPU kernels load (warned once if they do not)."""
+    try:
+        from nnunetv2_segresmamba.operators.numba_tom import load_kernels
+
+        load_kernels()
+    except (ImportError, OSError) as err:
+        warnings.warn(
+            f"numba unavailable ({type(err).__name__}: {err}); using the pure-PyTorch selective scan on the CPU, "
+            f"several times slower. {NUMBA_HINT}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
 
 
-def resolve_kernels(backend: str, x: Tensor) -> CudaKernels | None:
-    """The CUDA kernels to use for ``x``, or None for the pure path."""
-    if backend == "pure" or not x.is_cuda:
-        if backend == "cuda":
-            raise RuntimeError(f"backend='cuda' needs a CUDA tensor, got one on {x.device}.")
-        return None
-    kernels = load_cuda_kernels()
-    if kernels is None and backend == "cuda":
+def resolve_path(backend: str, x: Tensor) -> str:
+    """The implementation that runs ``x``: "cuda", "numba" or "pure"."""
+    if backend == "pure":
+        return "pure"
+    on_cpu = x.device.type == "cpu"
+    if backend == "cuda" and not x.is_cuda:
+        raise RuntimeError(f"backend='cuda' needs a CUDA tensor, got one on {x.device}.")
+    if backend == "numba" and not on_cpu:
+        raise RuntimeError(f"backend='numba' runs on the CPU, got a tensor on {x.device}; use 'auto' or 'cuda'.")
+    if x.is_cuda and load_cuda_kernels() is not None:
+        return "cuda"
+    if backend == "cuda":
         raise RuntimeError(f"backend='cuda' was requested but mamba_ssm does not load. {INSTALL_HINT}")
-    return kernels
+    if on_cpu and numba_available():
+        return "numba"
+    if backend == "numba":
+        raise RuntimeError(f"backend='numba' was requested but numba does not load. {NUMBA_HINT}")
+    return "pure"
 
 
 def causal_depthwise_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -18,11 +18,13 @@ from torch import Tensor
 from nnunetv2_segresmamba.operators.backends import (
     causal_depthwise_conv1d,
     check_backend,
-    resolve_kernels,
+    load_cuda_kernels,
+    resolve_path,
 )
 from nnunetv2_segresmamba.operators.selective_scan import selective_scan
 
 DIRECTIONS = ("", "_b", "_s")  # forward, reverse, inter-slice
+DIRECTION_KINDS = {"": 0, "_b": 1, "_s": 2}  # numba_kernels.FORWARD, REVERSE, INTER_SLICE
 
 
 def check_directions(directions: Sequence[str]) -> tuple[str, ...]:
@@ -53,8 +55,9 @@ class TriOrientedMamba(nn.Module):
         d_state: SSM state size N.
         d_conv: causal conv1d width.
         expand: E = expand * D inner width.
-        backend: "auto" (CUDA kernels when they load and the input is on CUDA),
-            "pure" or "cuda".
+        backend: "auto" (mamba_ssm's kernels on CUDA, the fused numba kernels on the CPU,
+            each when it loads, else pure PyTorch), "pure", "numba" or "cuda"; see
+            ``operators.backends``.
         directions: which scans to run, a subset of ``DIRECTIONS`` (for ablations); the
             parameters of the others are not created.
 
@@ -116,26 +119,50 @@ class TriOrientedMamba(nn.Module):
             raise ValueError(f"expected {self.d_model} channels in (B, L, D) input, got {width}")
         if num_slices < 1 or length % num_slices:
             raise ValueError(f"sequence length {length} is not a multiple of num_slices={num_slices}")
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2E, L)
-        out = sum(self._scan_in_order(xz, suffix, num_slices) for suffix in self.directions)
+        xz = self.in_proj(hidden_states)  # (B, L, 2E)
+        path = resolve_path(self.backend, xz)
+        if path == "numba":
+            return self.out_proj(self._fused_scans(xz, num_slices))
+        kernels = load_cuda_kernels() if path == "cuda" else None
+        xz = xz.transpose(1, 2)  # (B, 2E, L)
+        out = sum(self._scan_in_order(xz, suffix, num_slices, kernels) for suffix in self.directions)
         return self.out_proj(out.transpose(1, 2))
 
-    def _scan_in_order(self, xz: Tensor, suffix: str, num_slices: int) -> Tensor:
+    def _stacked(self, name: str) -> Tensor:
+        """Every direction's parameter ``name.format(suffix)``, stacked in fp32: (K, ...)."""
+        return torch.stack([self.get_parameter(name.format(suffix)) for suffix in self.directions]).float()
+
+    def _fused_scans(self, xz: Tensor, num_slices: int) -> Tensor:
+        """Every direction at once on the CPU (``numba_tom``), in fp32: (B, L, 2E) -> (B, L, E)."""
+        from nnunetv2_segresmamba.operators.numba_tom import directional_conv, fused_scan
+
+        kinds = [DIRECTION_KINDS[suffix] for suffix in self.directions]
+        with torch.autocast(device_type=xz.device.type, enabled=False):
+            x, z = xz.float().chunk(2, dim=-1)  # (B, L, E) views, channels-last
+            conv_weight = self._stacked("conv1d{}.weight").squeeze(2).transpose(1, 2).contiguous()  # (K, W, E)
+            u = directional_conv(x, conv_weight, self._stacked("conv1d{}.bias"), kinds, num_slices)  # (B, K, L, E)
+            x_dbl = u @ self._stacked("x_proj{}.weight").transpose(1, 2)  # (B, K, L, R + 2N)
+            dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+            delta = dt @ self._stacked("dt_proj{}.weight").transpose(1, 2)  # (B, K, L, E); bias added in the scan
+            A = -torch.exp(self._stacked("A{}_log")).transpose(1, 2).contiguous()  # (K, N, E)
+            return fused_scan(u, delta, A, B.contiguous(), C.contiguous(), self._stacked("D{}"),
+                              self._stacked("dt_proj{}.bias"), z, kinds, num_slices)
+
+    def _scan_in_order(self, xz: Tensor, suffix: str, num_slices: int, kernels) -> Tensor:
         """One direction's y * silu(z), (B, E, L), scanned in its order and put back in place."""
         if suffix == "_b":
-            return self._scan(xz.flip(-1), suffix).flip(-1)
+            return self._scan(xz.flip(-1), suffix, kernels).flip(-1)
         if suffix == "_s":
-            return from_inter_slice(self._scan(to_inter_slice(xz, num_slices), suffix), num_slices)
-        return self._scan(xz, suffix)
+            return from_inter_slice(self._scan(to_inter_slice(xz, num_slices), suffix, kernels), num_slices)
+        return self._scan(xz, suffix, kernels)
 
-    def _scan(self, xz: Tensor, suffix: str) -> Tensor:
+    def _scan(self, xz: Tensor, suffix: str, kernels) -> Tensor:
         """One direction without out_proj: (B, 2E, L) -> y * silu(z), (B, E, L)."""
         conv1d: nn.Conv1d = getattr(self, f"conv1d{suffix}")
         x_proj: nn.Linear = getattr(self, f"x_proj{suffix}")
         dt_proj: nn.Linear = getattr(self, f"dt_proj{suffix}")
         A = -torch.exp(getattr(self, f"A{suffix}_log").float())
         D = getattr(self, f"D{suffix}").float()
-        kernels = resolve_kernels(self.backend, xz)
         x, z = xz.chunk(2, dim=1)
         if kernels is None:
             x = causal_depthwise_conv1d(x, conv1d.weight, conv1d.bias)
