@@ -67,6 +67,7 @@ setup(
         "SimpleITK>=2.2",
         "batchgenerators>=0.25",
         "numpy",
+        "numba>=0.59",  # the fused CPU ToM; wheels for Linux, macOS and Windows
     ],
     extras_require={
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],

@@ -71,7 +71,8 @@ def test_scan_runs_in_fp32_under_bf16_autocast():
         out = selective_scan(**bf16, delta_softplus=True, chunk_size=8)
     assert out.dtype == torch.bfloat16
     expected = reference_scan(**{k: v.float() for k, v in bf16.items()})
-    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+    # only the output is rounded to bf16 (relative error <= 2^-9); a scan run in bf16 errs by ~3e-2
+    torch.testing.assert_close(out.float(), expected, atol=1e-3, rtol=4e-3)
 
 
 def test_shape_errors_name_the_argument():

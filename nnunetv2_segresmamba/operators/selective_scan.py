@@ -12,9 +12,19 @@ is cut into chunks; each chunk is solved with a log-depth parallel scan and hand
 last state to the next chunk, so memory grows with the chunk, not with L. For autograd only
 the inputs and the state entering each chunk are kept; the backward pass recomputes one
 chunk at a time.
+
+This is the readable reference and the fallback on any device. On a CPU, flushing denormals
+(8-18x faster when states decay below 1.2e-38) is per thread, and PyTorch's worker threads
+cannot be reached: with two threads a scan whose states decay took 100x longer than on one
+flushing thread. So a CPU call runs on the calling thread alone, with denormals flushed, and
+restores the thread count and that thread's mode on return. The CPU default, the fused numba
+path (``operators.numba_tom``), is parallel and flushes on every thread.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -56,9 +66,7 @@ def selective_scan(
     _check_shapes(u, delta, A, B, C)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    if u.device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormal states make CPU scans 8-18x slower
-    with torch.autocast(device_type=u.device.type, enabled=False):
+    with torch.autocast(device_type=u.device.type, enabled=False), _single_flushing_thread(u.device):
         u32, delta32 = u.float(), delta.float()
         if delta_bias is not None:
             delta32 = delta32 + delta_bias.float()[:, None]
@@ -70,6 +78,23 @@ def selective_scan(
         if z is not None:
             y = y * F.silu(z.float())
     return y.to(u.dtype)
+
+
+@contextlib.contextmanager
+def _single_flushing_thread(device: torch.device) -> Iterator[None]:
+    """On a CPU: one intra-op thread that flushes denormals; both settings restored afterwards."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    was_flushing = bool((torch.tensor([1e-39]) * 1.0).item() == 0.0)  # torch has no getter
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_flushing)
+        torch.set_num_threads(threads)
 
 
 def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
@@ -124,6 +149,11 @@ class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         u, delta, A, B, C, entering = ctx.saved_tensors
+        with _single_flushing_thread(u.device):
+            return _ChunkedScan._backward(ctx, u, delta, A, B, C, entering, grad_y)
+
+    @staticmethod
+    def _backward(ctx, u, delta, A, B, C, entering, grad_y):
         grads = [torch.zeros_like(t) for t in (u, delta, B, C)]
         grad_A = torch.zeros_like(A)
         grad_h = torch.zeros_like(entering[0])
