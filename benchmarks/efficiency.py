@@ -36,7 +36,7 @@ from benchmarks.isolate import default_memory_cap_gib, run_isolated
 from benchmarks.machine import describe, slug
 from benchmarks.model_cost import count
 from benchmarks.network_step import PRECISIONS, measure_network
-from benchmarks.scan_operator import BACKENDS, operator_row
+from benchmarks.scan_operator import BACKENDS, KINDS, fp32_rate, operator_row
 from nnunetv2_segresmamba.registry import FAMILY, Member
 
 RESULTS = Path(__file__).parent / "results"
@@ -66,9 +66,12 @@ QUICK = {"size": [64, 32, 32], "batches": [1], "precisions": ["fp32"], "repeats"
 
 
 def available_backends(device: str | None = None) -> list[str]:
-    """Our pure scan always; mamba_ssm's kernels on CUDA and mambapy when they are installed."""
+    """Our pure scan always, our numba kernels on the CPU, mamba_ssm's kernels on CUDA and
+    mambapy when they are installed."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     found = ["pure"]
+    if device == "cpu" and importlib.util.find_spec("numba") is not None:
+        found.insert(0, "numba")
     if device == "cuda" and importlib.util.find_spec("mamba_ssm") is not None:
         found.append("cuda")
     if importlib.util.find_spec("mambapy") is not None:
@@ -119,6 +122,8 @@ def run(s: Settings, save: Callable[[dict], None] | None = None) -> dict:
     results = {"machine": describe(), "date": datetime.date.today().isoformat(), "settings": asdict(s),
                "command": "python -m benchmarks.efficiency " + shlex.join(sys.argv[1:]),
                "progress": {"done": 0, "planned": len(tasks)}, "networks": [], "steps": [], "operators": []}
+    if any(kind.startswith("scan") for kind in s.tom_kinds):
+        results["fp32_ops_per_s"] = fp32_rate(s.device)  # for the scan's arithmetic limit
     progress = tqdm(tasks, unit="case", dynamic_ncols=True)
     for section, label, measure in progress:
         progress.set_postfix_str(label)
@@ -159,8 +164,8 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, Path | None
     parser.add_argument("--batches", type=int, nargs="+")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS)
     parser.add_argument("--repeats", type=int, help=f"timed runs after one warm-up (default {d.repeats})")
-    parser.add_argument("--tom-kinds", nargs="*", choices=["tom", "scan"],
-                        help="the ToM layer and/or the bare scan; give none to measure the networks only")
+    parser.add_argument("--tom-kinds", nargs="*", choices=KINDS,
+                        help="the ToM layer, the bare scan, the scan on denormal inputs; none: networks only")
     parser.add_argument("--tom-lengths", type=int, nargs="+")
     parser.add_argument("--tom-d-models", type=int, nargs="+")
     parser.add_argument("--tom-backends", nargs="+", choices=BACKENDS)

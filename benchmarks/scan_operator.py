@@ -1,9 +1,14 @@
 """Time and peak memory of the ToM layer and of the bare selective scan.
 
 - ``tom``: the full ToM layer (in_proj, three directions, out_proj) on a (1, L, d_model)
-  input, with the scan from ``pure`` (ours), ``cuda`` (mamba_ssm's kernels) or ``mambapy``
-  (mambapy's parallel scan, ``pip install mambapy``, in our layer).
+  input, with our ``numba`` (fused CPU kernels) or ``pure`` path, ``cuda`` (mamba_ssm's
+  kernels) or ``mambapy`` (mambapy's parallel scan, ``pip install mambapy``, in our layer).
 - ``scan``: one selective scan of width E = 2 * d_model, N = 16, same backends.
+- ``scan_denormal``: the same scan on inputs whose states and decays fall below fp32's
+  smallest normal number (u, B scaled by 1e-21, A = -200); compare with ``scan``.
+
+The scan's arithmetic limit, :func:`arithmetic_limit`, is its floating-point work at the
+fp32 rate this machine reaches in a matrix product, measured in the same run.
 
 Forward, and forward+backward of the sum. Peak memory is the rise during the measured calls
 (inputs and weights excluded), see :mod:`benchmarks.isolate`. Usage::
@@ -26,7 +31,12 @@ from benchmarks.network_step import median_time
 from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
 
 D_STATE = 16
-BACKENDS = ("pure", "cuda", "mambapy")
+BACKENDS = ("pure", "numba", "cuda", "mambapy")
+KINDS = ("tom", "scan", "scan_denormal")
+# fp32 operations per state update and direction, exp counted as one: forward a = exp(dt A),
+# h = a h + (dt u) B, y += h C (7); backward recomputes the forward (7) and runs the adjoint
+# G = a G + g C, dC, dB, du, d(dt), dA (20).
+FLOPS_PER_UPDATE = {"fwd": 7, "fwd+bwd": 34}
 
 
 def mambapy_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
@@ -52,15 +62,21 @@ def make_call(kind: str, backend: str, length: int, d_model: int, device: str, b
     torch.manual_seed(0)
     if kind == "tom":
         layer_class = MambapyToM if backend == "mambapy" else TriOrientedMamba
-        layer = layer_class(d_model, backend="cuda" if backend == "cuda" else "pure").to(device)
+        layer = layer_class(d_model, backend="pure" if backend == "mambapy" else backend).to(device)
         x = torch.randn(1, length, d_model, device=device, requires_grad=backward)
         side = round(length ** (1 / 3))
         return lambda: layer(x, num_slices=side if length % side == 0 else 1)  # cube volumes: slices = side
     d_inner = 2 * d_model
-    u, delta, z = (torch.randn(1, d_inner, length, device=device, requires_grad=backward) for _ in range(3))
-    A = (-torch.rand(d_inner, D_STATE, device=device)).requires_grad_(backward)
-    B, C = (torch.randn(1, D_STATE, length, device=device, requires_grad=backward) for _ in range(2))
-    D, bias = torch.ones(d_inner, device=device, requires_grad=backward), torch.zeros(d_inner, device=device)
+    u, delta, z = (torch.randn(1, d_inner, length, device=device) for _ in range(3))
+    A = -torch.rand(d_inner, D_STATE, device=device)
+    B, C = (torch.randn(1, D_STATE, length, device=device) for _ in range(2))
+    if kind == "scan_denormal":
+        u, B, A = u * 1e-21, B * 1e-21, torch.full_like(A, -200.0)
+    D, bias = torch.ones(d_inner, device=device), torch.zeros(d_inner, device=device)
+    for t in (u, delta, z, A, B, C, D):
+        t.requires_grad_(backward)
+    if backend == "numba":
+        return _numba_scan_call(u, delta, A, B, C, D, z, bias)
     if backend == "mambapy":
         scan = mambapy_selective_scan
     elif backend == "cuda":
@@ -68,6 +84,34 @@ def make_call(kind: str, backend: str, length: int, d_model: int, device: str, b
     else:
         from nnunetv2_segresmamba.operators.selective_scan import selective_scan as scan
     return lambda: scan(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True)
+
+
+def _numba_scan_call(u, delta, A, B, C, D, z, bias) -> Callable:
+    """One direction of the fused CPU scan, on the channels-last layout it reads."""
+    from nnunetv2_segresmamba.operators.numba_tom import fused_scan
+
+    def channels_last(t):
+        return t.detach().transpose(-1, -2).unsqueeze(1).contiguous().requires_grad_(t.requires_grad)
+
+    u, delta, B, C = (channels_last(t) for t in (u, delta, B, C))  # (1, 1, L, E) and (1, 1, L, N)
+    A = A.detach().t().unsqueeze(0).contiguous().requires_grad_(A.requires_grad)  # (1, N, E)
+    z = z.detach().transpose(1, 2).contiguous().requires_grad_(z.requires_grad)
+    D, bias = D.detach().unsqueeze(0).requires_grad_(D.requires_grad), bias.unsqueeze(0)
+    return lambda: fused_scan(u, delta, A, B, C, D, bias, z, kinds=(0,), num_slices=1)
+
+
+def fp32_rate(device: str, size: int = 2048, repeats: int = 5) -> float:
+    """fp32 operations per second of a (size x size) matrix product on ``device``: the
+    machine's reachable arithmetic rate, with all its threads."""
+    a = torch.randn(size, size, device=device)
+    a @ a  # warm-up
+    seconds = median_time(lambda: a @ a, device, repeats, warmup=0)
+    return 2 * size**3 / seconds
+
+
+def arithmetic_limit(length: int, d_model: int, pass_: str, rate: float) -> float:
+    """Seconds one scan of width E = 2 d_model needs at ``rate`` (see FLOPS_PER_UPDATE)."""
+    return FLOPS_PER_UPDATE[pass_] * length * 2 * d_model * D_STATE / rate
 
 
 def measure_operator(kind: str, backend: str, length: int, d_model: int, device: str, backward: bool,
@@ -101,8 +145,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[32768])
     parser.add_argument("--d-models", type=int, nargs="+", default=[96])
-    parser.add_argument("--kinds", nargs="+", default=["tom", "scan"], choices=["tom", "scan"])
-    parser.add_argument("--backends", nargs="+", default=["pure", "mambapy"], choices=BACKENDS)
+    parser.add_argument("--kinds", nargs="+", default=["tom", "scan"], choices=KINDS)
+    parser.add_argument("--backends", nargs="+", default=["numba", "pure", "mambapy"], choices=BACKENDS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write the results here")

@@ -29,18 +29,30 @@ def test_quick_efficiency_run_measures_every_network_and_writes_its_files(tmp_pa
 
 
 def test_targets_are_ratios_within_one_run():
+    from benchmarks.scan_operator import arithmetic_limit
+
+    def op(kind, backend, seconds, mib=100.0):
+        return {"kind": kind, "backend": backend, "L": 32768, "d_model": 96, "pass": "fwd+bwd", "median_s": seconds,
+                "peak_mib": mib}
+
+    rate = 1e11
+    limit = arithmetic_limit(32768, 96, "fwd+bwd", rate)
     results = {
         "steps": [{"network": n, "batch": 1, "precision": "fp32", "peak_train_mib": mib, "inference_s": s}
                   for n, mib, s in (("SegResMamba", 300.0, 1.0), ("SegMamba", 1000.0, 3.0), ("SwinUNETR", 400.0, 2.0))],
-        "operators": [{"kind": "tom", "backend": b, "L": 32768, "d_model": 96, "pass": "fwd+bwd", "median_s": t,
-                       "peak_mib": m} for b, t, m in (("pure", 2.0, 100.0), ("mambapy", 9.0, 800.0))],
+        "operators": [op("tom", "pure", 5.0), op("tom", "numba", 1.0, 50.0), op("tom", "mambapy", 9.0, 800.0),
+                      op("scan", "numba", 4 * limit), op("scan_denormal", "numba", 6 * limit)],
+        "fp32_ops_per_s": rate,
     }
-    values = [(t["measured"], t["met"]) for t in targets(results)]  # in the order of the targets
+    values = [(t["measured"], t["met"]) for t in targets(results)]
     assert values[0] == (0.3, True)  # 300 / 1000 <= 0.4
     assert values[1] == (0.75, False)  # 300 / 400 > 0.7
     assert values[2] == (pytest.approx(1 / 3), True)
-    assert values[3] == (4.5, False)  # 9 / 2 < 5
-    assert values[4] == (0.125, True)
+    assert values[3] == (0.5, True)  # 1 / 2 <= 0.63
+    assert values[4] == (9.0, True)  # mambapy / numba (not pure): 9 / 1 >= 8
+    assert values[5] == (0.0625, True)  # 50 / 800 <= 0.1
+    assert values[6] == (pytest.approx(4.0), False)  # 4x the arithmetic limit > 3
+    assert values[7] == (pytest.approx(1.5), True)  # denormal / ordinary <= 1.5
 
 
 def test_a_stopped_run_keeps_what_it_measured_after_every_case():
