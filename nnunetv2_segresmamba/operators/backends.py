@@ -16,13 +16,14 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch.nn.functional as F
 from torch import Tensor
 
 BACKENDS = ("auto", "pure", "numba", "cuda")
-NUMBA_HINT = "Install numba (pip install numba), a wheel for Linux, macOS and Windows."
+NUMBA_HINT = "The CPU scan is several times slower without it: pip install numba (wheels for Linux, macOS, Windows)."
+T = TypeVar("T")
 INSTALL_HINT = (
     "Install the CUDA kernels on a machine with nvcc and a CUDA build of torch: "
     "pip install 'nnunetv2-segresmamba[cuda]' (mamba-ssm and causal-conv1d)."
@@ -34,39 +35,35 @@ class CudaKernels(NamedTuple):
     causal_conv1d_fn: Callable[..., Tensor]
 
 
-@functools.lru_cache(maxsize=1)
-def load_cuda_kernels() -> CudaKernels | None:
-    """The mamba_ssm and causal_conv1d kernels, or None (warned once) if they do not load."""
+def _load_or_warn(load: Callable[[], T], what: str, hint: str) -> T | None:
+    """``load()``, or None with one RuntimeWarning if it raises ImportError or OSError."""
     try:
-        from causal_conv1d import causal_conv1d_fn
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        return load()
     except (ImportError, OSError) as err:
-        warnings.warn(
-            f"mamba_ssm CUDA kernels unavailable ({type(err).__name__}: {err}); "
-            f"using the pure-PyTorch selective scan. {INSTALL_HINT}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        warnings.warn(f"{what} unavailable ({type(err).__name__}: {err}); using the pure-PyTorch selective scan. "
+                      f"{hint}", RuntimeWarning, stacklevel=3)
         return None
+
+
+def _import_cuda_kernels() -> CudaKernels:
+    from causal_conv1d import causal_conv1d_fn
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
     return CudaKernels(selective_scan_fn, causal_conv1d_fn)
 
 
 @functools.lru_cache(maxsize=1)
-def numba_available() -> bool:
-    """Whether the fused CPU kernels load (warned once if they do not)."""
-    try:
-        from nnunetv2_segresmamba.operators.numba_tom import load_kernels
+def load_cuda_kernels() -> CudaKernels | None:
+    """The mamba_ssm and causal_conv1d kernels, or None (warned once) if they do not load."""
+    return _load_or_warn(_import_cuda_kernels, "mamba_ssm CUDA kernels", INSTALL_HINT)
 
-        load_kernels()
-    except (ImportError, OSError) as err:
-        warnings.warn(
-            f"numba unavailable ({type(err).__name__}: {err}); using the pure-PyTorch selective scan on the CPU, "
-            f"several times slower. {NUMBA_HINT}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return False
-    return True
+
+@functools.lru_cache(maxsize=1)
+def numba_available() -> bool:
+    """Whether the fused CPU kernels load (warned once, several times slower, if they do not)."""
+    from nnunetv2_segresmamba.operators.numba_tom import load_kernels
+
+    return _load_or_warn(load_kernels, "numba", NUMBA_HINT) is not None
 
 
 def check_backend(backend: str) -> str:
