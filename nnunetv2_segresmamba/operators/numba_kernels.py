@@ -171,7 +171,7 @@ def _channel_block(item, blocks, channels):
 # ---------------------------------------------------------------- causal depthwise conv + silu
 
 
-@jit
+@inline
 def _conv_pre(x, weight, bias, b, k, kind, t, length, num_slices, e0, out):
     """out[e] = bias + sum_i w_i x at step t-(W-1)+i, for the channels e0.. of one block."""
     width = weight.shape[1]

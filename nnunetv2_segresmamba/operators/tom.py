@@ -138,7 +138,7 @@ class TriOrientedMamba(nn.Module):
 
         kinds = [DIRECTION_KINDS[suffix] for suffix in self.directions]
         with torch.autocast(device_type=xz.device.type, enabled=False):
-            x, z = xz.float().chunk(2, dim=-1)  # (B, L, E) views, channels-last
+            x, z = (half.contiguous() for half in xz.float().chunk(2, dim=-1))  # (B, L, E), channels-last
             conv_weight = self._stacked("conv1d{}.weight").squeeze(2).transpose(1, 2).contiguous()  # (K, W, E)
             u = directional_conv(x, conv_weight, self._stacked("conv1d{}.bias"), kinds, num_slices)  # (B, K, L, E)
             x_dbl = u @ self._stacked("x_proj{}.weight").transpose(1, 2)  # (B, K, L, R + 2N)
