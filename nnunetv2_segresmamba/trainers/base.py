@@ -85,7 +85,8 @@ class ComparisonTrainerBase(nnUNetTrainer):
             super().set_deep_supervision_enabled(enabled)
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, _LRScheduler]:
-        params = self.network.parameters()
+        """The recipe's optimizer over :func:`parameter_groups` and its schedule."""
+        params = parameter_groups(self.network, self.weight_decay)
         if self.optimizer_name == "AdamW":
             optimizer = torch.optim.AdamW(params, lr=self.initial_lr, weight_decay=self.weight_decay)
         elif self.optimizer_name == "SGD":
@@ -130,6 +131,22 @@ class SmokeSchedule:
     comparison_iterations_per_epoch = 4
     comparison_val_iterations_per_epoch = 1
     comparison_save_every = 1
+
+
+def parameter_groups(network: nn.Module, weight_decay: float) -> list[dict]:
+    """Two optimizer groups: every parameter with ``weight_decay``, except those marked
+    ``_no_weight_decay`` (the ToM's ``A_log``, ``D`` and their ``_b``/``_s`` twins, as in
+    mamba_ssm), which get none. Norm weights and biases keep the recipe's weight decay: each
+    recipe of the family (nnU-Net, MONAI's tutorials, SegMamba's script) decays them, and the
+    comparison reproduces those recipes. The second group is left out when nothing is marked."""
+    decay, no_decay = [], []
+    for parameter in network.parameters():
+        if parameter.requires_grad:
+            (no_decay if getattr(parameter, "_no_weight_decay", False) else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
 
 
 def network_from_builder(builder: Callable[[int, int, Sequence[int]], nn.Module]) -> staticmethod:
