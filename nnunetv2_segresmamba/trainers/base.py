@@ -20,9 +20,34 @@ from nnunetv2_segresmamba.trainers.schedules import CosineAnnealingScheduler
 from nnunetv2_segresmamba.trainers.tracking import energy_record, energy_tracker_from_env, write_run_metrics
 
 
+class NnUNetRecipe:
+    """Mixin: nnU-Net's recipe, SGD lr 1e-2 (nesterov, momentum 0.99, weight decay 3e-5), poly
+    schedule, Dice + cross-entropy. Deep supervision is the network's choice, not set here."""
+
+    optimizer_name = "SGD"
+    recipe_initial_lr = 1e-2
+    recipe_weight_decay = 3e-5
+    lr_schedule = "poly"
+    loss_name = "dice_ce"
+
+
+class PaperRecipe:
+    """Mixin: the SegResMamba paper's recipe (appendix A), AdamW lr 1e-4 (weight decay 1e-5),
+    cosine annealing, soft Dice, no deep supervision."""
+
+    optimizer_name = "AdamW"
+    recipe_initial_lr = 1e-4
+    recipe_weight_decay = 1e-5
+    lr_schedule = "cosine"
+    loss_name = "dice"
+    deep_supervision = False
+
+
 class ComparisonTrainerBase(nnUNetTrainer):
     """Base of the comparison family. Subclasses set the recipe attributes below.
 
+    The recipe comes from a mixin listed before this base (:class:`NnUNetRecipe`,
+    :class:`PaperRecipe`), so that a sibling can swap it: ``class X(NnUNetRecipe, Trainer)``.
     The budget (``num_epochs`` x ``num_iterations_per_epoch``) is nnU-Net's default and is
     set here only, so every network of the family trains for the same number of steps.
     Subclasses change class attributes only: nnU-Net re-creates trainers from the exact
@@ -35,12 +60,12 @@ class ComparisonTrainerBase(nnUNetTrainer):
     comparison_val_iterations_per_epoch = 50
     comparison_save_every = 50  # epochs between checkpoint_latest.pth writes
 
-    # recipe; subclasses override
-    optimizer_name = "SGD"  # "SGD" (nesterov, momentum 0.99) or "AdamW"
-    recipe_initial_lr = 1e-2
-    recipe_weight_decay = 3e-5
-    lr_schedule = "poly"  # "poly" or "cosine"
-    loss_name = "dice_ce"  # "dice_ce" (nnU-Net default), "dice" or "ce"
+    # recipe: each trainer takes a recipe mixin (NnUNetRecipe, PaperRecipe) or sets these itself
+    optimizer_name: str  # "SGD" (nesterov, momentum 0.99) or "AdamW"
+    recipe_initial_lr: float
+    recipe_weight_decay: float
+    lr_schedule: str  # "poly" or "cosine"
+    loss_name: str  # "dice_ce" (nnU-Net default), "dice" or "ce"
     deep_supervision = False
     patch_divisor: int | None = None  # round the planned patch to multiples of this (saved in plans.json)
 
@@ -48,6 +73,9 @@ class ComparisonTrainerBase(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         require_nnunet_env(("nnUNet_preprocessed", "nnUNet_results"))
         planned = round_patch_in_plans(plans, configuration, self.patch_divisor)
+        architecture = self.architecture_for_plans(PlansManager(plans).get_configuration(configuration))
+        if architecture is not None:  # nnU-Net saves these plans as the run's plans.json, read at predict
+            plans["configurations"][configuration]["architecture"] = architecture
         super().__init__(plans, configuration, fold, dataset_json, device)
         if planned != list(self.configuration_manager.patch_size):
             self.print_to_log_file(f"patch size {planned} rounded to {self.configuration_manager.patch_size} "
@@ -60,6 +88,13 @@ class ComparisonTrainerBase(nnUNetTrainer):
         self.initial_lr = self.recipe_initial_lr
         self.weight_decay = self.recipe_weight_decay
         self.enable_deep_supervision = self.deep_supervision
+
+    @classmethod
+    def architecture_for_plans(cls, configuration_manager: ConfigurationManager) -> dict | None:
+        """The configuration's ``architecture`` (nnU-Net 2.8's ``network_class_name``,
+        ``arch_kwargs``, ``_kw_requires_import``) to store in the run's plans.json, or None to keep
+        the planned one. Networks whose arguments are not all in the plans override this."""
+        return None
 
     def on_train_start(self) -> None:
         """Also starts energy tracking when asked for (see :mod:`.tracking`)."""
