@@ -49,3 +49,14 @@ def test_shim_folder_holds_only_the_shim():
         ["nnunetv2_segresmamba_trainers.py"],
         ["__pycache__", "nnunetv2_segresmamba_trainers.py"],
     )
+
+
+def test_an_ext_trainer_entry_that_does_not_exist_is_an_error_naming_the_variable(tmp_path):
+    missing = str(tmp_path / "my_trainerz")
+    env = {k: v for k, v in os.environ.items() if k != OPT_OUT_VAR}
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train"), "1", "3d_fullres", "0",
+                             "-tr", "nnUNetTrainerSegResMamba", "-device", "cpu"],
+                            env={**env, "nnUNet_extTrainer": missing}, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"nnUNet_extTrainer lists '{missing}', which is not a folder" in result.stderr
+    assert f'export nnUNet_extTrainer="{trainer_dir()}"' in result.stderr

@@ -41,3 +41,20 @@ def activate() -> None:
     if os.environ.get(OPT_OUT_VAR, "").lower() in ("1", "true", "yes"):
         return
     os.environ[ENV_VAR] = with_trainer_dir(os.environ.get(ENV_VAR))
+
+
+def check_entries(value: str | None = None) -> None:
+    """Raises a FileNotFoundError naming ``nnUNet_extTrainer`` if it lists a folder that does not
+    exist. nnU-Net skips such entries silently, so a trainer kept in a mistyped folder would only
+    be reported as not found. Called by the shim, which nnU-Net imports when it searches for a
+    trainer, at ``nnUNetv2_train`` and ``nnUNetv2_predict``."""
+    value = os.environ.get(ENV_VAR, "") if value is None else value
+    missing = [e for e in value.split(os.pathsep) if e.strip() and not os.path.isdir(e)]
+    if missing:
+        kept = os.pathsep.join(e for e in value.split(os.pathsep) if e.strip() and e not in missing)
+        raise FileNotFoundError(
+            f"The environment variable {ENV_VAR} lists {', '.join(map(repr, missing))}, which "
+            f"{'is not a folder' if len(missing) == 1 else 'are not folders'}; nnU-Net would skip "
+            f"{'it' if len(missing) == 1 else 'them'} and not find the trainers kept there. Correct or remove "
+            f"{'that entry' if len(missing) == 1 else 'those entries'}, e.g. export {ENV_VAR}=\"{kept}\""
+        )
