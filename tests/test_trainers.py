@@ -129,3 +129,10 @@ def test_recipe_swaps_make_the_two_by_two(planned, monkeypatch):
     assert isinstance(nnunet.optimizer, torch.optim.AdamW) and nnunet.initial_lr == 1e-4
     assert type(nnunet.lr_scheduler).__name__ == "CosineAnnealingScheduler"
     assert type(nnunet.loss).__name__ == "MemoryEfficientSoftDiceLoss"
+
+
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerSegResMamba", "nnUNetTrainerComparisonNnUNet"])
+def test_inputs_with_other_channel_counts_are_refused_before_the_network(planned, monkeypatch, trainer_name):
+    trainer = initialized(trainer_name, planned, monkeypatch)  # ANISOTROPIC has 1 channel
+    with pytest.raises(ValueError, match=r"trained on 1 input channel\(s\).* but got 2.*CASE_0000 to CASE_0000"):
+        trainer.network(torch.zeros(1, 2, 4, 8, 8))

@@ -3,6 +3,9 @@ configurations, no torch.compile, patch rounding, and recipes set as class attri
 
 from __future__ import annotations
 
+import os
+import pickle
+import zipfile
 from collections.abc import Callable, Sequence
 
 import torch
@@ -112,6 +115,40 @@ class ComparisonTrainerBase(nnUNetTrainer):
             write_run_metrics(self.output_folder, self.logger, self.device,
                               self._first_epoch_this_process, energy)
 
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """nnU-Net's entry point (training and ``nnUNetv2_predict``): :meth:`build_network`, and a
+        check of the input channels (:func:`require_input_channels`)."""
+        network = cls.build_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                    enable_deep_supervision)
+        require_input_channels(network, num_input_channels)
+        return network
+
+    build_network = staticmethod(nnUNetTrainer.build_network_architecture)  # from the plans; subclasses override
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """nnU-Net's, with an error that names the file and says what to do if it cannot be read."""
+        if isinstance(filename_or_checkpoint, str) and not zipfile.is_zipfile(filename_or_checkpoint):
+            raise read_checkpoint_error(filename_or_checkpoint, zipfile.BadZipFile("not a zip archive"))
+        try:
+            super().load_checkpoint(filename_or_checkpoint)
+        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as error:
+            raise read_checkpoint_error(str(filename_or_checkpoint), error) from error
+        except RuntimeError as error:
+            if "PytorchStreamReader" not in str(error):
+                raise
+            raise read_checkpoint_error(str(filename_or_checkpoint), error) from error
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's, written to a temporary file first and then renamed, so that a run killed
+        while saving leaves the previous checkpoint intact instead of a truncated one."""
+        partial = filename + ".partial"
+        super().save_checkpoint(partial)
+        if os.path.exists(partial):
+            os.replace(partial, filename)
+
     def _do_i_compile(self) -> bool:
         return False  # torch.compile is not measured to work with the Mamba scans
 
@@ -185,15 +222,43 @@ def parameter_groups(network: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def network_from_builder(builder: Callable[[int, int, Sequence[int]], nn.Module]) -> staticmethod:
-    """A ``build_network_architecture`` (nnU-Net 2.8 signature) that calls
+    """A ``build_network`` (nnU-Net 2.8's ``build_network_architecture`` signature) that calls
     ``builder(in_channels, out_channels, patch_size)``. No deep supervision: the flag is ignored."""
 
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
+    def build_network(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                      num_input_channels: int, num_output_channels: int,
+                      enable_deep_supervision: bool = True) -> nn.Module:
         return builder(num_input_channels, num_output_channels, configuration_manager.patch_size)
 
-    return staticmethod(build_network_architecture)
+    return staticmethod(build_network)
+
+
+def require_input_channels(network: nn.Module, num_input_channels: int) -> None:
+    """Makes ``network`` refuse an input (B, C, ...) whose C is not ``num_input_channels`` with
+    an error that says which files to fix, before any layer sees it."""
+
+    def check(module: nn.Module, args: tuple) -> None:
+        channels = args[0].shape[1] if args and args[0].dim() > 1 else None
+        if channels != num_input_channels:
+            raise ValueError(
+                f"This model was trained on {num_input_channels} input channel(s) (the 'channel_names' of the "
+                f"dataset.json in its trained model folder) but got {channels}. Each case given to "
+                f"nnUNetv2_predict -i needs exactly the files CASE_0000 to CASE_{num_input_channels - 1:04d} "
+                "(with the dataset's file ending): add the missing channels or remove the extra ones."
+            )
+
+    network.register_forward_pre_hook(check)
+
+
+def read_checkpoint_error(path: str, error: BaseException) -> RuntimeError:
+    """The error for a checkpoint file that cannot be read, saying what to do."""
+    folder = os.path.dirname(path)
+    return RuntimeError(
+        f"{path} is not a readable checkpoint (truncated or corrupt: {type(error).__name__}: {error}). Nothing was "
+        f"changed. Move it aside, e.g. mv {path} {path}.corrupt: nnUNetv2_train --c then resumes from the next "
+        f"checkpoint it finds in {folder} (checkpoint_final, checkpoint_latest, checkpoint_best, in that order) "
+        "or starts over, and nnUNetv2_predict -chk picks another checkpoint."
+    )
 
 
 def round_patch_in_plans(plans: dict, configuration: str, divisor: int | None) -> list[int]:

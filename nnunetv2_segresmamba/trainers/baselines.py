@@ -29,7 +29,7 @@ class nnUNetTrainerSegMamba(NnUNetRecipe, ComparisonTrainerBase):
 
     loss_name = "ce"
     patch_divisor = 16
-    build_network_architecture = network_from_builder(build_segmamba)
+    build_network = network_from_builder(build_segmamba)
 
 
 class nnUNetTrainerSwinUNETR(NnUNetRecipe, ComparisonTrainerBase):
@@ -46,7 +46,7 @@ class nnUNetTrainerSwinUNETR(NnUNetRecipe, ComparisonTrainerBase):
     recipe_weight_decay = 1e-5
     lr_schedule = "cosine"
     patch_divisor = 32
-    build_network_architecture = network_from_builder(build_swinunetr)
+    build_network = network_from_builder(build_swinunetr)
 
 
 class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
@@ -55,7 +55,7 @@ class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
     multiples of 16 (the ViT patch)."""
 
     patch_divisor = 16
-    build_network_architecture = network_from_builder(build_unetr)
+    build_network = network_from_builder(build_unetr)
 
 
 class nnUNetTrainerComparisonNnUNet(NnUNetRecipe, ComparisonTrainerBase):

@@ -49,7 +49,7 @@ class nnUNetTrainerSegResMamba(PaperRecipe, ComparisonTrainerBase):
         }
 
     @classmethod
-    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+    def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         """The SegResMamba that the configuration's ``architecture`` describes. Runs trained
