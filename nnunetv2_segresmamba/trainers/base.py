@@ -205,6 +205,14 @@ class SmokeSchedule:
     comparison_save_every = 1
 
 
+class AblationSmokeSchedule(SmokeSchedule):
+    """Mixin: the cheapest run that still trains, validates, saves and predicts through the CLI:
+    1 epoch x 2 iterations. For the ablations, whose networks the full smoke runs already cover."""
+
+    comparison_num_epochs = 1
+    comparison_iterations_per_epoch = 2
+
+
 def parameter_groups(network: nn.Module, weight_decay: float) -> list[dict]:
     """Two optimizer groups: every parameter with ``weight_decay``, except those marked
     ``_no_weight_decay`` (the ToM's ``A_log``, ``D`` and their ``_b``/``_s`` twins, as in

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from nnunetv2_segresmamba.registry import build_segmamba, build_swinunetr, build_unetr
 from nnunetv2_segresmamba.trainers.base import (
+    AblationSmokeSchedule,
     ComparisonTrainerBase,
     NnUNetRecipe,
     PaperRecipe,
@@ -103,5 +104,5 @@ class nnUNetTrainerComparisonNnUNet_smoke(SmokeSchedule, nnUNetTrainerComparison
     pass
 
 
-class nnUNetTrainerComparisonNnUNet_paperRecipe_smoke(SmokeSchedule, nnUNetTrainerComparisonNnUNet_paperRecipe):
+class nnUNetTrainerComparisonNnUNet_paperRecipe_smoke(AblationSmokeSchedule, nnUNetTrainerComparisonNnUNet_paperRecipe):
     pass

@@ -10,6 +10,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunetv2_segresmamba.networks.segresmamba import SegResMamba, arch_kwargs_for_plan, legacy_plan_strides
 from nnunetv2_segresmamba.operators.tom import DIRECTIONS
 from nnunetv2_segresmamba.trainers.base import (
+    AblationSmokeSchedule,
     ComparisonTrainerBase,
     NnUNetRecipe,
     PaperRecipe,
@@ -127,17 +128,17 @@ class nnUNetTrainerSegResMamba_nnUNetRecipe(NnUNetRecipe, nnUNetTrainerSegResMam
     recipe of the family's nnU-Net sibling; SegResMamba has no deep supervision."""
 
 
-class nnUNetTrainerSegResMambaNoToM_smoke(SmokeSchedule, nnUNetTrainerSegResMambaNoToM):
+class nnUNetTrainerSegResMambaNoToM_smoke(AblationSmokeSchedule, nnUNetTrainerSegResMambaNoToM):
     pass
 
 
-class nnUNetTrainerSegResMambaForwardToM_smoke(SmokeSchedule, nnUNetTrainerSegResMambaForwardToM):
+class nnUNetTrainerSegResMambaForwardToM_smoke(AblationSmokeSchedule, nnUNetTrainerSegResMambaForwardToM):
     pass
 
 
-class nnUNetTrainerSegResMambaForwardReverseToM_smoke(SmokeSchedule, nnUNetTrainerSegResMambaForwardReverseToM):
+class nnUNetTrainerSegResMambaForwardReverseToM_smoke(AblationSmokeSchedule, nnUNetTrainerSegResMambaForwardReverseToM):
     pass
 
 
-class nnUNetTrainerSegResMamba_nnUNetRecipe_smoke(SmokeSchedule, nnUNetTrainerSegResMamba_nnUNetRecipe):
+class nnUNetTrainerSegResMamba_nnUNetRecipe_smoke(AblationSmokeSchedule, nnUNetTrainerSegResMamba_nnUNetRecipe):
     pass
