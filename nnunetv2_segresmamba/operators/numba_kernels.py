@@ -27,7 +27,6 @@ from numba.extending import intrinsic
 
 FORWARD, REVERSE, INTER_SLICE = 0, 1, 2
 FASTMATH = {"contract", "reassoc", "nsz", "arcp"}  # no nnan/ninf: a NaN input stays NaN
-TINY = np.float32(1.1754944e-38)  # smallest normal fp32
 EXP_FLOOR = np.float32(-87.0)  # exp(-87) = 1.6e-38 is still normal
 ZERO, HALF, ONE, TWO = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(2.0)
 
