@@ -37,10 +37,10 @@ from benchmarks.machine import describe, slug
 from benchmarks.model_cost import count
 from benchmarks.network_step import PRECISIONS, measure_network
 from benchmarks.scan_operator import BACKENDS, KINDS, fp32_rate, operator_row
-from nnunetv2_segresmamba.registry import FAMILY, Member
+from nnunetv2_segresmamba.registry import FAMILY, Member, members
 
 RESULTS = Path(__file__).parent / "results"
-NETWORKS = [m.network for m in FAMILY]
+NETWORKS = [m.network for m in members()]  # the default: the comparison family; ablations by name
 
 
 @dataclass
@@ -160,7 +160,8 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, Path | None
     parser.add_argument("--size", type=int, nargs=3)
     parser.add_argument("--in-channels", type=int)
     parser.add_argument("--classes", type=int)
-    parser.add_argument("--networks", nargs="+", choices=NETWORKS)
+    parser.add_argument("--networks", nargs="+", choices=[m.network for m in FAMILY],
+                        help=f"default: {NETWORKS}")
     parser.add_argument("--batches", type=int, nargs="+")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS)
     parser.add_argument("--repeats", type=int, help=f"timed runs after one warm-up (default {d.repeats})")

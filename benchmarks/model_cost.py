@@ -50,7 +50,8 @@ def _count_on(device: str, member: Member, in_channels: int, classes: int, size:
     return {
         "network": member.network, "params": sum(p.numel() for p in net.parameters()), "macs": macs,
         "scan_state_update_macs": scan_updates["macs"], "counted_on": device,
-        "seconds": round(time.perf_counter() - start, 1), "paper_fvcore_flops_g": paper.FVCORE_MACS_G[member.network],
+        "seconds": round(time.perf_counter() - start, 1),
+        "paper_fvcore_flops_g": paper.FVCORE_MACS_G.get(member.network),  # None for the ablations
     }
 
 
@@ -59,7 +60,7 @@ def _count_scan_updates(net: nn.Module) -> dict:
 
     def hook(module: TriOrientedMamba, inputs, output):
         batch, length, _ = inputs[0].shape
-        total["macs"] += 3 * batch * length * module.d_inner * module.d_state
+        total["macs"] += len(module.directions) * batch * length * module.d_inner * module.d_state
 
     for module in net.modules():
         if isinstance(module, TriOrientedMamba):

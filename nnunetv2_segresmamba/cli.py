@@ -96,14 +96,16 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_sweep_parsers(sub) -> None:
-    from nnunetv2_segresmamba.registry import FAMILY
+    from nnunetv2_segresmamba.registry import ABLATION, members
 
     sweep = sub.add_parser("sweep", help="train datasets x configurations x trainers x folds, here or on SLURM",
                            description="Runs nnUNetv2_train for every job; done folds are skipped, interrupted "
                                        "ones resume with --c, nothing finished is overwritten.")
     sweep.add_argument("-d", "--datasets", nargs="+", required=True, help="dataset ids or names")
     sweep.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"])
-    sweep.add_argument("-tr", "--trainers", nargs="+", default=[m.trainer for m in FAMILY])
+    sweep.add_argument("-tr", "--trainers", nargs="+", default=[m.trainer for m in members()],
+                       help="default: the comparison family's five; the ablations: "
+                            + " ".join(m.trainer for m in members(ABLATION)))
     sweep.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     sweep.add_argument("-p", "--plans", default="nnUNetPlans")
     sweep.add_argument("--sweep-dir", type=Path, required=True, help="plan, logs and job records of this sweep")

@@ -1,7 +1,9 @@
-"""The comparison family: five trainers, the networks they build, and the paper's figures.
+"""The comparison family: five trainers, the networks they build, and the paper's figures;
+and the ablations of SegResMamba (its ToM, and the recipe swapped with nnU-Net's).
 
-Benchmarks and cluster sweeps iterate over :data:`FAMILY`; each entry builds its network
-for (in_channels, out_channels, patch_size) without any plans file.
+Benchmarks and cluster sweeps iterate over :data:`FAMILY` (by default over its "comparison"
+group, the five of the paper: see :func:`members`); each entry builds its network for
+(in_channels, out_channels, patch_size) without any plans file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,20 @@ def build_segresmamba(in_channels: int, out_channels: int, patch_size: Sequence[
     from nnunetv2_segresmamba.networks.segresmamba import SegResMamba
 
     return SegResMamba.for_patch_size(in_channels, out_channels, patch_size)
+
+
+def segresmamba_of(trainer: str) -> Builder:
+    """A builder of the SegResMamba that ``trainer`` trains (its ToM directions), planned as
+    :func:`build_segresmamba` plans it."""
+
+    def build(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+        from nnunetv2_segresmamba import trainers
+        from nnunetv2_segresmamba.networks.segresmamba import SegResMamba
+
+        directions = getattr(trainers, trainer).tom_directions
+        return SegResMamba.for_patch_size(in_channels, out_channels, patch_size, tom_directions=directions)
+
+    return build
 
 
 def build_segmamba(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
@@ -55,12 +71,17 @@ def build_nnunet(in_channels: int, out_channels: int, patch_size: Sequence[int])
     )
 
 
+COMPARISON, ABLATION = "comparison", "ablation"
+SCHEDULE_SUFFIXES = ("_smoke", "_2epochs")  # shorter runs of a member's trainer
+
+
 @dataclass(frozen=True)
 class Member:
     trainer: str
-    network: str
+    network: str  # a name of its own for each member, as benchmarks and reports key rows by it
     build: Builder
-    paper_params_m: float  # Table 7, BTCV 1 -> 14 at 128^3
+    paper_params_m: float | None  # Table 7, BTCV 1 -> 14 at 128^3; None for the ablations
+    group: str = COMPARISON
 
 
 FAMILY: tuple[Member, ...] = (
@@ -69,12 +90,28 @@ FAMILY: tuple[Member, ...] = (
     Member("nnUNetTrainerSwinUNETR", "SwinUNETR", build_swinunetr, 62.19),
     Member("nnUNetTrainerUNETR", "UNETR", build_unetr, 93.01),
     Member("nnUNetTrainerComparisonNnUNet", "nnU-Net", build_nnunet, 31.19),
+    Member("nnUNetTrainerSegResMambaNoToM", "SegResMamba-NoToM",
+           segresmamba_of("nnUNetTrainerSegResMambaNoToM"), None, ABLATION),
+    Member("nnUNetTrainerSegResMambaForwardToM", "SegResMamba-ForwardToM",
+           segresmamba_of("nnUNetTrainerSegResMambaForwardToM"), None, ABLATION),
+    Member("nnUNetTrainerSegResMambaForwardReverseToM", "SegResMamba-ForwardReverseToM",
+           segresmamba_of("nnUNetTrainerSegResMambaForwardReverseToM"), None, ABLATION),
+    Member("nnUNetTrainerSegResMamba_nnUNetRecipe", "SegResMamba-nnUNetRecipe", build_segresmamba, None, ABLATION),
+    Member("nnUNetTrainerComparisonNnUNet_paperRecipe", "nnU-Net-paperRecipe", build_nnunet, None, ABLATION),
 )
+
+
+def members(group: str | None = COMPARISON) -> list[Member]:
+    """The members of ``group`` ("comparison": the paper's five, the default of sweeps and
+    benchmarks; "ablation"), or all of :data:`FAMILY` for None."""
+    if group not in (COMPARISON, ABLATION, None):
+        raise ValueError(f"group must be {COMPARISON!r}, {ABLATION!r} or None (all), got {group!r}")
+    return [m for m in FAMILY if group is None or m.group == group]
 
 
 def member(trainer: str) -> Member:
     """The family member whose trainer is ``trainer`` (a ``_smoke``/``_2epochs`` suffix is allowed)."""
-    base = trainer.split("_")[0]
+    base = next((trainer[: -len(s)] for s in SCHEDULE_SUFFIXES if trainer.endswith(s)), trainer)
     for m in FAMILY:
         if m.trainer == base:
             return m

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from nnunetv2_segresmamba.registry import FAMILY, member
+from nnunetv2_segresmamba.registry import FAMILY, member, members
 from nnunetv2_segresmamba.trainers import base
 
 MEASURED_PARAMS = {  # 128^3, 1 -> 14 channels
@@ -13,6 +13,11 @@ MEASURED_PARAMS = {  # 128^3, 1 -> 14 channels
     "SwinUNETR": 62_187_296,
     "UNETR": 93_029_806,
     "nnU-Net": 31_205_254,
+    "SegResMamba-NoToM": 70_426_430,
+    "SegResMamba-ForwardToM": 73_035_710,
+    "SegResMamba-ForwardReverseToM": 73_292_030,
+    "SegResMamba-nnUNetRecipe": 73_548_350,
+    "nnU-Net-paperRecipe": 31_205_254,
 }
 
 
@@ -20,7 +25,7 @@ MEASURED_PARAMS = {  # 128^3, 1 -> 14 channels
 def test_parameter_counts_at_128(m):
     params = sum(p.numel() for p in m.build(1, 14, (128, 128, 128)).parameters())
     assert params == MEASURED_PARAMS[m.network]
-    if m.network != "SegResMamba":
+    if m.paper_params_m is not None and m.network != "SegResMamba":
         assert params / 1e6 == pytest.approx(m.paper_params_m, rel=2e-3)
 
 
@@ -66,6 +71,8 @@ def test_no_divisor_leaves_plans_alone():
 
 def test_registry_lookup():
     assert member("nnUNetTrainerSwinUNETR_smoke").network == "SwinUNETR"
+    assert member("nnUNetTrainerSegResMamba_nnUNetRecipe_smoke").network == "SegResMamba-nnUNetRecipe"
+    assert member("nnUNetTrainerSegResMamba_2epochs").network == "SegResMamba"
     assert [m.trainer for m in FAMILY][0] == "nnUNetTrainerSegResMamba"
     with pytest.raises(KeyError, match="not in the comparison family"):
         member("nnUNetTrainerFoo")
@@ -76,3 +83,15 @@ def test_builders_refuse_indivisible_patches(network, patch):
     m = next(m for m in FAMILY if m.network == network)
     with pytest.raises(ValueError, match="divisible by"):
         m.build(1, 2, patch)
+
+
+def test_groups_keep_the_five_as_the_default_and_every_trainer_exists():
+    from nnunetv2_segresmamba import trainers
+
+    assert [m.network for m in members()] == ["SegResMamba", "SegMamba", "SwinUNETR", "UNETR", "nnU-Net"]
+    assert len(members("ablation")) == 5 and len(members(None)) == len(FAMILY) == 10
+    assert len({m.network for m in FAMILY}) == len(FAMILY)  # benchmarks and reports key rows by network
+    for m in FAMILY:
+        assert m.trainer in trainers.__all__ and f"{m.trainer}_smoke" in trainers.__all__
+    with pytest.raises(ValueError, match="group must be"):
+        members("ablations")

@@ -49,3 +49,35 @@ def test_shim_folder_holds_only_the_shim():
         ["nnunetv2_segresmamba_trainers.py"],
         ["__pycache__", "nnunetv2_segresmamba_trainers.py"],
     )
+
+
+def test_an_ext_trainer_entry_that_does_not_exist_is_an_error_naming_the_variable(tmp_path):
+    missing = str(tmp_path / "my_trainerz")
+    env = {k: v for k, v in os.environ.items() if k != OPT_OUT_VAR}
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train"), "1", "3d_fullres", "0",
+                             "-tr", "nnUNetTrainerSegResMamba", "-device", "cpu"],
+                            env={**env, "nnUNet_extTrainer": missing}, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"nnUNet_extTrainer lists '{missing}', which is not a folder" in result.stderr
+    assert f'export nnUNet_extTrainer="{trainer_dir()}"' in result.stderr
+
+
+def test_predict_processes_name_an_unreadable_checkpoint(tmp_path):
+    """nnU-Net's predictor reads checkpoints before any trainer code runs: in an nnUNetv2_predict
+    process the hook adds the file's name to the error report (end to end: tests/test_e2e.py)."""
+    checkpoint = tmp_path / "fold_0" / "checkpoint_final.pth"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"PK\x03\x04 truncated")
+    script = tmp_path / "nnUNetv2_predict"
+    script.write_text(
+        "import torch\n"
+        "def initialize_from_trained_model_folder(model_training_output_dir, checkpoint_name):\n"
+        "    for f in [0]:\n"
+        "        torch.load(f'{model_training_output_dir}/fold_{f}/{checkpoint_name}')\n"
+        f"initialize_from_trained_model_folder({str(tmp_path)!r}, 'checkpoint_final.pth')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != OPT_OUT_VAR}
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"{checkpoint} is not a readable checkpoint" in result.stderr
+    assert f"mv {checkpoint} {checkpoint}.corrupt" in result.stderr

@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from nnunetv2_segresmamba.tools.pipeline import Workspace, evaluate_folder, run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
@@ -43,7 +45,10 @@ def fold_dir(ws, trainer=TRAINER):
     return os.path.join(ws.path("nnUNet_results"), SPEC.folder_name, f"{trainer}__nnUNetPlans__3d_fullres", "fold_0")
 
 
-def test_train_killed_then_resumed_with_c(workspace):
+@pytest.fixture(scope="module")
+def trained(workspace):
+    """TRAINER's fold 0, killed after its first checkpoint and resumed with --c to the end.
+    Returns the log of the resumed process."""
     train = ["nnUNetv2_train", DID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"]
     latest = os.path.join(fold_dir(workspace), "checkpoint_latest.pth")
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), train[0]), *train[1:]],
@@ -54,23 +59,25 @@ def test_train_killed_then_resumed_with_c(workspace):
         while not os.path.exists(latest) and proc.poll() is None and time.time() < deadline:
             time.sleep(1)
         assert os.path.exists(latest), "no checkpoint_latest.pth after the first epoch"
-        time.sleep(2)  # let torch.save finish
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # checkpoints are written under another name, then renamed
         proc.wait()
     assert not os.path.exists(os.path.join(fold_dir(workspace), "checkpoint_final.pth"))
 
     run_command(train + ["--c"], workspace.env, quiet=True)
     logs = sorted(glob.glob(os.path.join(fold_dir(workspace), "training_log_*.txt")))
-    resumed = open(logs[-1]).read()
-    assert re.search(r": Epoch 0 ?$", resumed, re.M) is None, "resume restarted from epoch 0"
-    assert re.search(r": Epoch 1 ?$", resumed, re.M) and re.search(r": Epoch 2 ?$", resumed, re.M)
+    return open(logs[-1]).read()
+
+
+def test_train_killed_then_resumed_with_c(workspace, trained):
+    assert re.search(r": Epoch 0 ?$", trained, re.M) is None, "resume restarted from epoch 0"
+    assert re.search(r": Epoch 1 ?$", trained, re.M) and re.search(r": Epoch 2 ?$", trained, re.M)
     assert os.path.exists(os.path.join(fold_dir(workspace), "checkpoint_final.pth"))
     metrics = json.load(open(os.path.join(fold_dir(workspace), "run_metrics.json")))
     assert metrics["epochs"] == 3 and metrics["first_epoch_this_process"] == 1
 
 
-def test_validation_with_npz_then_predict_beats_chance(workspace):
+def test_validation_with_npz_then_predict_beats_chance(workspace, trained):
     run_command(["nnUNetv2_train", DID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--val", "--npz"],
                 workspace.env, quiet=True)
     validation = os.path.join(fold_dir(workspace), "validation")
@@ -111,11 +118,17 @@ def test_missing_results_folder_variable_is_explained(workspace):
     assert "export nnUNet_results=" in result.stdout + result.stderr
 
 
-SIBLINGS = {  # smoke trainer -> patch it must train with ((16, 32, 32) planned)
-    "nnUNetTrainerSegMamba_smoke": [32, 32, 32],
-    "nnUNetTrainerSwinUNETR_smoke": [64, 64, 64],
-    "nnUNetTrainerUNETR_smoke": [32, 32, 32],
-    "nnUNetTrainerComparisonNnUNet_smoke": [16, 32, 32],
+SIBLINGS = {  # smoke trainer -> (patch it must train with ((16, 32, 32) planned), epochs)
+    "nnUNetTrainerSegMamba_smoke": ([32, 32, 32], 2),
+    "nnUNetTrainerSwinUNETR_smoke": ([64, 64, 64], 2),
+    "nnUNetTrainerUNETR_smoke": ([32, 32, 32], 2),
+    "nnUNetTrainerComparisonNnUNet_smoke": ([16, 32, 32], 2),
+    # the ablations, 1 epoch x 2 iterations
+    "nnUNetTrainerSegResMambaNoToM_smoke": ([16, 32, 32], 1),
+    "nnUNetTrainerSegResMambaForwardToM_smoke": ([16, 32, 32], 1),
+    "nnUNetTrainerSegResMambaForwardReverseToM_smoke": ([16, 32, 32], 1),
+    "nnUNetTrainerSegResMamba_nnUNetRecipe_smoke": ([16, 32, 32], 1),
+    "nnUNetTrainerComparisonNnUNet_paperRecipe_smoke": ([16, 32, 32], 1),
 }
 
 
@@ -126,9 +139,10 @@ def test_sibling_trains_and_predicts_through_the_cli(workspace, trainer):
     folder = os.path.dirname(fold_dir(workspace, trainer))
     assert os.path.exists(os.path.join(folder, "fold_0", "checkpoint_final.pth"))
     metrics = json.load(open(os.path.join(folder, "fold_0", "run_metrics.json")))
-    assert metrics["epochs"] == 2 and metrics["energy"]["energy_kwh"] > 0 and metrics["energy"]["country"] == "DEU"
+    patch, epochs = SIBLINGS[trainer]
+    assert metrics["epochs"] == epochs and metrics["energy"]["energy_kwh"] > 0 and metrics["energy"]["country"] == "DEU"
     with open(os.path.join(folder, "plans.json")) as f:
-        assert json.load(f)["configurations"]["3d_fullres"]["patch_size"] == SIBLINGS[trainer]
+        assert json.load(f)["configurations"]["3d_fullres"]["patch_size"] == patch
 
     raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
     out = os.path.join(workspace.root, f"predictions_{trainer}")
@@ -139,3 +153,74 @@ def test_sibling_trains_and_predicts_through_the_cli(workspace, trainer):
     predictions = sorted(glob.glob(os.path.join(out, "*.nii.gz")))
     assert len(predictions) == SPEC.num_test
     assert sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == tuple(SPEC.shape)
+
+
+def copied_run(workspace, tmp_path, edit_plans=None, checkpoint_bytes=None):
+    """A copy of TRAINER's trained run under ``tmp_path/nnUNet_results`` (the trained run is left
+    alone): plans.json as ``edit_plans`` changes it, the checkpoint linked or replaced by bytes.
+    Returns (nnUNet_results of the copy, the copy's run folder)."""
+    results = tmp_path / "nnUNet_results"
+    trained_run = os.path.dirname(fold_dir(workspace))
+    copy = results / os.path.relpath(trained_run, workspace.path("nnUNet_results"))
+    os.makedirs(copy / "fold_0")
+    shutil.copy(os.path.join(trained_run, "dataset.json"), copy / "dataset.json")
+    with open(os.path.join(trained_run, "plans.json")) as f:
+        plans = json.load(f)
+    (copy / "plans.json").write_text(json.dumps(edit_plans(plans) if edit_plans else plans))
+    if checkpoint_bytes is None:
+        os.symlink(os.path.join(fold_dir(workspace), "checkpoint_final.pth"), copy / "fold_0" / "checkpoint_final.pth")
+    else:
+        (copy / "fold_0" / "checkpoint_final.pth").write_bytes(checkpoint_bytes)
+    return str(results), copy
+
+
+def predict(workspace, tmp_path, results=None, images=None):
+    images = images or os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
+    run_command(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path / "out"), "-d", DID, "-c", "3d_fullres",
+                 "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"],
+                {**workspace.env, **({"nnUNet_results": results} if results else {})}, quiet=True)
+
+
+def test_predict_refuses_a_patch_edited_in_the_runs_plans(workspace, trained, tmp_path):
+    def edit(plans):
+        assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["patch_size"] == [16, 32, 32]
+        plans["configurations"]["3d_fullres"]["patch_size"] = [16, 32, 48]
+        return plans
+
+    results, copy = copied_run(workspace, tmp_path, edit_plans=edit)
+    with pytest.raises(RuntimeError, match=r"'patch_size' \[16, 32, 48\] differs") as error:
+        predict(workspace, tmp_path, results)
+    assert str(copy / "plans.json") in str(error.value).replace("\n", "")
+
+
+def test_predict_from_a_truncated_checkpoint_names_it(workspace, trained, tmp_path):
+    with open(os.path.join(fold_dir(workspace), "checkpoint_final.pth"), "rb") as f:
+        head = f.read(100_000)
+    results, copy = copied_run(workspace, tmp_path, checkpoint_bytes=head)
+    with pytest.raises(RuntimeError, match="is not a readable checkpoint") as error:
+        predict(workspace, tmp_path, results)
+    assert str(copy / "fold_0" / "checkpoint_final.pth") in str(error.value).replace("\n", "")
+
+
+def test_predict_with_a_channel_missing_says_which_files(workspace, trained, tmp_path):
+    raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
+    for image in glob.glob(os.path.join(raw, "imagesTs", "*_0000.nii.gz")):  # SPEC has 2 channels
+        shutil.copy(image, tmp_path)
+    with pytest.raises(RuntimeError, match=r"trained on 2 input channel\(s\).* but got 1") as error:
+        predict(workspace, tmp_path, images=str(tmp_path))
+    assert "CASE_0000 to CASE_0001" in str(error.value)
+
+
+def test_resume_from_a_truncated_checkpoint_names_it_and_keeps_it(workspace, tmp_path):
+    folder = os.path.join(os.path.dirname(fold_dir(workspace)), "fold_1")
+    os.makedirs(folder)
+    checkpoint = os.path.join(folder, "checkpoint_latest.pth")
+    torch.save({"network_weights": {"w": torch.zeros(1000)}}, tmp_path / "whole.pth")
+    truncated = (tmp_path / "whole.pth").read_bytes()[:2000]  # as a kill during torch.save used to leave it
+    open(checkpoint, "wb").write(truncated)
+    with pytest.raises(RuntimeError, match="is not a readable checkpoint") as error:
+        run_command(["nnUNetv2_train", DID, "3d_fullres", "1", "-tr", TRAINER, "-device", "cpu", "--c"],
+                    workspace.env, quiet=True)
+    message = str(error.value).replace("\n", "")
+    assert checkpoint in message and f"mv {checkpoint} {checkpoint}.corrupt" in message
+    assert open(checkpoint, "rb").read() == truncated

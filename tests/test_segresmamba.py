@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from nnunetv2_segresmamba.networks import SegResMamba
-from nnunetv2_segresmamba.networks.segresmamba import check_patch_size, plan_strides
+from nnunetv2_segresmamba.networks.segresmamba import (
+    check_patch_size,
+    legacy_plan_strides,
+    plan_pools,
+    strides_from_pools,
+)
 
 PAPER_PARAMS_M = 119.98  # Table 7; our build from the paper's text has fewer, see README
 
@@ -27,23 +32,45 @@ def test_output_has_input_size_at_odd_sizes(size):
         assert net(torch.randn(1, 2, *size)).shape == (1, 5, *size)
 
 
-def test_anisotropic_patch_gets_per_axis_strides_and_no_padding():
-    stage, block = plan_strides((40, 224, 192))
-    assert stage == [(2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)]
-    assert block == [(2, 2, 2), (2, 2, 2), (1, 2, 2), (1, 2, 2)]
-    net = SegResMamba.for_patch_size(1, 2, (20, 32, 24), feature_sizes=(8, 16, 16, 32))
-    assert net.size_divisor == (4, 16, 8)
+def test_strides_follow_nnunet_pooling_in_plane_first():
+    pools = plan_pools((20, 320, 256), spacing=(3.0, 0.8, 0.8))
+    assert pools[:6] == [(1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2), (1, 2, 2)]  # and a 6th pool
+    stage, block = strides_from_pools(pools)
+    assert stage == [(1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)]  # stem = p1, downsamplings = p2..p4
+    assert block == [(2, 2, 2), (2, 2, 2), (1, 2, 2), (1, 2, 2)]  # block i halves as stage i + 1; last = p5
+    assert strides_from_pools([(1, 1, 1), (2, 2, 2)]) == ([(2, 2, 2)] + [(1, 1, 1)] * 3, [(1, 1, 1)] * 4)
+    net = SegResMamba.for_patch_size(1, 2, (20, 32, 24), spacing=(3.0, 0.8, 0.8), feature_sizes=(8, 16, 16, 32))
     out = net(torch.randn(1, 1, 20, 32, 24))
     assert out.shape == (1, 2, 20, 32, 24)
     out.mean().backward()
     assert all(p.grad is not None for p in net.parameters())
 
 
+def test_isotropic_128_is_the_paper_network():
+    stage, block = strides_from_pools(plan_pools((128, 128, 128)))
+    assert stage == block == [(2, 2, 2)] * 4
+
+
+def test_legacy_strides_are_those_older_runs_were_trained_with():
+    stage, block = legacy_plan_strides((40, 224, 192))
+    assert stage == [(2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)]
+    assert block == [(2, 2, 2), (2, 2, 2), (1, 2, 2), (1, 2, 2)]
+
+
 def test_planned_strides_need_no_padding_for_nnunet_patches():
     for patch in [(128, 128, 128), (96, 160, 160), (40, 224, 192), (32, 48, 48), (16, 32, 32), (20, 320, 256)]:
-        stage, block = plan_strides(patch)
-        net = SegResMamba(1, 2, feature_sizes=(8, 16, 16, 32), stage_strides=stage, block_strides=block)
-        assert all(s % d == 0 and s // d >= 2 for s, d in zip(patch, net.size_divisor)), patch
+        net = SegResMamba.for_patch_size(1, 2, patch, feature_sizes=(8, 16, 16, 32))
+        assert all(s % d == 0 and s // d >= 1 for s, d in zip(patch, net.size_divisor)), patch
+
+
+@pytest.mark.parametrize("patch", [(1, 1, 2), (1, 16, 16), (5, 16, 16), (8, 16, 16)])
+def test_thin_patches_train_forward_and_backward(patch):
+    """The smallest patches :func:`check_patch_size` accepts, strided as nnU-Net pools them."""
+    net = SegResMamba.for_patch_size(1, 2, patch, feature_sizes=(8, 16, 16, 32))
+    out = net(torch.randn(2, 1, *patch))
+    assert out.shape == (2, 2, *patch)
+    out.mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
 def test_finite_outputs_under_bf16_autocast():
@@ -83,12 +110,16 @@ def test_pure_and_numba_paths_share_weights_and_agree():
 
 
 @pytest.mark.parametrize(
-    "patch,match",
-    [((64, 64), "3D network"), ((8, 64, 64), "too small"), ((64, 64, 64, 2), "3D network")],
+    "patch,divisor,match",
+    [((64, 64), (1, 1, 1), "3D network"), ((64, 64, 64, 2), (1, 1, 1), "3D network"),
+     ((24, 64, 64), (16, 32, 32), "multiple of"), ((1, 1, 1), (1, 1, 1), "single voxel"),
+     ((16, 32, 32), (16, 32, 32), "single voxel")],
 )
-def test_unusable_patch_sizes_say_what_to_do(patch, match):
-    with pytest.raises(ValueError, match=match):
-        check_patch_size(patch)
+def test_unusable_patch_sizes_say_what_to_change_in_the_plans(patch, divisor, match):
+    with pytest.raises(ValueError, match=match) as error:
+        check_patch_size(patch, divisor)
+    assert ("'patch_size'" in str(error.value) and "pool_op_kernel_sizes" in str(error.value) if len(patch) == 3
+            else "3d_fullres" in str(error.value))
 
 
 def test_bad_arguments_raise():

@@ -5,12 +5,14 @@ Convolution Mamba Mixed Block and a Conv3d k3; stages 1-3 start with IN -> Conv3
 IN -> Conv3d k2 s2. Skips: IN -> MLP(C, 2C). Decoder: three additive up blocks
 (1x1 conv, trilinear x2, + skip, residual block) and a ConvTranspose3d to full size.
 
-Strides are per axis so that anisotropic nnU-Net patches such as (40, 224, 192) run
-without padding: see :func:`plan_strides`.
+Strides are per axis and follow nnU-Net's plan (``pool_op_kernel_sizes``), so that
+anisotropic patches such as (20, 320, 256) at 3 x 0.8 x 0.8 mm are pooled in-plane first and
+run without padding: see :func:`strides_from_pools`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch.nn as nn
@@ -25,23 +27,66 @@ from nnunetv2_segresmamba.networks.blocks import (
     pad_to_multiple,
     transposed_conv_in_relu,
 )
-from nnunetv2_segresmamba.operators.tom import MambaLayer
+from nnunetv2_segresmamba.operators.tom import DIRECTIONS, MambaLayer, check_directions
 
 NUM_STAGES = 4
-MIN_PATCH_EDGE = 16
+NUM_HALVINGS = NUM_STAGES + 1  # stem, 3 downsamplings and the deepest mixed block
+PAPER_FEATURE_SIZES = (48, 96, 192, 384)
+Strides = list[tuple[int, ...]]  # one per-axis stride for each of the 4 stages (or mixed blocks)
 
 
-def plan_strides(patch_size: Sequence[int]) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
-    """Per-axis strides for the 4 stages and for the stride-2 conv inside each mixed block.
+def strides_from_pools(pool_op_kernel_sizes: Sequence[Sequence[int]]) -> tuple[Strides, Strides]:
+    """SegResMamba's per-axis strides from nnU-Net's plan (``pool_op_kernel_sizes``).
 
-    Along each axis a stage or a mixed block halves its input where that input is even and
-    at least 4, so no feature map shrinks below 2 voxels (InstanceNorm needs more than one).
-    A patch divisible by 32 and at least 64 gets the paper's network (all strides 2);
-    (40, 224, 192) gets depth strides 2, 2, 2, 1 and block depth strides 2, 2, 1, 1.
+    nnU-Net's stage 0 has stride 1 and its pooling p1, p2, ... follows. p1 is the stem's
+    stride, p2..p4 those of the three downsamplings, p5 that of the deepest mixed block;
+    mixed block i < 4 halves as the next stage does (p_{i+1}), to the size that stage has.
+    Pools missing from a shallow plan are 1; pools beyond p5 are not used (SegResMamba halves
+    five times at most, so its deepest map is then larger than nnU-Net's bottleneck).
+    Anisotropic plans pool the fine in-plane axes first, and so does SegResMamba. For 128^3
+    (five pools of 2) this is the paper's network, all strides 2.
+
+    Args:
+        pool_op_kernel_sizes: nnU-Net's per-stage strides, first [1, 1, 1], then 1 or 2 per axis.
 
     Returns:
         (stage_strides, block_strides), each 4 tuples of one stride per axis.
     """
+    pools = [tuple(int(s) for s in p) for p in pool_op_kernel_sizes]
+    if not pools or any(len(p) != 3 or not set(p) <= {1, 2} for p in pools) or set(pools[0]) != {1}:
+        raise ValueError(
+            f"SegResMamba maps a 3D nnU-Net plan whose pool_op_kernel_sizes start with [1, 1, 1] and pool "
+            f"by 1 or 2 per axis, got {[list(p) for p in pools]}. Plan the dataset with nnU-Net's default "
+            "3D planner (nnUNetv2_plan_and_preprocess -c 3d_fullres)."
+        )
+    halvings = (pools[1:] + [(1, 1, 1)] * NUM_HALVINGS)[:NUM_HALVINGS]
+    stage_strides = halvings[:NUM_STAGES]
+    return stage_strides, stage_strides[1:] + halvings[NUM_STAGES:]
+
+
+def arch_kwargs_for_plan(pool_op_kernel_sizes: Sequence[Sequence[int]], patch_size: Sequence[int],
+                         tom_directions: Sequence[str] = DIRECTIONS,
+                         feature_sizes: Sequence[int] = PAPER_FEATURE_SIZES) -> dict:
+    """The SegResMamba arguments (JSON-ready, as nnU-Net's plans store ``arch_kwargs``) for a
+    configuration of nnU-Net's plans: strides from :func:`strides_from_pools`, the patch, the
+    ToM's directions and the widths. ``SegResMamba(in_channels, out_channels, **kwargs)``."""
+    stage_strides, block_strides = strides_from_pools(pool_op_kernel_sizes)
+    return {"feature_sizes": [int(w) for w in feature_sizes], "stage_strides": [list(s) for s in stage_strides],
+            "block_strides": [list(s) for s in block_strides], "tom_directions": list(tom_directions),
+            "patch_size": [int(s) for s in patch_size]}
+
+
+def plan_pools(patch_size: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> list[tuple[int, ...]]:
+    """nnU-Net's ``pool_op_kernel_sizes`` for ``patch_size`` at ``spacing`` (its default 3D
+    planner's rule: pool an axis while it keeps 4 voxels, the finer axes first)."""
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    return [tuple(p) for p in get_pool_and_conv_props(list(spacing), list(patch_size), 4, 999999)[1]]
+
+
+def legacy_plan_strides(patch_size: Sequence[int]) -> tuple[Strides, Strides]:
+    """The strides of runs trained before the architecture was stored in the run's plans.json
+    (every axis halved while it is even and at least 4). Used only to predict with those runs."""
     stage_strides, block_strides = [], []
     sizes = list(patch_size)
     for _ in range(NUM_STAGES):
@@ -61,21 +106,28 @@ class ConvMambaMixedBlock(nn.Module):
     F5 = ConvT5 (stride s), out = ToM(F5 + X). Every conv is followed by IN and ReLU.
 
     ``forward(x (B, C, D, H, W)) -> (B, C, D, H, W)``; each axis of x must be divisible by
-    its stride.
+    its stride. ``tom_directions`` are the ToM's scans (see :data:`DIRECTIONS`); empty
+    replaces both ToMs by identity (the NoToM ablation).
     """
 
-    def __init__(self, channels: int, stride: Stride = (2, 2, 2), backend: str = "auto"):
+    def __init__(self, channels: int, stride: Stride = (2, 2, 2), backend: str = "auto",
+                 tom_directions: Sequence[str] = DIRECTIONS):
         super().__init__()
         self.down = conv_in_relu(channels, 5, stride)
         self.local = conv_in_relu(channels, 3)
-        self.mamba_low = MambaLayer(channels, backend=backend)
+        self.mamba_low = tom_or_identity(channels, backend, tom_directions)
         self.refine = conv_in_relu(channels, 3)
         self.up = transposed_conv_in_relu(channels, 5, stride)
-        self.mamba = MambaLayer(channels, backend=backend)
+        self.mamba = tom_or_identity(channels, backend, tom_directions)
 
     def forward(self, x: Tensor) -> Tensor:
         low = self.refine(self.mamba_low(self.local(self.down(x))))
         return self.mamba(self.up(low) + x)
+
+
+def tom_or_identity(channels: int, backend: str, directions: Sequence[str]) -> nn.Module:
+    """A :class:`MambaLayer` scanning ``directions``, or identity when there are none."""
+    return MambaLayer(channels, backend=backend, directions=directions) if directions else nn.Identity()
 
 
 def downsampling(in_channels: int, out_channels: int, stride: Stride) -> nn.Sequential:
@@ -99,22 +151,34 @@ class SegResMamba(nn.Module):
             default 2 everywhere (the paper).
         block_strides: per-axis stride inside each mixed block; default 2 everywhere.
         backend: ToM backend, "auto", "pure" or "cuda".
+        tom_directions: the ToM's scans, a subset of ("", "_b", "_s") (forward, reverse,
+            inter-slice; all three in the paper). Empty: every ToM is identity (NoToM ablation).
+        patch_size: the (D, H, W) patch the network is trained on, or None. When given, it is
+            checked against the strides (:func:`check_patch_size`) and becomes part of the
+            architecture, so that a checkpoint refuses to load for another patch.
 
     Shapes: ``forward(x (B, in_channels, D, H, W)) -> logits (B, out_channels, D, H, W)``.
     Each axis is zero-padded at its end to a multiple of :attr:`size_divisor` (and to at
     least twice it, so the deepest map keeps 2 voxels per axis) and the logits are cropped
     back. The paper's strides (the default) have divisor 32, so they suit inputs of 64, 96,
-    128, ...; :meth:`for_patch_size` picks strides that need no padding for a patch.
+    128, ...; :meth:`for_patch_size` plans strides as nnU-Net pools such a patch.
+
+    :attr:`arch_kwargs` (JSON-ready; ``backend`` is a runtime choice, not architecture) goes
+    into the run's plans.json and, through ``state_dict()["_extra_state"]``, into every
+    checkpoint; loading a checkpoint of another architecture raises a ValueError that names
+    :attr:`arch_source`. Checkpoints without that entry (older runs) load as before.
     """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        feature_sizes: Sequence[int] = (48, 96, 192, 384),
+        feature_sizes: Sequence[int] = PAPER_FEATURE_SIZES,
         stage_strides: Sequence[Stride] | None = None,
         block_strides: Sequence[Stride] | None = None,
         backend: str = "auto",
+        tom_directions: Sequence[str] = DIRECTIONS,
+        patch_size: Sequence[int] | None = None,
     ):
         super().__init__()
         if in_channels < 1 or out_channels < 1:
@@ -123,15 +187,24 @@ class SegResMamba(nn.Module):
             raise ValueError(f"feature_sizes needs {NUM_STAGES} widths, got {list(feature_sizes)}")
         stage_strides = _checked_strides(stage_strides, "stage_strides")
         block_strides = _checked_strides(block_strides, "block_strides")
+        tom_directions = check_directions(tom_directions) if tom_directions else ()
         self.size_divisor = _size_divisor(stage_strides, block_strides)
+        if patch_size is not None:
+            check_patch_size(patch_size, self.size_divisor)
         widths = list(feature_sizes)
+        self.arch_kwargs = {
+            "feature_sizes": widths, "stage_strides": [list(s) for s in stage_strides],
+            "block_strides": [list(s) for s in block_strides], "tom_directions": list(tom_directions),
+            "patch_size": None if patch_size is None else [int(s) for s in patch_size],
+        }  # the keys and form of arch_kwargs_for_plan
+        self.arch_source = "the arguments this SegResMamba was built with"
 
         self.stem = nn.Conv3d(in_channels, widths[0], 7, stride=stage_strides[0], padding=3)
         self.downsamplings = nn.ModuleList(
             downsampling(widths[i - 1], widths[i], stage_strides[i]) for i in range(1, NUM_STAGES)
         )
         self.mixed_blocks = nn.ModuleList(
-            ConvMambaMixedBlock(w, s, backend) for w, s in zip(widths, block_strides)
+            ConvMambaMixedBlock(w, s, backend, tom_directions) for w, s in zip(widths, block_strides)
         )
         self.stage_convs = nn.ModuleList(nn.Conv3d(w, w, 3, padding=1) for w in widths)
         self.skips = nn.ModuleList(SkipProjection(w) for w in widths)
@@ -139,13 +212,32 @@ class SegResMamba(nn.Module):
             AdditiveUpBlock(widths[i], widths[i - 1], stage_strides[i]) for i in reversed(range(1, NUM_STAGES))
         )
         self.head = nn.ConvTranspose3d(widths[0], out_channels, stage_strides[0], stride=stage_strides[0])
+        self.register_load_state_dict_pre_hook(_accept_checkpoints_without_architecture)
 
     @classmethod
-    def for_patch_size(cls, in_channels: int, out_channels: int, patch_size: Sequence[int], **kwargs) -> SegResMamba:
-        """A SegResMamba whose strides fit ``patch_size`` exactly (see :func:`plan_strides`)."""
-        check_patch_size(patch_size)
-        stage_strides, block_strides = plan_strides(patch_size)
-        return cls(in_channels, out_channels, stage_strides=stage_strides, block_strides=block_strides, **kwargs)
+    def for_patch_size(cls, in_channels: int, out_channels: int, patch_size: Sequence[int],
+                       spacing: Sequence[float] = (1.0, 1.0, 1.0), **kwargs) -> SegResMamba:
+        """A SegResMamba for ``patch_size``, strided as nnU-Net's planner pools that patch at
+        ``spacing`` (:func:`plan_pools`, :func:`strides_from_pools`)."""
+        if len(patch_size) != 3 or len(spacing) != 3:
+            check_patch_size(patch_size, (1, 1, 1))
+            raise ValueError(f"spacing needs 3 values (D, H, W) in mm, got {list(spacing)}")
+        planned = arch_kwargs_for_plan(plan_pools(patch_size, spacing), patch_size)
+        return cls(in_channels, out_channels, **{**planned, **kwargs})
+
+    def get_extra_state(self) -> dict:
+        return {"arch_kwargs": self.arch_kwargs}
+
+    def set_extra_state(self, state: dict) -> None:
+        trained = state["arch_kwargs"]
+        differ = sorted(k for k in {**trained, **self.arch_kwargs} if trained.get(k) != self.arch_kwargs.get(k))
+        if differ:
+            raise ValueError(
+                "This checkpoint is a different SegResMamba from the one its plans build: "
+                + "; ".join(f"{k}: checkpoint {trained.get(k)}, plans {self.arch_kwargs.get(k)}" for k in differ)
+                + f". Fix {self.arch_source} to the checkpoint's values (use the plans.json saved next to the "
+                "checkpoint's fold_X folder), or predict with the checkpoint these plans were trained with."
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 5:
@@ -163,21 +255,35 @@ class SegResMamba(nn.Module):
         return crop_to(self.head(x), size)
 
 
-def check_patch_size(patch_size: Sequence[int]) -> None:
-    """Raises a ValueError that says what to change if SegResMamba cannot serve the patch."""
+def _accept_checkpoints_without_architecture(module: SegResMamba, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before the architecture was stored have no ``_extra_state``: they
+    load into the network that the (legacy) plans build, as they did then."""
+    state_dict.setdefault(prefix + "_extra_state", module.get_extra_state())
+
+
+def check_patch_size(patch_size: Sequence[int], size_divisor: Sequence[int]) -> None:
+    """Raises a ValueError that says what to change in the plans if strides with
+    ``size_divisor`` (see :attr:`SegResMamba.size_divisor`) cannot serve ``patch_size``.
+
+    Served: a 3D patch whose every axis is a multiple of its divisor (no padding) and whose
+    deepest feature map holds at least 2 voxels (InstanceNorm needs more than one value).
+    Thin axes are fine: an axis that nnU-Net does not pool has divisor 1, down to 1 voxel.
+    """
     if len(patch_size) != 3:
         raise ValueError(
             f"SegResMamba is a 3D network but the patch size {list(patch_size)} has {len(patch_size)} axes. "
             "Train a 3D configuration instead, e.g. "
             "`nnUNetv2_train DATASET 3d_fullres FOLD -tr nnUNetTrainerSegResMamba`."
         )
-    if min(patch_size) < MIN_PATCH_EDGE:
-        raise ValueError(
-            f"Patch size {list(patch_size)} is too small for SegResMamba: every axis needs at least "
-            f"{MIN_PATCH_EDGE} voxels (four resolution stages). Raise 'patch_size' of this configuration in "
-            "nnUNetPlans.json (under nnUNet_preprocessed/DATASET), or use images large enough that nnU-Net "
-            f"plans at least {MIN_PATCH_EDGE} voxels per axis."
-        )
+    where = ("Change 'patch_size' or 'pool_op_kernel_sizes' (under 'architecture' -> 'arch_kwargs' -> "
+             "'strides') of this configuration in nnUNetPlans.json under nnUNet_preprocessed/DATASET, "
+             "or re-plan with nnUNetv2_plan_experiment, whose plans always fit.")
+    if any(s < 1 or s % d for s, d in zip(patch_size, size_divisor)):
+        raise ValueError(f"Patch size {list(patch_size)} is not served by SegResMamba's strides: each axis must be "
+                         f"a multiple of {list(size_divisor)} (the product of its pooling). {where}")
+    if math.prod(s // d for s, d in zip(patch_size, size_divisor)) < 2:
+        raise ValueError(f"Patch size {list(patch_size)} pooled by {list(size_divisor)} leaves a single voxel in the "
+                         f"deepest feature map, where InstanceNorm needs two. Pool one axis less. {where}")
 
 
 def _checked_strides(strides: Sequence[Stride] | None, name: str) -> list[tuple[int, ...]]:

@@ -3,6 +3,9 @@ configurations, no torch.compile, patch rounding, and recipes set as class attri
 
 from __future__ import annotations
 
+import os
+import pickle
+import zipfile
 from collections.abc import Callable, Sequence
 
 import torch
@@ -20,9 +23,34 @@ from nnunetv2_segresmamba.trainers.schedules import CosineAnnealingScheduler
 from nnunetv2_segresmamba.trainers.tracking import energy_record, energy_tracker_from_env, write_run_metrics
 
 
+class NnUNetRecipe:
+    """Mixin: nnU-Net's recipe, SGD lr 1e-2 (nesterov, momentum 0.99, weight decay 3e-5), poly
+    schedule, Dice + cross-entropy. Deep supervision is the network's choice, not set here."""
+
+    optimizer_name = "SGD"
+    recipe_initial_lr = 1e-2
+    recipe_weight_decay = 3e-5
+    lr_schedule = "poly"
+    loss_name = "dice_ce"
+
+
+class PaperRecipe:
+    """Mixin: the SegResMamba paper's recipe (appendix A), AdamW lr 1e-4 (weight decay 1e-5),
+    cosine annealing, soft Dice, no deep supervision."""
+
+    optimizer_name = "AdamW"
+    recipe_initial_lr = 1e-4
+    recipe_weight_decay = 1e-5
+    lr_schedule = "cosine"
+    loss_name = "dice"
+    deep_supervision = False
+
+
 class ComparisonTrainerBase(nnUNetTrainer):
     """Base of the comparison family. Subclasses set the recipe attributes below.
 
+    The recipe comes from a mixin listed before this base (:class:`NnUNetRecipe`,
+    :class:`PaperRecipe`), so that a sibling can swap it: ``class X(NnUNetRecipe, Trainer)``.
     The budget (``num_epochs`` x ``num_iterations_per_epoch``) is nnU-Net's default and is
     set here only, so every network of the family trains for the same number of steps.
     Subclasses change class attributes only: nnU-Net re-creates trainers from the exact
@@ -35,12 +63,12 @@ class ComparisonTrainerBase(nnUNetTrainer):
     comparison_val_iterations_per_epoch = 50
     comparison_save_every = 50  # epochs between checkpoint_latest.pth writes
 
-    # recipe; subclasses override
-    optimizer_name = "SGD"  # "SGD" (nesterov, momentum 0.99) or "AdamW"
-    recipe_initial_lr = 1e-2
-    recipe_weight_decay = 3e-5
-    lr_schedule = "poly"  # "poly" or "cosine"
-    loss_name = "dice_ce"  # "dice_ce" (nnU-Net default), "dice" or "ce"
+    # recipe: each trainer takes a recipe mixin (NnUNetRecipe, PaperRecipe) or sets these itself
+    optimizer_name: str  # "SGD" (nesterov, momentum 0.99) or "AdamW"
+    recipe_initial_lr: float
+    recipe_weight_decay: float
+    lr_schedule: str  # "poly" or "cosine"
+    loss_name: str  # "dice_ce" (nnU-Net default), "dice" or "ce"
     deep_supervision = False
     patch_divisor: int | None = None  # round the planned patch to multiples of this (saved in plans.json)
 
@@ -48,6 +76,9 @@ class ComparisonTrainerBase(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         require_nnunet_env(("nnUNet_preprocessed", "nnUNet_results"))
         planned = round_patch_in_plans(plans, configuration, self.patch_divisor)
+        architecture = self.architecture_for_plans(PlansManager(plans).get_configuration(configuration))
+        if architecture is not None:  # nnU-Net saves these plans as the run's plans.json, read at predict
+            plans["configurations"][configuration]["architecture"] = architecture
         super().__init__(plans, configuration, fold, dataset_json, device)
         if planned != list(self.configuration_manager.patch_size):
             self.print_to_log_file(f"patch size {planned} rounded to {self.configuration_manager.patch_size} "
@@ -60,6 +91,13 @@ class ComparisonTrainerBase(nnUNetTrainer):
         self.initial_lr = self.recipe_initial_lr
         self.weight_decay = self.recipe_weight_decay
         self.enable_deep_supervision = self.deep_supervision
+
+    @classmethod
+    def architecture_for_plans(cls, configuration_manager: ConfigurationManager) -> dict | None:
+        """The configuration's ``architecture`` (nnU-Net 2.8's ``network_class_name``,
+        ``arch_kwargs``, ``_kw_requires_import``) to store in the run's plans.json, or None to keep
+        the planned one. Networks whose arguments are not all in the plans override this."""
+        return None
 
     def on_train_start(self) -> None:
         """Also starts energy tracking when asked for (see :mod:`.tracking`)."""
@@ -77,6 +115,40 @@ class ComparisonTrainerBase(nnUNetTrainer):
             write_run_metrics(self.output_folder, self.logger, self.device,
                               self._first_epoch_this_process, energy)
 
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """nnU-Net's entry point (training and ``nnUNetv2_predict``): :meth:`build_network`, and a
+        check of the input channels (:func:`require_input_channels`)."""
+        network = cls.build_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                    enable_deep_supervision)
+        require_input_channels(network, num_input_channels)
+        return network
+
+    build_network = staticmethod(nnUNetTrainer.build_network_architecture)  # from the plans; subclasses override
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """nnU-Net's, with an error that names the file and says what to do if it cannot be read."""
+        if isinstance(filename_or_checkpoint, str) and not zipfile.is_zipfile(filename_or_checkpoint):
+            raise read_checkpoint_error(filename_or_checkpoint, zipfile.BadZipFile("not a zip archive"))
+        try:
+            super().load_checkpoint(filename_or_checkpoint)
+        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as error:
+            raise read_checkpoint_error(str(filename_or_checkpoint), error) from error
+        except RuntimeError as error:
+            if "PytorchStreamReader" not in str(error):
+                raise
+            raise read_checkpoint_error(str(filename_or_checkpoint), error) from error
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's, written to a temporary file first and then renamed, so that a run killed
+        while saving leaves the previous checkpoint intact instead of a truncated one."""
+        partial = filename + ".partial"
+        super().save_checkpoint(partial)
+        if os.path.exists(partial):
+            os.replace(partial, filename)
+
     def _do_i_compile(self) -> bool:
         return False  # torch.compile is not measured to work with the Mamba scans
 
@@ -85,7 +157,8 @@ class ComparisonTrainerBase(nnUNetTrainer):
             super().set_deep_supervision_enabled(enabled)
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, _LRScheduler]:
-        params = self.network.parameters()
+        """The recipe's optimizer over :func:`parameter_groups` and its schedule."""
+        params = parameter_groups(self.network, self.weight_decay)
         if self.optimizer_name == "AdamW":
             optimizer = torch.optim.AdamW(params, lr=self.initial_lr, weight_decay=self.weight_decay)
         elif self.optimizer_name == "SGD":
@@ -132,16 +205,68 @@ class SmokeSchedule:
     comparison_save_every = 1
 
 
+class AblationSmokeSchedule(SmokeSchedule):
+    """Mixin: the cheapest run that still trains, validates, saves and predicts through the CLI:
+    1 epoch x 2 iterations. For the ablations, whose networks the full smoke runs already cover."""
+
+    comparison_num_epochs = 1
+    comparison_iterations_per_epoch = 2
+
+
+def parameter_groups(network: nn.Module, weight_decay: float) -> list[dict]:
+    """Two optimizer groups: every parameter with ``weight_decay``, except those marked
+    ``_no_weight_decay`` (the ToM's ``A_log``, ``D`` and their ``_b``/``_s`` twins, as in
+    mamba_ssm), which get none. Norm weights and biases keep the recipe's weight decay: each
+    recipe of the family (nnU-Net, MONAI's tutorials, SegMamba's script) decays them, and the
+    comparison reproduces those recipes. The second group is left out when nothing is marked."""
+    decay, no_decay = [], []
+    for parameter in network.parameters():
+        if parameter.requires_grad:
+            (no_decay if getattr(parameter, "_no_weight_decay", False) else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
 def network_from_builder(builder: Callable[[int, int, Sequence[int]], nn.Module]) -> staticmethod:
-    """A ``build_network_architecture`` (nnU-Net 2.8 signature) that calls
+    """A ``build_network`` (nnU-Net 2.8's ``build_network_architecture`` signature) that calls
     ``builder(in_channels, out_channels, patch_size)``. No deep supervision: the flag is ignored."""
 
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
+    def build_network(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                      num_input_channels: int, num_output_channels: int,
+                      enable_deep_supervision: bool = True) -> nn.Module:
         return builder(num_input_channels, num_output_channels, configuration_manager.patch_size)
 
-    return staticmethod(build_network_architecture)
+    return staticmethod(build_network)
+
+
+def require_input_channels(network: nn.Module, num_input_channels: int) -> None:
+    """Makes ``network`` refuse an input (B, C, ...) whose C is not ``num_input_channels`` with
+    an error that says which files to fix, before any layer sees it."""
+
+    def check(module: nn.Module, args: tuple) -> None:
+        channels = args[0].shape[1] if args and args[0].dim() > 1 else None
+        if channels != num_input_channels:
+            raise ValueError(
+                f"This model was trained on {num_input_channels} input channel(s) (the 'channel_names' of the "
+                f"dataset.json in its trained model folder) but got {channels}. Each case given to "
+                f"nnUNetv2_predict -i needs exactly the files CASE_0000 to CASE_{num_input_channels - 1:04d} "
+                "(with the dataset's file ending): add the missing channels or remove the extra ones."
+            )
+
+    network.register_forward_pre_hook(check)
+
+
+def read_checkpoint_error(path: str, error: BaseException) -> RuntimeError:
+    """The error for a checkpoint file that cannot be read, saying what to do."""
+    folder = os.path.dirname(path)
+    return RuntimeError(
+        f"{path} is not a readable checkpoint (truncated or corrupt: {type(error).__name__}: {error}). Nothing was "
+        f"changed. Move it aside, e.g. mv {path} {path}.corrupt: nnUNetv2_train --c then resumes from the next "
+        f"checkpoint it finds in {folder} (checkpoint_final, checkpoint_latest, checkpoint_best, in that order) "
+        "or starts over, and nnUNetv2_predict -chk picks another checkpoint."
+    )
 
 
 def round_patch_in_plans(plans: dict, configuration: str, divisor: int | None) -> list[int]:

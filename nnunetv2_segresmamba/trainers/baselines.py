@@ -8,10 +8,18 @@ attributes and its network comes from :mod:`nnunetv2_segresmamba.registry`. The 
 from __future__ import annotations
 
 from nnunetv2_segresmamba.registry import build_segmamba, build_swinunetr, build_unetr
-from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, SmokeSchedule, TwoEpochs, network_from_builder
+from nnunetv2_segresmamba.trainers.base import (
+    AblationSmokeSchedule,
+    ComparisonTrainerBase,
+    NnUNetRecipe,
+    PaperRecipe,
+    SmokeSchedule,
+    TwoEpochs,
+    network_from_builder,
+)
 
 
-class nnUNetTrainerSegMamba(ComparisonTrainerBase):
+class nnUNetTrainerSegMamba(NnUNetRecipe, ComparisonTrainerBase):
     """SegMamba (ge-xing/SegMamba) with its official recipe (``3_train.py``).
 
     - optimizer: SGD, lr 1e-2, momentum 0.99, nesterov, weight decay 3e-5
@@ -20,14 +28,12 @@ class nnUNetTrainerSegMamba(ComparisonTrainerBase):
     - patch: rounded to multiples of 16 (stem and three stride-2 downsamplings)
     """
 
-    recipe_initial_lr = 1e-2
-    recipe_weight_decay = 3e-5
     loss_name = "ce"
     patch_divisor = 16
-    build_network_architecture = network_from_builder(build_segmamba)
+    build_network = network_from_builder(build_segmamba)
 
 
-class nnUNetTrainerSwinUNETR(ComparisonTrainerBase):
+class nnUNetTrainerSwinUNETR(NnUNetRecipe, ComparisonTrainerBase):
     """MONAI SwinUNETR (feature_size 48) with the recipe of MONAI's BTCV tutorial.
 
     - optimizer: AdamW, lr 1e-4, weight decay 1e-5
@@ -41,7 +47,7 @@ class nnUNetTrainerSwinUNETR(ComparisonTrainerBase):
     recipe_weight_decay = 1e-5
     lr_schedule = "cosine"
     patch_divisor = 32
-    build_network_architecture = network_from_builder(build_swinunetr)
+    build_network = network_from_builder(build_swinunetr)
 
 
 class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
@@ -50,14 +56,20 @@ class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
     multiples of 16 (the ViT patch)."""
 
     patch_divisor = 16
-    build_network_architecture = network_from_builder(build_unetr)
+    build_network = network_from_builder(build_unetr)
 
 
-class nnUNetTrainerComparisonNnUNet(ComparisonTrainerBase):
+class nnUNetTrainerComparisonNnUNet(NnUNetRecipe, ComparisonTrainerBase):
     """nnU-Net itself: the network from the plans and nnU-Net's recipe (SGD 1e-2, poly, Dice + CE,
     deep supervision), only the family's shared budget set by the base."""
 
     deep_supervision = True
+
+
+class nnUNetTrainerComparisonNnUNet_paperRecipe(PaperRecipe, nnUNetTrainerComparisonNnUNet):
+    """Ablation: nnU-Net's network (from the plans, without deep supervision) with the SegResMamba
+    paper's recipe, AdamW 1e-4, cosine, Dice. With nnUNetTrainerSegResMamba_nnUNetRecipe it makes
+    the 2 x 2 of network x recipe."""
 
 
 class nnUNetTrainerSegMamba_2epochs(TwoEpochs, nnUNetTrainerSegMamba):
@@ -89,4 +101,8 @@ class nnUNetTrainerComparisonNnUNet_2epochs(TwoEpochs, nnUNetTrainerComparisonNn
 
 
 class nnUNetTrainerComparisonNnUNet_smoke(SmokeSchedule, nnUNetTrainerComparisonNnUNet):
+    pass
+
+
+class nnUNetTrainerComparisonNnUNet_paperRecipe_smoke(AblationSmokeSchedule, nnUNetTrainerComparisonNnUNet_paperRecipe):
     pass

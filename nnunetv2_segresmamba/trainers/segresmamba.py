@@ -1,32 +1,93 @@
-"""nnU-Net trainers for SegResMamba."""
+"""nnU-Net trainers for SegResMamba: the paper's network and recipe, and its ablations."""
 
 from __future__ import annotations
 
-from nnunetv2_segresmamba.registry import build_segresmamba
-from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, SmokeSchedule, TwoEpochs, network_from_builder
+import os
+
+import torch.nn as nn
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from nnunetv2_segresmamba.networks.segresmamba import SegResMamba, arch_kwargs_for_plan, legacy_plan_strides
+from nnunetv2_segresmamba.operators.tom import DIRECTIONS
+from nnunetv2_segresmamba.trainers.base import (
+    AblationSmokeSchedule,
+    ComparisonTrainerBase,
+    NnUNetRecipe,
+    PaperRecipe,
+    SmokeSchedule,
+    TwoEpochs,
+)
+
+SEGRESMAMBA_CLASS = f"{SegResMamba.__module__}.{SegResMamba.__name__}"
 
 
-class nnUNetTrainerSegResMamba(ComparisonTrainerBase):
+class nnUNetTrainerSegResMamba(PaperRecipe, ComparisonTrainerBase):
     """SegResMamba in the nnU-Net pipeline, with the paper's recipe (appendix A).
 
-    - optimizer: AdamW, lr 1e-4, weight decay 1e-5
+    - optimizer: AdamW, lr 1e-4, weight decay 1e-5 (none on the ToM's A_log and D)
     - schedule: cosine annealing over the run, stepped per epoch
     - loss: soft Dice (foreground classes; all regions for region-based datasets)
     - deep supervision: none (one full-resolution output)
     - budget: the comparison family's, nnU-Net's 1000 epochs x 250 iterations. The paper
       trained BTCV for 25,000 steps (100 such epochs); nnU-Net's own patch size, batch
       size, augmentation and sliding-window inference are used unchanged.
-    - network: strides adapted per axis to the planned patch size (no padding), see
-      :func:`nnunetv2_segresmamba.networks.segresmamba.plan_strides`.
+    - network: strides from the plan's ``pool_op_kernel_sizes``
+      (:func:`nnunetv2_segresmamba.networks.segresmamba.strides_from_pools`), written with
+      the patch and the ToM's directions into the run's plans.json (``architecture`` ->
+      ``arch_kwargs``) and into every checkpoint, so that prediction rebuilds this network.
     - torch.compile: off.
     """
 
-    optimizer_name = "AdamW"
-    recipe_initial_lr = 1e-4
-    recipe_weight_decay = 1e-5
-    lr_schedule = "cosine"
-    loss_name = "dice"
-    build_network_architecture = network_from_builder(build_segresmamba)
+    tom_directions: tuple[str, ...] = DIRECTIONS  # the ToM's scans; () replaces every ToM by identity
+
+    @classmethod
+    def architecture_for_plans(cls, configuration_manager: ConfigurationManager) -> dict:
+        return {
+            "network_class_name": SEGRESMAMBA_CLASS,
+            "arch_kwargs": arch_kwargs_for_plan(configuration_manager.pool_op_kernel_sizes,
+                                                configuration_manager.patch_size, cls.tom_directions),
+            "_kw_requires_import": [],
+        }
+
+    @classmethod
+    def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """The SegResMamba that the configuration's ``architecture`` describes. Runs trained
+        before the architecture was stored get the strides they were trained with from the
+        patch. No deep supervision: the flag is ignored."""
+        architecture = configuration_manager.configuration["architecture"]
+        where = plans_files(plans_manager, configuration_manager, cls.__name__)
+        if architecture["network_class_name"] != SEGRESMAMBA_CLASS:  # a run from before
+            stage_strides, block_strides = legacy_plan_strides(configuration_manager.patch_size)
+            network = SegResMamba(num_input_channels, num_output_channels, stage_strides=stage_strides,
+                                  block_strides=block_strides)
+        else:
+            kwargs = architecture["arch_kwargs"]
+            if list(kwargs["patch_size"]) != list(configuration_manager.patch_size):
+                raise ValueError(
+                    f"'patch_size' {list(configuration_manager.patch_size)} differs from the patch this SegResMamba "
+                    f"was trained on, 'architecture' -> 'arch_kwargs' -> 'patch_size' {kwargs['patch_size']}, in "
+                    f"{where}. Set 'patch_size' back to {kwargs['patch_size']}; to use another patch, train with it."
+                )
+            network = SegResMamba(num_input_channels, num_output_channels, **kwargs)
+        network.arch_source = f"'architecture' -> 'arch_kwargs' in {where}"
+        return network
+
+
+def plans_files(plans_manager: PlansManager, configuration_manager: ConfigurationManager, trainer: str) -> str:
+    """Where the plans of this configuration live: the run's plans.json (read by
+    ``nnUNetv2_predict``) or nnU-Net's preprocessed plans (read by ``nnUNetv2_train``)."""
+    plans = plans_manager.plans
+    configuration = next((name for name in plans["configurations"] if
+                          plans_manager.get_configuration(name).configuration == configuration_manager.configuration),
+                         "CONFIGURATION")
+    dataset, name = plans_manager.dataset_name, plans_manager.plans_name
+    run = os.path.join(os.environ.get("nnUNet_results", "$nnUNet_results"), dataset,
+                       f"{trainer}__{name}__{configuration}", "plans.json")
+    preprocessed = os.path.join(os.environ.get("nnUNet_preprocessed", "$nnUNet_preprocessed"), dataset, f"{name}.json")
+    return (f"configuration '{configuration}' of {run} (at nnUNetv2_predict; "
+            f"at nnUNetv2_train, including --c: {preprocessed})")
 
 
 class nnUNetTrainerSegResMamba_2epochs(TwoEpochs, nnUNetTrainerSegResMamba):
@@ -41,3 +102,43 @@ class nnUNetTrainerSegResMamba_smoke(SmokeSchedule, nnUNetTrainerSegResMamba):
     comparison_iterations_per_epoch = 12
     comparison_val_iterations_per_epoch = 2
     recipe_initial_lr = 1e-3
+
+
+class nnUNetTrainerSegResMambaNoToM(nnUNetTrainerSegResMamba):
+    """Ablation: every ToM (MambaLayer) replaced by identity, everything else the same; the
+    control that nnU-Net Revisited ran for U-Mamba ("No-Mamba Base")."""
+
+    tom_directions = ()
+
+
+class nnUNetTrainerSegResMambaForwardToM(nnUNetTrainerSegResMamba):
+    """Ablation: the ToM scans forward only (no reverse, no inter-slice scan)."""
+
+    tom_directions = ("",)
+
+
+class nnUNetTrainerSegResMambaForwardReverseToM(nnUNetTrainerSegResMamba):
+    """Ablation: the ToM scans forward and reverse, without the inter-slice scan."""
+
+    tom_directions = ("", "_b")
+
+
+class nnUNetTrainerSegResMamba_nnUNetRecipe(NnUNetRecipe, nnUNetTrainerSegResMamba):
+    """Ablation: SegResMamba with nnU-Net's recipe (SGD 1e-2 nesterov, poly, Dice + CE), the
+    recipe of the family's nnU-Net sibling; SegResMamba has no deep supervision."""
+
+
+class nnUNetTrainerSegResMambaNoToM_smoke(AblationSmokeSchedule, nnUNetTrainerSegResMambaNoToM):
+    pass
+
+
+class nnUNetTrainerSegResMambaForwardToM_smoke(AblationSmokeSchedule, nnUNetTrainerSegResMambaForwardToM):
+    pass
+
+
+class nnUNetTrainerSegResMambaForwardReverseToM_smoke(AblationSmokeSchedule, nnUNetTrainerSegResMambaForwardReverseToM):
+    pass
+
+
+class nnUNetTrainerSegResMamba_nnUNetRecipe_smoke(AblationSmokeSchedule, nnUNetTrainerSegResMamba_nnUNetRecipe):
+    pass
