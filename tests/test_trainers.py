@@ -136,3 +136,20 @@ def test_inputs_with_other_channel_counts_are_refused_before_the_network(planned
     trainer = initialized(trainer_name, planned, monkeypatch)  # ANISOTROPIC has 1 channel
     with pytest.raises(ValueError, match=r"trained on 1 input channel\(s\).* but got 2.*CASE_0000 to CASE_0000"):
         trainer.network(torch.zeros(1, 2, 4, 8, 8))
+
+
+def test_an_optimizer_state_with_one_group_resumes_in_the_two_groups():
+    """Runs saved before the weight-decay groups keep their AdamW moments at --c."""
+    from nnunetv2_segresmamba.operators import TriOrientedMamba
+    from nnunetv2_segresmamba.trainers.base import parameter_groups, regroup_optimizer_state
+
+    torch.manual_seed(0)
+    layer = TriOrientedMamba(8, d_state=4)
+    old = torch.optim.AdamW(layer.parameters(), lr=1e-3, weight_decay=1e-5)
+    layer(torch.randn(1, 6, 8), num_slices=2).sum().backward()
+    old.step()
+    new = torch.optim.AdamW(parameter_groups(layer, 1e-5), lr=1e-3, weight_decay=1e-5)
+    new.load_state_dict(regroup_optimizer_state(old.state_dict(), new.param_groups, list(layer.parameters())))
+    assert [g["weight_decay"] for g in new.param_groups] == [1e-5, 0.0]
+    for parameter in layer.parameters():
+        torch.testing.assert_close(new.state[parameter]["exp_avg"], old.state[parameter]["exp_avg"])

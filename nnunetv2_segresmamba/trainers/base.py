@@ -133,7 +133,14 @@ class ComparisonTrainerBase(nnUNetTrainer):
         if isinstance(filename_or_checkpoint, str) and not zipfile.is_zipfile(filename_or_checkpoint):
             raise read_checkpoint_error(filename_or_checkpoint, zipfile.BadZipFile("not a zip archive"))
         try:
-            super().load_checkpoint(filename_or_checkpoint)
+            checkpoint = filename_or_checkpoint
+            if isinstance(checkpoint, str):
+                checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+            if checkpoint.get("optimizer_state") is not None:
+                network = self.network.module if hasattr(self.network, "module") else self.network
+                checkpoint["optimizer_state"] = regroup_optimizer_state(
+                    checkpoint["optimizer_state"], self.optimizer.param_groups, list(network.parameters()))
+            super().load_checkpoint(checkpoint)
         except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as error:
             raise read_checkpoint_error(str(filename_or_checkpoint), error) from error
         except RuntimeError as error:
@@ -227,6 +234,25 @@ def parameter_groups(network: nn.Module, weight_decay: float) -> list[dict]:
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
+
+
+def regroup_optimizer_state(state: dict, groups: list[dict], parameters: list[nn.Parameter]) -> dict:
+    """An optimizer state saved with one parameter group (runs from before
+    :func:`parameter_groups`) split like ``groups``, so ``--c`` resumes such runs; any other
+    state is returned as it is. ``parameters`` is the network's parameter order of that group."""
+    if len(state["param_groups"]) != 1 or len(groups) == 1:
+        return state
+    old_index = {id(p): i for i, p in enumerate(p for p in parameters if p.requires_grad)}
+    new_state, new_groups, k = {}, [], 0
+    for group in groups:
+        indices = []
+        for parameter in group["params"]:
+            if old_index[id(parameter)] in state["state"]:
+                new_state[k] = state["state"][old_index[id(parameter)]]
+            indices.append(k)
+            k += 1
+        new_groups.append({**state["param_groups"][0], "params": indices, "weight_decay": group["weight_decay"]})
+    return {"state": new_state, "param_groups": new_groups}
 
 
 def network_from_builder(builder: Callable[[int, int, Sequence[int]], nn.Module]) -> staticmethod:
