@@ -76,14 +76,15 @@ class ComparisonTrainerBase(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         require_nnunet_env(("nnUNet_preprocessed", "nnUNet_results"))
         planned = round_patch_in_plans(plans, configuration, self.patch_divisor)
-        architecture = self.architecture_for_plans(PlansManager(plans).get_configuration(configuration))
+        configuration_manager = PlansManager(plans).get_configuration(configuration)
+        require_3d_configuration(configuration_manager.patch_size, configuration, type(self).__name__)
+        architecture = self.architecture_for_plans(configuration_manager)
         if architecture is not None:  # nnU-Net saves these plans as the run's plans.json, read at predict
             plans["configurations"][configuration]["architecture"] = architecture
         super().__init__(plans, configuration, fold, dataset_json, device)
         if planned != list(self.configuration_manager.patch_size):
             self.print_to_log_file(f"patch size {planned} rounded to {self.configuration_manager.patch_size} "
                                    f"(multiples of {self.patch_divisor}); saved in this run's plans.json")
-        require_3d_configuration(self.configuration_manager.patch_size, configuration, type(self).__name__)
         self.num_epochs = self.comparison_num_epochs
         self.num_iterations_per_epoch = self.comparison_iterations_per_epoch
         self.num_val_iterations_per_epoch = self.comparison_val_iterations_per_epoch
@@ -133,20 +134,26 @@ class ComparisonTrainerBase(nnUNetTrainer):
         if isinstance(filename_or_checkpoint, str) and not zipfile.is_zipfile(filename_or_checkpoint):
             raise read_checkpoint_error(filename_or_checkpoint, zipfile.BadZipFile("not a zip archive"))
         try:
-            checkpoint = filename_or_checkpoint
-            if isinstance(checkpoint, str):
-                checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
-            if checkpoint.get("optimizer_state") is not None:
-                network = self.network.module if hasattr(self.network, "module") else self.network
-                checkpoint["optimizer_state"] = regroup_optimizer_state(
-                    checkpoint["optimizer_state"], self.optimizer.param_groups, list(network.parameters()))
-            super().load_checkpoint(checkpoint)
+            super().load_checkpoint(filename_or_checkpoint)
+        except ValueError as error:  # nnU-Net loads everything else before the optimizer state
+            if "parameter groups" not in str(error) or not isinstance(filename_or_checkpoint, str):
+                raise
+            self._load_single_group_optimizer_state(filename_or_checkpoint)
         except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as error:
             raise read_checkpoint_error(str(filename_or_checkpoint), error) from error
         except RuntimeError as error:
             if "PytorchStreamReader" not in str(error):
                 raise
             raise read_checkpoint_error(str(filename_or_checkpoint), error) from error
+
+    def _load_single_group_optimizer_state(self, filename: str) -> None:
+        """The optimizer (and grad scaler) state of a run saved before the weight-decay groups."""
+        checkpoint = torch.load(filename, map_location=self.device, weights_only=False)
+        network = self.network.module if self.is_ddp else self.network
+        self.optimizer.load_state_dict(regroup_optimizer_state(
+            checkpoint["optimizer_state"], self.optimizer.param_groups, list(network.parameters())))
+        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
 
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's, written to a temporary file first and then renamed, so that a run killed
