@@ -96,12 +96,15 @@ class nnUNetTrainerSegResMamba_2epochs(TwoEpochs, nnUNetTrainerSegResMamba):
 
 class nnUNetTrainerSegResMamba_smoke(SmokeSchedule, nnUNetTrainerSegResMamba):
     """Minutes on a CPU and still learning: 3 epochs x 12 iterations, 2 validation iterations,
-    lr 1e-3 so that so few AdamW steps learn the synthetic dataset. Used by the demo and tests."""
+    lr 1e-3 and Dice + cross-entropy, so that so few AdamW steps learn the synthetic dataset
+    every time (with Dice alone, small structures sometimes never got started). Used by the
+    demo and tests."""
 
     comparison_num_epochs = 3
     comparison_iterations_per_epoch = 12
     comparison_val_iterations_per_epoch = 2
     recipe_initial_lr = 1e-3
+    loss_name = "dice_ce"
 
 
 class nnUNetTrainerSegResMambaNoToM(nnUNetTrainerSegResMamba):
