@@ -12,7 +12,7 @@ Each measurement runs in its own process. Writes ``efficiency.json``, ``efficien
 ``benchmarks/results/<machine>/``. Usage::
 
     python -m benchmarks.efficiency                  # 128^3, 1 -> 14, batch 1 and 2, fp32 and AMP
-    python -m benchmarks.efficiency --quick          # smoke test: < 2 min on a 2-core CPU
+    python -m benchmarks.efficiency --quick          # smoke test of every case kind, minutes on a CPU
     python -m benchmarks.efficiency --size 64 64 64 --repeats 1 --leaderboard sweep/leaderboard.csv
 """
 
@@ -37,7 +37,9 @@ from benchmarks.machine import describe, slug
 from benchmarks.model_cost import count
 from benchmarks.network_step import PRECISIONS, measure_network
 from benchmarks.scan_operator import BACKENDS, KINDS, fp32_rate, operator_row
+from nnunetv2_segresmamba import registry
 from nnunetv2_segresmamba.registry import FAMILY, Member, members
+from nnunetv2_segresmamba.tools.layout import write_atomically
 
 RESULTS = Path(__file__).parent / "results"
 NETWORKS = [m.network for m in members()]  # the default: the comparison family; ablations by name
@@ -60,7 +62,7 @@ class Settings:
 
 
 # the smallest patch every network trains at (SwinUNETR keeps 2 x 1 x 1 voxels at 1/32); fp32 only, as
-# AMP would double the run (127 s instead of 69 s on a 2-core Intel Xeon)
+# AMP would about double the run
 QUICK = {"size": [64, 32, 32], "batches": [1], "precisions": ["fp32"], "repeats": 1, "tom_kinds": ["tom"],
          "tom_lengths": [4096], "tom_d_models": [48]}
 
@@ -87,7 +89,7 @@ def plan(s: Settings) -> list[Task]:
     cap = None if s.device == "cuda" else default_memory_cap_gib()
     tasks: list[Task] = []
     for net in s.networks:
-        member = next(m for m in FAMILY if m.network == net)
+        member = registry.network(net)
         tasks.append(("networks", f"{net} MACs", lambda m=member: [cost_row(m, s)]))
     for net in s.networks:
         for batch in s.batches:
@@ -138,19 +140,13 @@ def run(s: Settings, save: Callable[[dict], None] | None = None) -> dict:
 def write_tables(results: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "efficiency.json", out_dir / "efficiency.md"
-    _write_atomically(json_path, json.dumps(results, indent=2))
-    _write_atomically(md_path, report.markdown(results))
+    write_atomically(json_path, json.dumps(results, indent=2))
+    write_atomically(md_path, report.markdown(results))
     return [json_path, md_path]
 
 
 def write(results: dict, out_dir: Path, leaderboard: Path | None) -> list[Path]:
     return [*write_tables(results, out_dir), *report.write_plots(results, out_dir, leaderboard)]
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
 
 
 def parse_settings(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path | None]:

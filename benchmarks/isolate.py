@@ -2,8 +2,10 @@
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak resident set
 (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the resident set at the start, so
-it covers every allocation, PyTorch's and the allocator's slack included. A child that runs
-out of memory (or is killed) gives an ``error`` row instead of stopping the benchmark.
+it covers every allocation, PyTorch's and the allocator's slack included. A child that fails
+gives an ``error`` row instead of stopping the benchmark: the exception's type and message, or
+the signal or exit code that ended it, prefixed with ``"out of memory: "`` when the failure is
+one (see :func:`is_out_of_memory` and :func:`death_message`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import multiprocessing as mp
 import os
 import queue as queue_module
 import resource
+import signal
 from collections.abc import Callable
 
 import torch
+
+from nnunetv2_segresmamba.tools.pipeline import describe_error
 
 
 class PeakMemory:
@@ -55,12 +60,24 @@ def _status_kib(field: str) -> int:
     raise OSError(f"/proc/self/status has no {field}; CPU peak memory needs Linux")
 
 
-def run_isolated(target: Callable[..., dict], *args, memory_cap_gib: float | None = None) -> dict:
-    """``target(*args)`` in a spawned child; its dict, or ``{"error": ...}`` if it failed or died.
+OUT_OF_MEMORY = "out of memory"
+OOM_MESSAGES = ("out of memory", "can't allocate memory")  # CUDA's and other devices', PyTorch's CPU allocator's
 
-    ``memory_cap_gib`` limits the child's address space (CPU runs), so an oversized case fails
-    with an error row instead of waking the kernel's OOM killer.
+
+def run_isolated(target: Callable[..., dict], *args, memory_cap_gib: float | None = None) -> dict:
+    """``target(*args)`` in a spawned child: its dict, or ``{"error": ...}`` if it failed or died.
+
+    Args:
+        target: a picklable function (defined at a module's top level) returning a dict.
+        args: picklable arguments of ``target``.
+        memory_cap_gib: limits the child's address space (CPU runs), so an oversized case fails
+            with an error row instead of waking the kernel's OOM killer.
+
+    The error is :func:`describe_failure` of the child's exception, or :func:`death_message`
+    of a child that ended without a result (killed by a signal, or exited).
     """
+    if memory_cap_gib is not None and memory_cap_gib <= 0:
+        raise ValueError(f"memory_cap_gib must be positive (or None for no cap), got {memory_cap_gib}")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     child = ctx.Process(target=_child_main, args=(target, args, results, memory_cap_gib))
@@ -71,20 +88,61 @@ def run_isolated(target: Callable[..., dict], *args, memory_cap_gib: float | Non
             break
         except queue_module.Empty:
             if not child.is_alive():
-                result = {"error": f"the measuring process died (exit code {child.exitcode}); likely out of memory"}
+                result = _left_behind(results)
+                if result is None:
+                    result = {"error": death_message(child.exitcode)}
                 break
     child.join()
     return result
 
 
+def _left_behind(results: mp.Queue) -> dict | None:
+    """A result the child put just before it ended (still in the pipe when we last looked), or None."""
+    try:
+        return results.get(timeout=1)
+    except queue_module.Empty:
+        return None
+
+
 def _child_main(target: Callable[..., dict], args: tuple, results: mp.Queue, memory_cap_gib: float | None) -> None:
-    if memory_cap_gib:
+    if memory_cap_gib is not None:
         cap = int(memory_cap_gib * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     try:
         results.put(target(*args))
-    except (RuntimeError, MemoryError, ImportError, ValueError) as err:
-        results.put({"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"})
+    except Exception as err:  # any failure becomes the row's error, so the benchmark goes on
+        results.put({"error": describe_failure(err)})
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a failure to allocate: a MemoryError, torch's OutOfMemoryError (any
+    device), or a RuntimeError saying "out of memory" or, from PyTorch's CPU allocator (as under
+    ``memory_cap_gib``), "can't allocate memory"."""
+    if isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)):  # torch.OutOfMemoryError from torch 2.5
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in OOM_MESSAGES)
+
+
+def describe_failure(err: BaseException) -> str:
+    """``"Type: first line of the message"``, prefixed with ``"out of memory: "`` when it is one."""
+    text = describe_error(err)
+    return f"{OUT_OF_MEMORY}: {text}" if is_out_of_memory(err) else text
+
+
+def death_message(exitcode: int | None) -> str:
+    """Why a child ended without a result, from its ``exitcode`` (minus the signal number when a
+    signal killed it). Only SIGKILL, what the kernel's OOM killer sends, reads as out of memory."""
+    if exitcode is None or exitcode >= 0:
+        return f"the measuring process exited with code {exitcode} without a result"
+    number = -exitcode
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = "unknown signal"
+    text = f"the measuring process was killed by signal {number} ({name})"
+    if number == signal.SIGKILL:
+        return f"{OUT_OF_MEMORY}: {text}, as the kernel's OOM killer does"
+    return text
 
 
 CPU_MEMORY_SHARE = 0.7  # of physical memory, for one CPU child

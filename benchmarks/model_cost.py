@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import paper
 from benchmarks.machine import describe
 from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
 from nnunetv2_segresmamba.registry import FAMILY, Member
@@ -51,7 +50,7 @@ def _count_on(device: str, member: Member, in_channels: int, classes: int, size:
         "network": member.network, "params": sum(p.numel() for p in net.parameters()), "macs": macs,
         "scan_state_update_macs": scan_updates["macs"], "counted_on": device,
         "seconds": round(time.perf_counter() - start, 1),
-        "paper_fvcore_flops_g": paper.FVCORE_MACS_G.get(member.network),  # None for the ablations
+        "paper_fvcore_flops_g": member.paper.fvcore_macs_g if member.paper else None,  # None: ablations
     }
 
 

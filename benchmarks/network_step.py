@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.isolate import PeakMemory
-from nnunetv2_segresmamba.registry import FAMILY
+from nnunetv2_segresmamba import registry
 
 PRECISIONS = ("fp32", "amp")
 
@@ -32,8 +32,7 @@ def measure_network(network: str, in_channels: int, classes: int, size: list[int
     torch.manual_seed(0)
     memory = PeakMemory(device)
     memory.reset()
-    builder = next(m.build for m in FAMILY if m.network == network)
-    net = builder(in_channels, classes, size).to(device)
+    net = registry.network(network).build(in_channels, classes, size).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device, enabled=precision == "amp" and device == "cuda")
     x = torch.randn(batch, in_channels, *size, device=device)

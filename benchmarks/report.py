@@ -1,18 +1,39 @@
-"""Markdown tables laid out like the paper's, the issue's targets as ratios, and PNG plots,
+"""Markdown tables laid out like the paper's, the targets (:data:`TARGETS`) as ratios, and PNG plots,
 all from the dict that :mod:`benchmarks.efficiency` writes as JSON."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import paper
 from benchmarks.isolate import CPU_MEMORY_SHARE
 from benchmarks.scan_operator import FLOPS_PER_UPDATE, arithmetic_limit
-from nnunetv2_segresmamba.tools.reporting import fmt, gib, markdown_table, pyplot, save_figure
+from nnunetv2_segresmamba import registry
+from nnunetv2_segresmamba.registry import PaperFigures
+from nnunetv2_segresmamba.tools.reporting import (
+    DiceMemoryPoint,
+    fmt,
+    gib,
+    markdown_table,
+    plot_dice_vs_memory,
+    pyplot,
+    save_figure,
+)
 
 REFERENCE = "SegResMamba"
 MET = {True: "yes", False: "NO", None: "not measured"}
+NO_FIGURES = PaperFigures()
+
+
+def paper(network: str) -> PaperFigures:
+    """The paper's figures for ``network`` (see the registry); all None for the ablations and for
+    a network outside the family."""
+    try:
+        return registry.network(network).paper or NO_FIGURES
+    except KeyError:
+        return NO_FIGURES
 
 
 def _ratio(value: float | None, reference: float | None) -> float | None:
@@ -49,36 +70,64 @@ def scan_limit_ratio(results: dict, backend: str, length: int = 32768, d_model: 
     return seconds / arithmetic_limit(length, d_model, "fwd+bwd", rate)
 
 
+@dataclass(frozen=True)
+class Target:
+    """A ratio that this run is held to: ``measure(results, backend)`` against ``limit``."""
+
+    name: str
+    op: str  # "<=" or ">="
+    limit: float
+    source: str  # where the limit comes from
+    measure: Callable[[dict, str], float | None]  # (results, our scan backend) -> ratio; None: not measured
+
+
+def _memory_ratio(other: str) -> Callable[[dict, str], float | None]:
+    return lambda r, _: _ratio(step_value(r, "SegResMamba", "peak_train_mib"), step_value(r, other, "peak_train_mib"))
+
+
+def _inference_ratio(other: str) -> Callable[[dict, str], float | None]:
+    return lambda r, _: _ratio(step_value(r, "SegResMamba", "inference_s"), step_value(r, other, "inference_s"))
+
+
+def _tom(key: str, backend: str) -> Callable[[dict], float | None]:
+    return lambda r: operator_value(r, key, backend, 32768, 96)
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("peak training memory, SegResMamba / SegMamba (batch 1, fp32)", "<=", 0.4,
+           "paper: under half SegMamba's (Table 8: 5.10 / 13.51 GB = 0.38)", _memory_ratio("SegMamba")),
+    Target("peak training memory, SegResMamba / SwinUNETR (batch 1, fp32)", "<=", 0.7,
+           "paper Table 8: 5.10 / 7.77 GB = 0.66", _memory_ratio("SwinUNETR")),
+    Target("inference time per patch, SegResMamba / SegMamba (fp32)", "<=", 0.5,
+           "paper Table 1: 0.0841 / 0.1693 s = 0.50", _inference_ratio("SegMamba")),
+    Target("inference time per patch, SegResMamba / SwinUNETR (fp32)", "<=", 0.63,
+           "paper Table 1: 0.0841 / 0.1343 s = 0.63", _inference_ratio("SwinUNETR")),
+    Target("ToM fwd+bwd at L=32768, d_model=96: mambapy time / ours", ">=", 8.0,
+           "project goal: the CPU scan well past the plain PyTorch reference",
+           lambda r, b: _ratio(_tom("median_s", "mambapy")(r), _tom("median_s", b)(r))),
+    Target("ToM fwd+bwd at L=32768, d_model=96: our peak memory / mambapy's", "<=", 0.1,
+           "project goal: no (B, E, L, N) state tensor",
+           lambda r, b: _ratio(_tom("peak_mib", b)(r), _tom("peak_mib", "mambapy")(r))),
+    Target("scan fwd+bwd at L=32768, E=192: our time / the arithmetic limit", "<=", 3.0,
+           "project goal: a CPU scan near the machine's limit", lambda r, b: scan_limit_ratio(r, b)),
+    Target("scan fwd+bwd at L=32768, E=192: denormal inputs / ordinary inputs, time", "<=", 1.5,
+           "project goal: decaying states cost no more than others",
+           lambda r, b: _ratio(operator_value(r, "median_s", b, 32768, 96, "scan_denormal"),
+                               operator_value(r, "median_s", b, 32768, 96, "scan"))),
+)
+
+
 def targets(results: dict) -> list[dict]:
-    """The project's targets; ``measured`` is None where this run did not measure the case."""
-    mem = {n: step_value(results, n, "peak_train_mib") for n in ("SegResMamba", "SegMamba", "SwinUNETR")}
-    inference = {n: step_value(results, n, "inference_s") for n in ("SegResMamba", "SegMamba", "SwinUNETR")}
+    """Every :data:`TARGETS` row measured on ``results`` with our scan backend; ``measured`` and
+    ``met`` are None where this run did not measure the case."""
     backend = our_backend(results)
-    ours = {k: operator_value(results, k, backend, 32768, 96) for k in ("median_s", "peak_mib")}
-    theirs = {k: operator_value(results, k, "mambapy", 32768, 96) for k in ("median_s", "peak_mib")}
-    denormal = _ratio(operator_value(results, "median_s", backend, 32768, 96, "scan_denormal"),
-                      operator_value(results, "median_s", backend, 32768, 96, "scan"))
-    rows = [
-        ("peak training memory, SegResMamba / SegMamba (batch 1, fp32)", _ratio(mem["SegResMamba"], mem["SegMamba"]),
-         "<=", 0.4),
-        ("peak training memory, SegResMamba / SwinUNETR (batch 1, fp32)",
-         _ratio(mem["SegResMamba"], mem["SwinUNETR"]), "<=", 0.7),
-        ("inference time per patch, SegResMamba / SegMamba (fp32)",
-         _ratio(inference["SegResMamba"], inference["SegMamba"]), "<=", 0.5),
-        ("inference time per patch, SegResMamba / SwinUNETR (fp32; the paper's GPU ratio)",
-         _ratio(inference["SegResMamba"], inference["SwinUNETR"]), "<=", 0.63),
-        (f"ToM fwd+bwd at L=32768, d_model=96: mambapy time / ours ({backend})",
-         _ratio(theirs["median_s"], ours["median_s"]), ">=", 8.0),
-        (f"ToM fwd+bwd at L=32768, d_model=96: our peak memory ({backend}) / mambapy's",
-         _ratio(ours["peak_mib"], theirs["peak_mib"]), "<=", 0.1),
-        (f"scan fwd+bwd at L=32768, E=192: our time ({backend}) / the arithmetic limit",
-         scan_limit_ratio(results, backend), "<=", 3.0),
-        (f"scan fwd+bwd at L=32768, E=192: denormal inputs / ordinary inputs, time ({backend})", denormal,
-         "<=", 1.5),
-    ]
-    return [{"target": name, "measured": value, "limit": f"{op} {limit}",
-             "met": None if value is None else (value <= limit if op == "<=" else value >= limit)}
-            for name, value, op, limit in rows]
+    rows = []
+    for t in TARGETS:
+        value = t.measure(results, backend)
+        met = None if value is None else (value <= t.limit if t.op == "<=" else value >= t.limit)
+        rows.append({"target": t.name, "backend": backend, "measured": value, "limit": f"{t.op} {t.limit}",
+                     "met": met, "source": t.source})
+    return rows
 
 
 def markdown(results: dict) -> str:
@@ -101,8 +150,10 @@ def markdown(results: dict) -> str:
         *_time_table(results),
         *_operator_section(results),
         "", "## Targets", "",
-        *markdown_table(["target", "measured", "limit", "met"],
-                [[t["target"], fmt(t["measured"]), t["limit"], MET[t["met"]]] for t in targets(results)]),
+        f"Ratios within this run; our scan: {our_backend(results)}.", "",
+        *markdown_table(["target", "measured", "limit", "met", "where the limit comes from"],
+                [[t["target"], fmt(t["measured"]), t["limit"], MET[t["met"]], t["source"]]
+                 for t in targets(results)]),
     ]
     errors = [r for r in results["networks"] + results["steps"] + results["operators"] if "error" in r]
     if errors:
@@ -144,8 +195,8 @@ def _cost_table(results: dict) -> list[str]:
     ref = next((r.get("macs") for r in results["networks"] if r["network"] == REFERENCE), None)
     return markdown_table(
         ["network", "params (M)", "paper params (M)", "MACs (G)", "paper MACs (G)", "MACs / SegResMamba"],
-        [[r["network"], fmt(_scaled(r.get("params"), 1e6)), fmt(paper.PARAMS_M.get(r["network"])),
-          fmt(_scaled(r.get("macs"), 1e9)), fmt(paper.FVCORE_MACS_G.get(r["network"])),
+        [[r["network"], fmt(_scaled(r.get("params"), 1e6)), fmt(paper(r["network"]).params_m),
+          fmt(_scaled(r.get("macs"), 1e9)), fmt(paper(r["network"]).fvcore_macs_g),
           fmt(_ratio(r.get("macs"), ref))] for r in results["networks"]],
     )
 
@@ -158,14 +209,14 @@ def _memory_table(results: dict) -> list[str]:
     columns = _step_columns(results)
     ours_ref = step_value(results, REFERENCE, "peak_train_mib")
     rest_ref = _rest_mib(results, REFERENCE)
-    paper_ref = paper.TRAIN_MEMORY_GB[REFERENCE]
+    paper_ref = paper(REFERENCE).train_memory_gb
     rows = []
     for net in results["settings"]["networks"]:
         ours = step_value(results, net, "peak_train_mib")
         rows.append([net, *(fmt(step_value(results, net, "peak_train_mib", b, p), 0) for b, p in columns),
-                     fmt(optimizer_state_mib(results, net), 0), fmt(paper.TRAIN_MEMORY_GB.get(net)),
+                     fmt(optimizer_state_mib(results, net), 0), fmt(paper(net).train_memory_gb),
                      fmt(_ratio(ours, ours_ref)), fmt(_ratio(_rest_mib(results, net), rest_ref)),
-                     fmt(_ratio(paper.TRAIN_MEMORY_GB.get(net), paper_ref))])
+                     fmt(_ratio(paper(net).train_memory_gb, paper_ref))])
     header = ["network", *(f"batch {b} {p}" for b, p in columns), "of which weights+grads+AdamW", "paper (GB)",
               "ours / SegResMamba (b1 fp32)", "rest / SegResMamba (b1 fp32)", "paper / SegResMamba"]
     return markdown_table(header, rows)
@@ -190,8 +241,8 @@ def _time_table(results: dict) -> list[str]:
     for net in results["settings"]["networks"]:
         ours = step_value(results, net, "inference_s")
         rows.append([net, *(fmt(step_value(results, net, "inference_s", 1, p), 3) for p in precisions),
-                     fmt(paper.INFERENCE_S.get(net), 4), fmt(_ratio(ours, ours_ref)),
-                     fmt(_ratio(paper.INFERENCE_S.get(net), paper.INFERENCE_S[REFERENCE])),
+                     fmt(paper(net).inference_s, 4), fmt(_ratio(ours, ours_ref)),
+                     fmt(_ratio(paper(net).inference_s, paper(REFERENCE).inference_s)),
                      *(fmt(step_value(results, net, "train_step_s", 1, p), 3) for p in precisions)])
     header = ["network", *(f"inference {p}" for p in precisions), "paper inference", "ours / SegResMamba (fp32)",
               "paper / SegResMamba", *(f"train step b1 {p}" for p in precisions)]
@@ -253,7 +304,7 @@ def _plot_memory(results: dict, out_dir: Path) -> Path:
     networks = results["settings"]["networks"]
     series = {f"ours b{b} {p}": [gib(step_value(results, n, "peak_train_mib", b, p)) for n in networks]
               for b, p in _step_columns(results)}
-    series["paper Table 8 (A100, 128^3, b1)"] = [paper.TRAIN_MEMORY_GB.get(n) for n in networks]
+    series["paper Table 8 (A100, 128^3, b1)"] = [paper(n).train_memory_gb for n in networks]
     fig, ax = pyplot().subplots(figsize=(8, 4.5))
     _grouped_bars(ax, networks, series)
     ax.set_ylabel("peak training memory (GiB)")
@@ -266,7 +317,7 @@ def _plot_time(results: dict, out_dir: Path) -> Path:
     precisions = results["settings"]["precisions"]
     fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4.5))
     inference = {f"ours {p}": [step_value(results, n, "inference_s", 1, p) for n in networks] for p in precisions}
-    inference["paper Table 1 (A100, 128^3)"] = [paper.INFERENCE_S.get(n) for n in networks]
+    inference["paper Table 1 (A100, 128^3)"] = [paper(n).inference_s for n in networks]
     _grouped_bars(left, networks, inference)
     left.set(yscale="log", ylabel="seconds per patch", title="Inference, batch 1")
     train = {f"ours b{b} {p}": [step_value(results, n, "train_step_s", b, p) for n in networks]
@@ -294,21 +345,22 @@ def _plot_operator(results: dict, out_dir: Path) -> Path:
 
 
 def _plot_memory_vs_dice(results: dict, leaderboard: Path, out_dir: Path) -> Path:
-    """Like the paper's Figure 2: mean Dice from a sweep against our measured training memory."""
+    """The paper's Figure 2 from a sweep's mean Dice (complete trainers only) and the training
+    memory measured in this run."""
     with open(leaderboard) as f:
         rows = [r for r in csv.DictReader(f) if r.get("dice_mean") and r.get("complete") == "True"]
     if len({(r["dataset"], r["configuration"]) for r in rows}) > 1:
         raise ValueError(f"{leaderboard} covers several datasets or configurations; report one sweep at a time")
-    dice = {r["network"]: float(r["dice_mean"]) for r in rows}
-    fig, ax = pyplot().subplots(figsize=(6, 4.5))
-    for net, value in dice.items():
-        memory = gib(step_value(results, net, "peak_train_mib"))
+    points = []
+    for r in rows:
+        memory = gib(step_value(results, r["network"], "peak_train_mib"))
         if memory is not None:
-            ax.scatter(memory, value)
-            ax.annotate(net, (memory, value), textcoords="offset points", xytext=(4, 4))
-    ax.set(xlabel="peak training memory, batch 1 fp32 (GiB)", ylabel="mean Dice (sweep)",
-           title=f"Dice vs training memory, {_where(results)}")
-    return save_figure(fig, out_dir / "memory_vs_dice.png")
+            points.append(DiceMemoryPoint(r["network"], memory, float(r["dice_mean"]),
+                                          float(r["dice_std"]) if r.get("dice_std") else None,
+                                          f"{r['dataset']}, {r['configuration']}"))
+    return plot_dice_vs_memory(points, out_dir / "memory_vs_dice.png",
+                               xlabel="peak training memory, batch 1 fp32 (GiB)", ylabel="mean Dice (sweep)",
+                               title=f"Dice vs training memory, {_where(results)}")
 
 
 def _scaled(value: float | None, unit: float) -> float | None:

@@ -19,15 +19,20 @@ def _triple(kind):
 
 
 def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset-id", type=int, default=990)
-    parser.add_argument("--num-train", type=int, default=10)
-    parser.add_argument("--num-test", type=int, default=2)
-    parser.add_argument("--shape", type=_triple(int), default=(32, 48, 48), help="z,y,x voxels (default 32,48,48)")
-    parser.add_argument("--spacing", type=_triple(float), default=(1.0, 1.0, 1.0),
+    """The fields of :class:`SyntheticSpec` as options, with its defaults."""
+    from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec
+
+    d = SyntheticSpec()
+    parser.add_argument("--dataset-id", type=int, default=d.dataset_id)
+    parser.add_argument("--num-train", type=int, default=d.num_train)
+    parser.add_argument("--num-test", type=int, default=d.num_test)
+    parser.add_argument("--shape", type=_triple(int), default=tuple(d.shape),
+                        help=f"z,y,x voxels (default {','.join(map(str, d.shape))})")
+    parser.add_argument("--spacing", type=_triple(float), default=tuple(d.spacing),
                         help="z,y,x mm, e.g. 3,1,1 for anisotropic data")
-    parser.add_argument("--num-classes", type=int, default=3)
-    parser.add_argument("--num-channels", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-classes", type=int, default=d.num_classes)
+    parser.add_argument("--num-channels", type=int, default=d.num_channels)
+    parser.add_argument("--seed", type=int, default=d.seed)
 
 
 def _spec(args: argparse.Namespace):
@@ -97,6 +102,8 @@ def _report(args: argparse.Namespace) -> int:
 
 def _add_sweep_parsers(sub) -> None:
     from nnunetv2_segresmamba.registry import ABLATION, members
+    from nnunetv2_segresmamba.sweeps.executors import SlurmOptions
+    from nnunetv2_segresmamba.tools.layout import REPORT_DIR
 
     sweep = sub.add_parser("sweep", help="train datasets x configurations x trainers x folds, here or on SLURM",
                            description="Runs nnUNetv2_train for every job; done folds are skipped, interrupted "
@@ -114,14 +121,17 @@ def _add_sweep_parsers(sub) -> None:
     sweep.add_argument("--dry-run", action="store_true", help="print what would run and stop")
     sweep.add_argument("--wait", action="store_true", help="slurm: wait until every job has ended")
     sweep.add_argument("--local-gpus", type=int, default=1, help="local: jobs at a time, one per GPU")
+    d = SlurmOptions()
     slurm = sweep.add_argument_group("slurm")
-    slurm.add_argument("--partition")
-    slurm.add_argument("--account")
-    slurm.add_argument("--time-min", type=int, default=72 * 60, help="per job, minutes (default 4320)")
-    slurm.add_argument("--gpus", type=int, default=1, help="per job (default 1)")
-    slurm.add_argument("--cpus", type=int, default=8, help="per job; also sets nnUNet_n_proc_DA (default 8)")
-    slurm.add_argument("--mem-gb", type=float)
-    slurm.add_argument("--array-parallelism", type=int, default=64, help="array tasks running at once")
+    slurm.add_argument("--partition", default=d.partition)
+    slurm.add_argument("--account", default=d.account)
+    slurm.add_argument("--time-min", type=int, default=d.time_min, help="per job, minutes (default %(default)s)")
+    slurm.add_argument("--gpus", type=int, default=d.gpus, help="per job (default %(default)s)")
+    slurm.add_argument("--cpus", type=int, default=d.cpus,
+                       help="per job; also sets nnUNet_n_proc_DA (default %(default)s)")
+    slurm.add_argument("--mem-gb", type=float, default=d.mem_gb)
+    slurm.add_argument("--array-parallelism", type=int, default=d.array_parallelism,
+                       help="array tasks running at once (default %(default)s)")
     sweep.set_defaults(func=_sweep)
 
     status = sub.add_parser("status", help="state and log of every job of a sweep")
@@ -130,13 +140,15 @@ def _add_sweep_parsers(sub) -> None:
 
     report = sub.add_parser("report", help="Dice per trainer across folds: CSV, markdown leaderboard, plots")
     report.add_argument("--sweep-dir", type=Path, required=True)
-    report.add_argument("--out", type=Path, help="default: SWEEP_DIR/report")
+    report.add_argument("--out", type=Path, help=f"default: SWEEP_DIR/{REPORT_DIR}")
     report.add_argument("--allow-incomplete", action="store_true",
                         help="average over the folds present when some are missing (marked as incomplete)")
     report.set_defaults(func=_report)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nnunetv2_segresmamba.tools.demo import DEMO_TRAINER
+
     parser = argparse.ArgumentParser(prog="nnunetv2_segresmamba", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -148,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="plan, train, predict and evaluate on the synthetic dataset")
     demo.add_argument("--workdir", default=os.path.join(os.getcwd(), "segresmamba_demo"),
                       help="new folder for nnUNet_raw/preprocessed/results (default ./segresmamba_demo)")
-    demo.add_argument("--trainer", default="nnUNetTrainerSegResMamba_smoke")
+    demo.add_argument("--trainer", default=DEMO_TRAINER, help="default: %(default)s")
     demo.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
     demo.add_argument("--verbose", action="store_true", help="show the nnU-Net output of every step")
     _add_dataset_args(demo)

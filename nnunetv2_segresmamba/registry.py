@@ -1,19 +1,26 @@
-"""The comparison family: five trainers, the networks they build, and the paper's figures;
-and the ablations of SegResMamba (its ToM, and the recipe swapped with nnU-Net's).
+"""The comparison family: each member's trainer, the network it builds, the patch sizes that
+network takes and the paper's figures for it; and the ablations of SegResMamba (its ToM, and
+the recipe swapped with nnU-Net's).
 
 Benchmarks and cluster sweeps iterate over :data:`FAMILY` (by default over its "comparison"
 group, the five of the paper: see :func:`members`); each entry builds its network for
-(in_channels, out_channels, patch_size) without any plans file.
+(in_channels, out_channels, patch_size) without any plans file. Look a member up by trainer
+(:func:`member`) or by network name (:func:`network`).
+
+Import-light: torch and the networks are imported by the builders only, so that reports can
+name networks without loading torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch.nn as nn
+if TYPE_CHECKING:
+    import torch.nn as nn
 
-Builder = Callable[[int, int, Sequence[int]], nn.Module]
+Builder = Callable[[int, int, Sequence[int]], "nn.Module"]
 
 
 def build_segresmamba(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
@@ -37,33 +44,38 @@ def segresmamba_of(trainer: str) -> Builder:
 
 
 def build_segmamba(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    """SegMamba as published; its patch must be a multiple of 16 (stem and three stride-2
+    downsamplings), checked by :meth:`Member.build`."""
     from nnunetv2_segresmamba.networks.segmamba import SegMamba
 
-    _require_divisible(patch_size, 16, "SegMamba")
     return SegMamba(in_channels, out_channels)
 
 
 def build_swinunetr(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    """MONAI's SwinUNETR, feature size 48; its patch must be a multiple of 32 (five stride-2
+    stages), checked by :meth:`Member.build`."""
     from monai.networks.nets import SwinUNETR
 
-    _require_divisible(patch_size, 32, "SwinUNETR")
     return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=48, spatial_dims=3)
 
 
 def build_unetr(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    """MONAI's UNETR (ViT-B/16, ``img_size`` = the patch); its patch must be a multiple of 16
+    (the ViT patch), checked by :meth:`Member.build`."""
     from monai.networks.nets import UNETR
 
-    _require_divisible(patch_size, 16, "UNETR")
     return UNETR(in_channels=in_channels, out_channels=out_channels, img_size=tuple(patch_size), feature_size=16,
                  hidden_size=768, mlp_dim=3072, num_heads=12, proj_type="perceptron", norm_name="instance",
                  res_block=True, dropout_rate=0.0)
 
 
 def build_nnunet(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    """nnU-Net's PlainConvUNet as planned for a 128^3 patch (6 stages, 32..320 features)."""
+    """nnU-Net's PlainConvUNet as planned for a 128^3 patch (6 stages, 32..320 features); its
+    patch must be a multiple of 32 (five stride-2 stages), checked by :meth:`Member.build`. The
+    nnU-Net trainers plan their own network and do not use this builder."""
+    import torch.nn as nn
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-    _require_divisible(patch_size, 32, "nnU-Net (6 stages)")
     return PlainConvUNet(
         in_channels, 6, [32, 64, 128, 256, 320, 320], nn.Conv3d, 3, [1, 2, 2, 2, 2, 2], [2] * 6, out_channels,
         [2] * 5, conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
@@ -76,28 +88,52 @@ SCHEDULE_SUFFIXES = ("_smoke", "_2epochs")  # shorter runs of a member's trainer
 
 
 @dataclass(frozen=True)
+class PaperFigures:
+    """The SegResMamba paper's (MIDL 2025) efficiency figures for one network, on an A100 40 GB,
+    BTCV 1 -> 14 channels at 128^3; None where the paper gives none."""
+
+    params_m: float | None = None  # Table 7: parameters (millions)
+    fvcore_macs_g: float | None = None  # Table 7: fvcore "FLOPs", which count multiply-accumulates (G)
+    train_memory_gb: float | None = None  # Table 8: training memory (GB) at batch 1
+    inference_s: float | None = None  # Table 1: inference time per patch (s)
+
+
+@dataclass(frozen=True)
 class Member:
+    """One trainer of the family, the network it builds and what is known about that network."""
+
     trainer: str
     network: str  # a name of its own for each member, as benchmarks and reports key rows by it
-    build: Builder
-    paper_params_m: float | None  # Table 7, BTCV 1 -> 14 at 128^3; None for the ablations
+    builder: Builder  # (in_channels, out_channels, patch_size) -> network, unchecked; see build
+    patch_divisor: int | None = None  # every axis of the patch a multiple of this; None: any patch
+    paper: PaperFigures | None = None  # None for the ablations
     group: str = COMPARISON
+
+    def build(self, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+        """The network for ``patch_size``; ValueError when the patch breaks :attr:`patch_divisor`."""
+        require_divisible(patch_size, self.patch_divisor, self.network)
+        return self.builder(in_channels, out_channels, patch_size)
 
 
 FAMILY: tuple[Member, ...] = (
-    Member("nnUNetTrainerSegResMamba", "SegResMamba", build_segresmamba, 119.98),
-    Member("nnUNetTrainerSegMamba", "SegMamba", build_segmamba, 67.36),
-    Member("nnUNetTrainerSwinUNETR", "SwinUNETR", build_swinunetr, 62.19),
-    Member("nnUNetTrainerUNETR", "UNETR", build_unetr, 93.01),
-    Member("nnUNetTrainerComparisonNnUNet", "nnU-Net", build_nnunet, 31.19),
+    Member("nnUNetTrainerSegResMamba", "SegResMamba", build_segresmamba, None,
+           PaperFigures(params_m=119.98, fvcore_macs_g=188.42, train_memory_gb=5.10, inference_s=0.0841)),
+    Member("nnUNetTrainerSegMamba", "SegMamba", build_segmamba, 16,
+           PaperFigures(params_m=67.36, fvcore_macs_g=1443.96, train_memory_gb=13.51, inference_s=0.1693)),
+    Member("nnUNetTrainerSwinUNETR", "SwinUNETR", build_swinunetr, 32,
+           PaperFigures(params_m=62.19, fvcore_macs_g=767.23, train_memory_gb=7.77, inference_s=0.1343)),
+    Member("nnUNetTrainerUNETR", "UNETR", build_unetr, 16,
+           PaperFigures(params_m=93.01, fvcore_macs_g=177.44, train_memory_gb=3.08, inference_s=0.0531)),
+    Member("nnUNetTrainerComparisonNnUNet", "nnU-Net", build_nnunet, 32,
+           PaperFigures(params_m=31.19, fvcore_macs_g=480.06, inference_s=0.1668)),  # no Table 8 figure
     Member("nnUNetTrainerSegResMambaNoToM", "SegResMamba-NoToM",
-           segresmamba_of("nnUNetTrainerSegResMambaNoToM"), None, ABLATION),
+           segresmamba_of("nnUNetTrainerSegResMambaNoToM"), group=ABLATION),
     Member("nnUNetTrainerSegResMambaForwardToM", "SegResMamba-ForwardToM",
-           segresmamba_of("nnUNetTrainerSegResMambaForwardToM"), None, ABLATION),
+           segresmamba_of("nnUNetTrainerSegResMambaForwardToM"), group=ABLATION),
     Member("nnUNetTrainerSegResMambaForwardReverseToM", "SegResMamba-ForwardReverseToM",
-           segresmamba_of("nnUNetTrainerSegResMambaForwardReverseToM"), None, ABLATION),
-    Member("nnUNetTrainerSegResMamba_nnUNetRecipe", "SegResMamba-nnUNetRecipe", build_segresmamba, None, ABLATION),
-    Member("nnUNetTrainerComparisonNnUNet_paperRecipe", "nnU-Net-paperRecipe", build_nnunet, None, ABLATION),
+           segresmamba_of("nnUNetTrainerSegResMambaForwardReverseToM"), group=ABLATION),
+    Member("nnUNetTrainerSegResMamba_nnUNetRecipe", "SegResMamba-nnUNetRecipe", build_segresmamba, group=ABLATION),
+    Member("nnUNetTrainerComparisonNnUNet_paperRecipe", "nnU-Net-paperRecipe", build_nnunet, 32, group=ABLATION),
 )
 
 
@@ -118,9 +154,20 @@ def member(trainer: str) -> Member:
     raise KeyError(f"{trainer!r} is not in the comparison family: {[m.trainer for m in FAMILY]}")
 
 
-def _require_divisible(patch_size: Sequence[int], divisor: int, network: str) -> None:
+def network(name: str) -> Member:
+    """The family member whose network is called ``name`` (e.g. "SwinUNETR")."""
+    for m in FAMILY:
+        if m.network == name:
+            return m
+    raise KeyError(f"no network {name!r} in the comparison family; the networks are {[m.network for m in FAMILY]}")
+
+
+def require_divisible(patch_size: Sequence[int], divisor: int | None, name: str) -> None:
+    """ValueError unless ``patch_size`` is 3D with every axis a multiple of ``divisor`` (None: no rule)."""
+    if divisor is None:
+        return
     if len(patch_size) != 3 or any(s % divisor for s in patch_size):
         raise ValueError(
-            f"{network} needs a 3D patch divisible by {divisor} on every axis, got {list(patch_size)}. "
+            f"{name} needs a 3D patch divisible by {divisor} on every axis, got {list(patch_size)}. "
             f"Its nnU-Net trainer rounds the planned patch for you; when building by hand, round it first."
         )

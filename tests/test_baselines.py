@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from nnunetv2_segresmamba.registry import FAMILY, member, members
+from nnunetv2_segresmamba.registry import FAMILY, member, members, network
 from nnunetv2_segresmamba.trainers import base
 
 MEASURED_PARAMS = {  # 128^3, 1 -> 14 channels
@@ -25,8 +25,8 @@ MEASURED_PARAMS = {  # 128^3, 1 -> 14 channels
 def test_parameter_counts_at_128(m):
     params = sum(p.numel() for p in m.build(1, 14, (128, 128, 128)).parameters())
     assert params == MEASURED_PARAMS[m.network]
-    if m.paper_params_m is not None and m.network != "SegResMamba":
-        assert params / 1e6 == pytest.approx(m.paper_params_m, rel=2e-3)
+    if m.paper is not None and m.network != "SegResMamba":
+        assert params / 1e6 == pytest.approx(m.paper.params_m, rel=2e-3)
 
 
 def plans_with_patch(patch):
@@ -76,13 +76,29 @@ def test_registry_lookup():
     assert [m.trainer for m in FAMILY][0] == "nnUNetTrainerSegResMamba"
     with pytest.raises(KeyError, match="not in the comparison family"):
         member("nnUNetTrainerFoo")
+    assert network("SwinUNETR").trainer == "nnUNetTrainerSwinUNETR"
+    with pytest.raises(KeyError, match="the networks are .*'nnU-Net-paperRecipe'"):
+        network("SwinUnetr")
 
 
-@pytest.mark.parametrize("network,patch", [("SwinUNETR", (40, 64, 64)), ("UNETR", (40, 64, 64))])
-def test_builders_refuse_indivisible_patches(network, patch):
-    m = next(m for m in FAMILY if m.network == network)
+@pytest.mark.parametrize("name,patch", [("SwinUNETR", (40, 64, 64)), ("UNETR", (40, 64, 64)),
+                                        ("SegMamba", (64, 64)), ("nnU-Net", (48, 64, 64))])
+def test_builders_refuse_indivisible_patches(name, patch):
     with pytest.raises(ValueError, match="divisible by"):
-        m.build(1, 2, patch)
+        network(name).build(1, 2, patch)
+
+
+def test_trainers_take_their_patch_rule_from_the_registry():
+    from nnunetv2_segresmamba import trainers
+
+    for name in ("SegMamba", "SwinUNETR", "UNETR"):
+        m = network(name)
+        assert getattr(trainers, m.trainer).patch_divisor == getattr(trainers, f"{m.trainer}_smoke").patch_divisor
+        assert getattr(trainers, m.trainer).patch_divisor == m.patch_divisor
+    assert [network(n).patch_divisor for n in ("SegMamba", "SwinUNETR", "UNETR")] == [16, 32, 16]
+    # nnU-Net's trainers plan their own network and keep the planned patch; SegResMamba plans its strides
+    assert trainers.nnUNetTrainerComparisonNnUNet.patch_divisor is None
+    assert trainers.nnUNetTrainerSegResMamba.patch_divisor is None and network("SegResMamba").patch_divisor is None
 
 
 def test_groups_keep_the_five_as_the_default_and_every_trainer_exists():

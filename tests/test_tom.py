@@ -6,7 +6,8 @@ import warnings
 import pytest
 import torch
 
-from nnunetv2_segresmamba.operators import MambaLayer, TriOrientedMamba, backends
+from nnunetv2_segresmamba.operators import MambaLayer, TriOrientedMamba, backends, numba_tom
+from nnunetv2_segresmamba.operators.selective_scan import selective_scan
 from tests.reference import reference_tom
 
 
@@ -86,12 +87,64 @@ def test_bad_inputs_raise_helpful_errors():
     tom = TriOrientedMamba(8)
     with pytest.raises(ValueError, match="multiple of num_slices"):
         tom(torch.randn(1, 10, 8), num_slices=3)
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="backend must be one of") as bad_backend:
         TriOrientedMamba(8, backend="nonsense")
+    assert all(repr(name) in str(bad_backend.value) for name in ("auto", "pure", "numba", "cuda"))
     with pytest.raises(ValueError, match="non-empty subset"):
         TriOrientedMamba(8, directions=("_x",))
     with pytest.raises(RuntimeError, match="needs a CUDA tensor"):
         TriOrientedMamba(8, backend="cuda")(torch.randn(1, 4, 8), num_slices=1)
+
+
+class CountingScan:
+    """Our selective scan, counting its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return selective_scan(*args, **kwargs)
+
+
+@pytest.mark.parametrize("directions", [("", "_b", "_s"), ("_s",)])
+def test_a_scan_function_runs_every_direction_and_adds_no_weight(directions):
+    torch.manual_seed(0)
+    plain = TriOrientedMamba(8, d_state=4, backend="pure", directions=directions)
+    scan = CountingScan()
+    swapped = TriOrientedMamba(8, d_state=4, backend="pure", directions=directions, scan_function=scan)
+    assert swapped.scan_function is scan
+    swapped.load_state_dict(plain.state_dict())  # strict: the same names, no extra buffer
+    assert set(swapped.state_dict()) == set(plain.state_dict())
+    hidden = torch.randn(2, 3 * 4 * 5, 8)
+    torch.testing.assert_close(swapped(hidden, num_slices=3), plain(hidden, num_slices=3))
+    assert scan.calls == len(directions)
+    layer = MambaLayer(8, d_state=4, backend="pure", scan_function=scan)
+    layer(torch.randn(1, 8, 3, 4, 5))
+    assert layer.mamba.scan_function is scan and scan.calls == len(directions) + 3
+
+
+@pytest.mark.parametrize(("backend", "fused_calls"), [("pure", 0), ("numba", 1), ("auto", 1)])
+def test_the_chosen_backend_runs_on_the_cpu(monkeypatch, backend, fused_calls):
+    calls = []
+
+    def counting_fused_scan(*args, **kwargs):
+        calls.append(backend)
+        return real_fused_scan(*args, **kwargs)
+
+    real_fused_scan = numba_tom.fused_scan
+    monkeypatch.setattr(numba_tom, "fused_scan", counting_fused_scan)
+    TriOrientedMamba(8, d_state=4, backend=backend)(torch.randn(1, 12, 8), num_slices=3)
+    assert len(calls) == fused_calls  # numba fuses the three directions in one call; pure never calls it
+
+
+@pytest.mark.parametrize("backend", ["auto", "numba"])
+def test_a_scan_function_is_refused_where_the_fused_kernels_may_run(backend):
+    with pytest.raises(ValueError, match=r"backend='pure' \(any device\) or 'cuda'") as refused:
+        TriOrientedMamba(8, backend=backend, scan_function=selective_scan)
+    assert f"backend={backend!r}" in str(refused.value)
+    with pytest.raises(TypeError, match="scan_function must be a callable"):
+        TriOrientedMamba(8, backend="pure", scan_function="mambapy")
 
 
 def test_missing_kernels_warn_once_and_fall_back(monkeypatch):

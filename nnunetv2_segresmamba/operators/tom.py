@@ -9,7 +9,7 @@ mamba_ssm's ``Mamba`` plus SegMamba's suffixed copies, so official weights load 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -25,6 +25,8 @@ from nnunetv2_segresmamba.operators.selective_scan import selective_scan
 
 DIRECTIONS = ("", "_b", "_s")  # forward, reverse, inter-slice
 DIRECTION_KINDS = {"": 0, "_b": 1, "_s": 2}  # numba_kernels.FORWARD, REVERSE, INTER_SLICE
+PER_DIRECTION_BACKENDS = ("pure", "cuda")  # those that call a selective scan per direction
+ScanFunction = Callable[..., Tensor]  # mamba_ssm's selective_scan_fn signature, see selective_scan
 
 
 def check_directions(directions: Sequence[str]) -> tuple[str, ...]:
@@ -34,6 +36,19 @@ def check_directions(directions: Sequence[str]) -> tuple[str, ...]:
         raise ValueError(f"directions must be a non-empty subset of {DIRECTIONS} "
                          f"('' forward, '_b' reverse, '_s' inter-slice), got {tuple(directions)}")
     return tuple(d for d in DIRECTIONS if d in directions)
+
+
+def check_scan_function(scan_function: ScanFunction | None, backend: str) -> ScanFunction | None:
+    """``scan_function`` if ``backend`` can use it; a TypeError or ValueError saying why not."""
+    if scan_function is None:
+        return None
+    if not callable(scan_function):
+        raise TypeError(f"scan_function must be a callable with selective_scan's signature, got {scan_function!r}")
+    if backend not in PER_DIRECTION_BACKENDS:
+        raise ValueError(f"scan_function replaces the scan of the backends {PER_DIRECTION_BACKENDS}, which scan "
+                         f"one direction at a time; backend={backend!r} may run the fused numba kernels, which "
+                         f"have no separate scan. Pass backend='pure' (any device) or 'cuda'.")
+    return scan_function
 
 
 def to_inter_slice(x: Tensor, num_slices: int) -> Tensor:
@@ -60,6 +75,13 @@ class TriOrientedMamba(nn.Module):
             ``operators.backends``.
         directions: which scans to run, a subset of ``DIRECTIONS`` (for ablations); the
             parameters of the others are not created.
+        scan_function: a selective scan used in every direction in place of the backend's own
+            (to compare other implementations in this layer), called like mamba_ssm's
+            ``selective_scan_fn`` and :func:`~nnunetv2_segresmamba.operators.selective_scan.selective_scan`:
+            ``(u, delta, A, B, C, D, z, delta_bias=..., delta_softplus=True) -> y * silu(z)``
+            with u, delta, z and the result (B, E, L), A (E, N), B and C (B, N, L), D (E,).
+            Needs backend "pure" or "cuda"; None (the default) for the backend's own. It adds
+            no parameter: the state_dict stays the same.
 
     Shapes: ``forward(hidden_states (B, L, D), num_slices) -> (B, L, D)``; ``L`` must be a
     multiple of ``num_slices``.
@@ -73,6 +95,7 @@ class TriOrientedMamba(nn.Module):
         expand: int = 2,
         backend: str = "auto",
         directions: Sequence[str] = DIRECTIONS,
+        scan_function: ScanFunction | None = None,
     ):
         super().__init__()
         if min(d_model, d_state, d_conv, expand) < 1:
@@ -82,6 +105,7 @@ class TriOrientedMamba(nn.Module):
         self.d_inner = expand * d_model
         self.dt_rank = math.ceil(d_model / 16)
         self.backend = check_backend(backend)
+        self.scan_function = check_scan_function(scan_function, self.backend)
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
         for suffix in self.directions:
             self._add_direction(suffix)
@@ -171,15 +195,13 @@ class TriOrientedMamba(nn.Module):
         dt, B, C = torch.split(x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias is added inside the scan
         B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
-        return self._scan_function(kernels)(
+        scan = self.scan_function
+        if scan is None:
+            scan = selective_scan if kernels is None else kernels.selective_scan_fn
+        return scan(
             x.contiguous(), delta.contiguous(), A, B, C, D, z.contiguous(),
             delta_bias=dt_proj.bias.float(), delta_softplus=True,
         )
-
-    @staticmethod
-    def _scan_function(kernels):
-        """mamba_ssm's kernel when loaded, else ours (a benchmark swaps in an outside reference)."""
-        return selective_scan if kernels is None else kernels.selective_scan_fn
 
 
 class MambaLayer(nn.Module):
@@ -187,7 +209,8 @@ class MambaLayer(nn.Module):
 
     ``forward(x (B, C, D, H, W)) -> (B, C, D, H, W)``. The inter-slice scan uses the depth
     D of the feature map as its slice count (SegMamba hard-codes the depth at 128^3).
-    Attribute names ``norm`` and ``mamba`` match SegMamba's state_dict.
+    Attribute names ``norm`` and ``mamba`` match SegMamba's state_dict; the other arguments
+    are :class:`TriOrientedMamba`'s.
     """
 
     def __init__(
@@ -198,12 +221,14 @@ class MambaLayer(nn.Module):
         expand: int = 2,
         backend: str = "auto",
         directions: Sequence[str] = DIRECTIONS,
+        scan_function: ScanFunction | None = None,
     ):
         super().__init__()
         self.dim = dim
         self.norm = nn.LayerNorm(dim)
         self.mamba = TriOrientedMamba(
-            dim, d_state=d_state, d_conv=d_conv, expand=expand, backend=backend, directions=directions
+            dim, d_state=d_state, d_conv=d_conv, expand=expand, backend=backend, directions=directions,
+            scan_function=scan_function,
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunetv2_segresmamba.sweeps.jobs import FoldJob, run_fold
-from nnunetv2_segresmamba.tools.pipeline import NNUNET_DIRS
-
-SUBMITTED_FILE = "submitted.json"
+from nnunetv2_segresmamba.tools.layout import SUBMITTED_FILE, write_atomically
+from nnunetv2_segresmamba.tools.pipeline import NNUNET_DIRS, describe_error
 
 
 def nnunet_env() -> dict[str, str]:
@@ -23,7 +22,8 @@ def nnunet_env() -> dict[str, str]:
 
 def run_local(jobs: list[FoldJob], sweep_dir: Path, device: str, gpus: int = 1) -> dict[str, str]:
     """Runs ``jobs`` here: in turn, or with ``gpus`` > 1 one job per GPU (CUDA_VISIBLE_DEVICES).
-    A failed job is reported and the others still run. Returns {job key: done/skipped/failed}."""
+    A failed job is reported and the others still run (see :func:`run_recorded`). Returns
+    {job key: done/skipped/failed}."""
     pending: queue.Queue[FoldJob] = queue.Queue()
     for job in jobs:
         pending.put(job)
@@ -36,11 +36,7 @@ def run_local(jobs: list[FoldJob], sweep_dir: Path, device: str, gpus: int = 1) 
                 job = pending.get_nowait()
             except queue.Empty:
                 return
-            try:
-                outcomes[job.key] = run_fold(job, sweep_dir, device, env)
-            except RuntimeError as err:
-                outcomes[job.key] = "failed"
-                print(f"FAILED {job.key}: {str(err).splitlines()[0]}", flush=True)
+            outcomes[job.key] = run_recorded(job, sweep_dir, device, env)
             print(f"{outcomes[job.key]:>8}  {job.key}", flush=True)
 
     if device != "cuda" or gpus <= 1:
@@ -52,6 +48,16 @@ def run_local(jobs: list[FoldJob], sweep_dir: Path, device: str, gpus: int = 1) 
         for thread in threads:
             thread.join()
     return outcomes
+
+
+def run_recorded(job: FoldJob, sweep_dir: Path, device: str, env: dict[str, str] | None = None) -> str:
+    """:func:`~nnunetv2_segresmamba.sweeps.jobs.run_fold`, returning ``"failed"`` instead of
+    raising any Exception (run_fold has written it to the job's record), so the sweep goes on."""
+    try:
+        return run_fold(job, sweep_dir, device, env)
+    except Exception as err:
+        print(f"FAILED {job.key}: {describe_error(err)}", flush=True)
+        return "failed"
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ def submit_slurm(jobs: list[FoldJob], sweep_dir: Path, device: str, options: Slu
 
     env = {**nnunet_env(), "nnUNet_n_proc_DA": str(options.cpus)}
     ids = submit(jobs, sweep_dir, device, env, options.submitit_parameters())
-    (sweep_dir / SUBMITTED_FILE).write_text(json.dumps({**submitted_ids(sweep_dir), **ids}, indent=2))
+    write_atomically(sweep_dir / SUBMITTED_FILE, json.dumps({**submitted_ids(sweep_dir), **ids}, indent=2))
     return ids
 
 

@@ -4,7 +4,7 @@ overwrites a finished fold.
 
 The sweep folder holds ``plan.json`` (every job of the sweep), ``logs/<job>.log`` (the
 output of each attempt, appended) and ``records/<job>.json`` (the last attempt: state,
-host, process and SLURM ids, exit code).
+host, process and SLURM ids, exit code); :mod:`nnunetv2_segresmamba.tools.layout` names them.
 """
 
 from __future__ import annotations
@@ -17,9 +17,15 @@ from dataclasses import asdict, dataclass
 from itertools import product
 from pathlib import Path
 
-from nnunetv2_segresmamba.tools.pipeline import run_command
-
-PLAN_FILE = "plan.json"
+from nnunetv2_segresmamba.tools.layout import (
+    CHECKPOINT_FINAL,
+    LOGS_DIR,
+    PLAN_FILE,
+    RECORDS_DIR,
+    VALIDATION_SUMMARY,
+    write_atomically,
+)
+from nnunetv2_segresmamba.tools.pipeline import describe_error, run_command
 
 
 @dataclass(frozen=True, order=True)
@@ -40,11 +46,19 @@ class FoldJob:
         """nnU-Net's output folder of this fold under ``nnUNet_results``."""
         return Path(results, self.dataset, f"{self.trainer}__{self.plans}__{self.configuration}", f"fold_{self.fold}")
 
+    def command(self, device: str, *flags: str) -> list[str]:
+        """``nnUNetv2_train`` of this fold on ``device``, with ``flags`` at the end."""
+        return ["nnUNetv2_train", self.dataset, self.configuration, str(self.fold), "-tr", self.trainer,
+                "-p", self.plans, "-device", device, *flags]
+
     def train_command(self, device: str) -> list[str]:
         """Training with ``--c`` (nnU-Net starts fresh when there is no checkpoint yet) and ``--npz``,
         so ``nnUNetv2_find_best_configuration`` can ensemble afterwards."""
-        return ["nnUNetv2_train", self.dataset, self.configuration, str(self.fold), "-tr", self.trainer,
-                "-p", self.plans, "-device", device, "--npz", "--c"]
+        return self.command(device, "--npz", "--c")
+
+    def validate_command(self, device: str) -> list[str]:
+        """Validation only (``--val --npz``) of a trained fold; ``--c`` would save checkpoint_final again."""
+        return self.command(device, "--npz", "--val")
 
 
 def expand(datasets: list[str], configurations: list[str], trainers: list[str], folds: list[int],
@@ -69,7 +83,7 @@ def write_plan(sweep_dir: Path, jobs: list[FoldJob]) -> list[FoldJob]:
     """Adds ``jobs`` to the sweep's plan (earlier jobs stay) and returns the whole plan."""
     merged = sorted(set(read_plan(sweep_dir)) | set(jobs))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / PLAN_FILE).write_text(json.dumps([asdict(j) for j in merged], indent=2))
+    write_atomically(sweep_dir / PLAN_FILE, json.dumps([asdict(j) for j in merged], indent=2))
     return merged
 
 
@@ -79,20 +93,20 @@ def read_plan(sweep_dir: Path) -> list[FoldJob]:
 
 
 def is_trained(fold_dir: Path) -> bool:
-    return (fold_dir / "checkpoint_final.pth").exists()
+    return (fold_dir / CHECKPOINT_FINAL).exists()
 
 
 def is_done(fold_dir: Path) -> bool:
     """Trained and validated: what the report and find_best_configuration need."""
-    return is_trained(fold_dir) and (fold_dir / "validation" / "summary.json").exists()
+    return is_trained(fold_dir) and (fold_dir / VALIDATION_SUMMARY).exists()
 
 
 def log_path(sweep_dir: Path, job: FoldJob) -> Path:
-    return sweep_dir / "logs" / f"{job.key}.log"
+    return sweep_dir / LOGS_DIR / f"{job.key}.log"
 
 
 def record_path(sweep_dir: Path, job: FoldJob) -> Path:
-    return sweep_dir / "records" / f"{job.key}.json"
+    return sweep_dir / RECORDS_DIR / f"{job.key}.json"
 
 
 def read_record(sweep_dir: Path, job: FoldJob) -> dict | None:
@@ -100,41 +114,38 @@ def read_record(sweep_dir: Path, job: FoldJob) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _write_record(sweep_dir: Path, job: FoldJob, **fields) -> None:
+def write_record(sweep_dir: Path, job: FoldJob, **fields) -> None:
+    """Updates the job's record with ``fields``."""
     path = record_path(sweep_dir, job)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {**(read_record(sweep_dir, job) or {}), **fields}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)  # atomic: status never reads half a record
+    write_atomically(path, json.dumps(record, indent=2))  # status never reads half a record
 
 
 def run_fold(job: FoldJob, sweep_dir: Path, device: str, env: dict[str, str] | None = None) -> str:
     """Runs one job to completion and returns ``"skipped"`` (already done) or ``"done"``.
 
     A finished fold is never trained again: a trained but unvalidated fold only gets
-    ``--val --npz``; anything else resumes from its latest checkpoint. Raises RuntimeError,
-    with the log's tail, when nnU-Net fails.
+    ``--val --npz``; anything else resumes from its latest checkpoint. A failure is written to
+    the job's record and raised (nnU-Net's: a RuntimeError with the log's tail).
     """
     results = (env or {}).get("nnUNet_results") or os.environ["nnUNet_results"]
     fold_dir = job.fold_dir(results)
     if is_done(fold_dir):
         return "skipped"
-    command = job.train_command(device)
-    if is_trained(fold_dir):
-        command = [*command[:-1], "--val"]  # validate only; --c would save checkpoint_final again
+    command = job.validate_command(device) if is_trained(fold_dir) else job.train_command(device)
     log = log_path(sweep_dir, job)
     log.parent.mkdir(parents=True, exist_ok=True)
-    _write_record(sweep_dir, job, state="running", host=socket.gethostname(), pid=os.getpid(),
+    write_record(sweep_dir, job, state="running", host=socket.gethostname(), pid=os.getpid(),
                   slurm_job_id=slurm_job_id(), started=time.time(), ended=None, error=None, log=str(log))
     try:
         with open(log, "a") as f:
             f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         run_command(command, env, log_path=str(log), quiet=True, append=True)
-    except RuntimeError as err:
-        _write_record(sweep_dir, job, state="failed", ended=time.time(), error=str(err).splitlines()[0])
+    except Exception as err:  # any failure, so that no record is left "running"
+        write_record(sweep_dir, job, state="failed", ended=time.time(), error=describe_error(err))
         raise
-    _write_record(sweep_dir, job, state="done", ended=time.time())
+    write_record(sweep_dir, job, state="done", ended=time.time())
     return "done"
 
 

@@ -19,9 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunetv2_segresmamba.registry import member
-from nnunetv2_segresmamba.sweeps.jobs import PLAN_FILE, FoldJob, is_done, is_trained, read_plan
-from nnunetv2_segresmamba.tools.reporting import fmt, gib, markdown_table, pyplot, save_figure
-from nnunetv2_segresmamba.trainers.tracking import RUN_METRICS_FILE
+from nnunetv2_segresmamba.sweeps.jobs import FoldJob, is_done, is_trained, read_plan
+from nnunetv2_segresmamba.tools.layout import PLAN_FILE, REPORT_DIR, RUN_METRICS_FILE, VALIDATION_SUMMARY
+from nnunetv2_segresmamba.tools.reporting import (
+    DiceMemoryPoint,
+    fmt,
+    gib,
+    markdown_table,
+    plot_dice_vs_memory,
+    pyplot,
+    save_figure,
+)
 
 GroupKey = tuple[str, str, str, str]  # dataset, configuration, plans, trainer
 BOXPLOT = "dice_boxplot.png"
@@ -57,7 +65,7 @@ def build_report(sweep_dir: Path, results: Path, out_dir: Path | None = None,
     ``results`` is ``nnUNet_results``. With ``allow_incomplete``, trainers with missing folds get means
     over the folds present, flagged ``complete`` False; otherwise their Dice columns stay empty.
     """
-    out_dir = Path(out_dir or Path(sweep_dir) / "report")
+    out_dir = Path(out_dir or Path(sweep_dir) / REPORT_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     folds = collect(Path(sweep_dir), Path(results))
     groups = group_folds(folds)
@@ -87,7 +95,7 @@ def read_fold(job: FoldJob, results: Path) -> FoldResult:
     fold_dir = job.fold_dir(results)
     if not is_done(fold_dir):
         return FoldResult(job, fold_dir, done=False)
-    summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
+    summary = json.loads((fold_dir / VALIDATION_SUMMARY).read_text())
     metrics_path = fold_dir / RUN_METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     return FoldResult(job, fold_dir, True, summary["foreground_mean"]["Dice"],
@@ -277,22 +285,15 @@ def _plot_dice_boxplot(groups: dict[GroupKey, list[FoldResult]], path: Path) -> 
 
 
 def _plot_dice_vs_memory(rows: list[dict], path: Path) -> Path | None:
-    """Like the paper's Figure 2: mean Dice (± std) against peak training memory, one colour per panel."""
-    points = [r for r in rows if r["peak_gpu_memory_mib"] is not None and r["dice_mean"] is not None]
+    """Mean Dice (± std) of each trainer against its peak GPU memory, one colour per dataset and
+    configuration; None (and no file) when no trainer has both."""
+    points = [DiceMemoryPoint(r["network"] + ("" if r["complete"] else " (incomplete)"),
+                              gib(r["peak_gpu_memory_mib"]), r["dice_mean"], r["dice_std"],
+                              f"{r['dataset']}, {r['configuration']}")
+              for r in rows if r["peak_gpu_memory_mib"] is not None and r["dice_mean"] is not None]
     if not points:
         path.unlink(missing_ok=True)
         return None
-    fig, ax = pyplot().subplots(figsize=(6.5, 4.5))
-    for panel in dict.fromkeys((r["dataset"], r["configuration"]) for r in points):
-        mine = [r for r in points if (r["dataset"], r["configuration"]) == panel]
-        ax.errorbar([gib(r["peak_gpu_memory_mib"]) for r in mine], [r["dice_mean"] for r in mine],
-                    yerr=[r["dice_std"] or 0.0 for r in mine], fmt="o", capsize=3, label=", ".join(panel))
-        for r in mine:
-            name = r["network"] + ("" if r["complete"] else " (incomplete)")
-            ax.annotate(name, (gib(r["peak_gpu_memory_mib"]), r["dice_mean"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
-    ax.set(xlabel="peak GPU memory in training (GiB)", ylabel="mean Dice across folds",
-           title="Dice vs training memory")
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return plot_dice_vs_memory(points, path, xlabel="peak GPU memory in training (GiB)",
+                               ylabel="mean Dice across folds", title="Dice vs training memory")
 

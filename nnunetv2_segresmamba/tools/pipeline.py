@@ -1,4 +1,6 @@
-"""Runs the stock nnU-Net commands as subprocesses: used by the demo and by the tests."""
+"""The stock nnU-Net commands as subprocesses: a workspace of the three nnU-Net folders, the
+check that their environment variables are set, a command runner that keeps the log's tail
+for its error, and nnU-Net's evaluation of a prediction folder."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 NNUNET_DIRS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -41,9 +44,10 @@ def require_nnunet_env(names: tuple[str, ...] = NNUNET_DIRS) -> dict[str, str]:
 
 
 def run_command(args: list[str], env: dict[str, str] | None = None, log_path: str | None = None,
-                quiet: bool = False, append: bool = False) -> float:
+                quiet: bool = False, append: bool = False, on_line: Callable[[str], None] | None = None) -> float:
     """Runs one CLI command; raises with the log's tail if it fails. Returns seconds taken.
-    Output goes to ``log_path`` (appended with ``append``) and, unless ``quiet``, to stdout."""
+    Output goes to ``log_path`` (appended with ``append``), unless ``quiet`` to stdout, and
+    line by line to ``on_line`` as it comes."""
     executable = shutil.which(args[0]) or os.path.join(os.path.dirname(sys.executable), args[0])
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     start = time.perf_counter()
@@ -54,6 +58,8 @@ def run_command(args: list[str], env: dict[str, str] | None = None, log_path: st
         for line in proc.stdout:
             log.write(line)
             tail.append(line)
+            if on_line:
+                on_line(line)
             if not quiet:
                 sys.stdout.write("    " + line)
                 sys.stdout.flush()
@@ -61,6 +67,12 @@ def run_command(args: list[str], env: dict[str, str] | None = None, log_path: st
     if proc.returncode:
         raise RuntimeError(f"`{' '.join(args)}` failed with exit code {proc.returncode}:\n{''.join(tail)}")
     return time.perf_counter() - start
+
+
+def describe_error(err: BaseException) -> str:
+    """``"Type: first line of the message"`` (a failed command's error carries its log's tail after it)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def evaluate_folder(gt_dir: str, pred_dir: str, labels: list[int], env: dict[str, str] | None = None) -> dict:

@@ -1,13 +1,14 @@
 """The paper's baselines as siblings of nnUNetTrainerSegResMamba, trained by the same pipeline.
 
 Each is a small subclass of :class:`ComparisonTrainerBase`: its recipe is a set of class
-attributes and its network comes from :mod:`nnunetv2_segresmamba.registry`. The budget
-(epochs x iterations) is the base's, the same for every sibling.
+attributes; its network and the patch rule of that network (``patch_divisor``) come from
+:mod:`nnunetv2_segresmamba.registry`. The budget (epochs x iterations) is the base's, the
+same for every sibling.
 """
 
 from __future__ import annotations
 
-from nnunetv2_segresmamba.registry import build_segmamba, build_swinunetr, build_unetr
+from nnunetv2_segresmamba.registry import network
 from nnunetv2_segresmamba.trainers.base import (
     AblationSmokeSchedule,
     ComparisonTrainerBase,
@@ -17,6 +18,8 @@ from nnunetv2_segresmamba.trainers.base import (
     TwoEpochs,
     network_from_builder,
 )
+
+SEGMAMBA, SWINUNETR, UNETR = network("SegMamba"), network("SwinUNETR"), network("UNETR")
 
 
 class nnUNetTrainerSegMamba(NnUNetRecipe, ComparisonTrainerBase):
@@ -29,8 +32,8 @@ class nnUNetTrainerSegMamba(NnUNetRecipe, ComparisonTrainerBase):
     """
 
     loss_name = "ce"
-    patch_divisor = 16
-    build_network = network_from_builder(build_segmamba)
+    patch_divisor = SEGMAMBA.patch_divisor
+    build_network = network_from_builder(SEGMAMBA.build)
 
 
 class nnUNetTrainerSwinUNETR(NnUNetRecipe, ComparisonTrainerBase):
@@ -46,8 +49,8 @@ class nnUNetTrainerSwinUNETR(NnUNetRecipe, ComparisonTrainerBase):
     recipe_initial_lr = 1e-4
     recipe_weight_decay = 1e-5
     lr_schedule = "cosine"
-    patch_divisor = 32
-    build_network = network_from_builder(build_swinunetr)
+    patch_divisor = SWINUNETR.patch_divisor
+    build_network = network_from_builder(SWINUNETR.build)
 
 
 class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
@@ -55,8 +58,8 @@ class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
     (MONAI's BTCV tutorial): AdamW 1e-4, weight decay 1e-5, cosine, Dice + CE. Patch rounded to
     multiples of 16 (the ViT patch)."""
 
-    patch_divisor = 16
-    build_network = network_from_builder(build_unetr)
+    patch_divisor = UNETR.patch_divisor
+    build_network = network_from_builder(UNETR.build)
 
 
 class nnUNetTrainerComparisonNnUNet(NnUNetRecipe, ComparisonTrainerBase):

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from nnunetv2_segresmamba.tools.layout import RUN_METRICS_FILE
+
 CO2_COUNTRY_ENV = "NNUNETV2_SEGRESMAMBA_CO2_COUNTRY"
 CO2_REGION_ENV = "NNUNETV2_SEGRESMAMBA_CO2_REGION"
-RUN_METRICS_FILE = "run_metrics.json"
 
 
 def energy_tracker_from_env(output_folder: str, project_name: str) -> Any | None:

@@ -1,0 +1,35 @@
+"""The names of the files in a fold folder and in a sweep folder, and :func:`write_atomically`.
+
+Standard library only, so that the sweep's status and report name these files without
+importing nnU-Net or torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# A fold folder: nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_<k>
+CHECKPOINT_FINAL = "checkpoint_final.pth"  # nnU-Net's, written when training has ended
+VALIDATION_SUMMARY = Path("validation", "summary.json")  # nnU-Net's metrics of the fold's validation
+RUN_METRICS_FILE = "run_metrics.json"  # ours: epoch times, peak GPU memory, energy (trainers.tracking)
+
+# A sweep folder
+PLAN_FILE = "plan.json"  # every job of the sweep
+LOGS_DIR = "logs"  # <job>.log: the output of each attempt, appended
+RECORDS_DIR = "records"  # <job>.json: the last attempt's state, host, process and SLURM ids
+REPORT_DIR = "report"  # the report's default folder
+SUBMITTED_FILE = "submitted.json"  # the SLURM id of each submitted job
+
+
+def write_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` to ``path`` through a temporary file in the same folder and a rename, so
+    that a reader finds the old file or the new one, never a part of one. Returns the path."""
+    path = Path(path)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
