@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DEFAULT_CHUNK_SIZE = 64  # ties with 128 on a 2-core CPU at L = 32768 (fwd+bwd 1.29 s vs 1.24 s, 32: 1.55 s)
+DEFAULT_CHUNK_SIZE = 64  # steps between the states kept for the backward pass
 
 
 def selective_scan(

@@ -1,1 +1,3 @@
-"""Tools around the stock nnU-Net CLI: synthetic data, the demo pipeline."""
+"""Tools around the stock nnU-Net CLI: the synthetic dataset (``synthetic``), running the CLI
+and nnU-Net's evaluation (``pipeline``), the demo (``demo``), tables and figures of reports
+(``reporting``) and the names of the files in fold and sweep folders (``layout``)."""
