@@ -209,27 +209,15 @@ class MambaLayer(nn.Module):
 
     ``forward(x (B, C, D, H, W)) -> (B, C, D, H, W)``. The inter-slice scan uses the depth
     D of the feature map as its slice count (SegMamba hard-codes the depth at 128^3).
-    Attribute names ``norm`` and ``mamba`` match SegMamba's state_dict; the other arguments
-    are :class:`TriOrientedMamba`'s.
+    Attribute names ``norm`` and ``mamba`` match SegMamba's state_dict. ``tom_kwargs`` are
+    :class:`TriOrientedMamba`'s keyword arguments (``d_state``, ``backend``, ``directions``...).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        backend: str = "auto",
-        directions: Sequence[str] = DIRECTIONS,
-        scan_function: ScanFunction | None = None,
-    ):
+    def __init__(self, dim: int, **tom_kwargs):
         super().__init__()
         self.dim = dim
         self.norm = nn.LayerNorm(dim)
-        self.mamba = TriOrientedMamba(
-            dim, d_state=d_state, d_conv=d_conv, expand=expand, backend=backend, directions=directions,
-            scan_function=scan_function,
-        )
+        self.mamba = TriOrientedMamba(dim, **tom_kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, channels, *spatial = x.shape
