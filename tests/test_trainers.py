@@ -57,6 +57,32 @@ def test_a_network_without_marks_gets_one_group(planned, monkeypatch):
     assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [3e-5]
 
 
+def test_optimizers_are_fused_where_torch_has_the_kernels():
+    from nnunetv2_segresmamba.trainers.base import fused_if_available
+
+    layer = torch.nn.Linear(3, 2)
+    fused = fused_if_available(torch.optim.AdamW, [{"params": layer.parameters()}], lr=1e-3)
+    assert fused.defaults["fused"] and fused.defaults["lr"] == 1e-3
+    reference = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
+    reference.param_groups[0]["params"][0].data.copy_(layer.weight.data)
+    reference.param_groups[0]["params"][1].data.copy_(layer.bias.data)
+    for optimizer in (fused, reference):  # the same update
+        for p in optimizer.param_groups[0]["params"]:
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+    torch.testing.assert_close(layer.weight, reference.param_groups[0]["params"][0])
+
+    class DeviceWithoutFusedKernels(torch.optim.SGD):  # torch's refusal, as on such a device
+        def __init__(self, params, fused=None, **kwargs):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
+                                   "supported devices: ['cpu', 'cuda']")
+            super().__init__(params, **kwargs)
+
+    unfused = fused_if_available(DeviceWithoutFusedKernels, [{"params": layer.parameters()}], lr=1e-2)
+    assert not unfused.defaults["fused"] and unfused.defaults["lr"] == 1e-2
+
+
 def test_strides_equal_nnunets_pooling_and_travel_in_the_plans(planned, monkeypatch):
     _, plans = planned
     pools = [tuple(p) for p in plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["strides"]]

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn as nn
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
@@ -71,6 +74,7 @@ class ComparisonTrainerBase(nnUNetTrainer):
     loss_name: str  # "dice_ce" (nnU-Net default), "dice" or "ce"
     deep_supervision = False
     patch_divisor: int | None = None  # round the planned patch to multiples of this (saved in plans.json)
+    seed: int | None = None  # seeds the network's initialisation and the batches; None: unseeded, as nnU-Net
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
@@ -99,6 +103,20 @@ class ComparisonTrainerBase(nnUNetTrainer):
         ``arch_kwargs``, ``_kw_requires_import``) to store in the run's plans.json, or None to keep
         the planned one. Networks whose arguments are not all in the plans override this."""
         return None
+
+    def initialize(self) -> None:
+        """nnU-Net's, with the random generators seeded first when :attr:`seed` is set."""
+        if self.seed is not None and not self.was_initialized:
+            seed_everything(self.seed)
+        super().initialize()
+
+    def get_dataloaders(self):
+        """nnU-Net's loaders. A seeded run samples and augments its batches in this process, since
+        nnU-Net's worker processes draw unseeded."""
+        if self.seed is None:
+            return super().get_dataloaders()
+        with environment_variable("nnUNet_n_proc_DA", "0"):
+            return super().get_dataloaders()
 
     def on_train_start(self) -> None:
         """Also starts energy tracking when asked for (see :mod:`.tracking`)."""
@@ -174,10 +192,11 @@ class ComparisonTrainerBase(nnUNetTrainer):
         """The recipe's optimizer over :func:`parameter_groups` and its schedule."""
         params = parameter_groups(self.network, self.weight_decay)
         if self.optimizer_name == "AdamW":
-            optimizer = torch.optim.AdamW(params, lr=self.initial_lr, weight_decay=self.weight_decay)
+            optimizer = fused_if_available(torch.optim.AdamW, params, lr=self.initial_lr,
+                                           weight_decay=self.weight_decay)
         elif self.optimizer_name == "SGD":
-            optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay,
-                                        momentum=0.99, nesterov=True)
+            optimizer = fused_if_available(torch.optim.SGD, params, lr=self.initial_lr,
+                                           weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
         else:
             raise ValueError(f"unknown optimizer_name {self.optimizer_name!r}: use 'SGD' or 'AdamW'")
         if self.lr_schedule == "cosine":
@@ -203,6 +222,38 @@ class ComparisonTrainerBase(nnUNetTrainer):
         )
 
 
+def fused_if_available(optimizer_class: type[torch.optim.Optimizer], params: list[dict],
+                       **kwargs) -> torch.optim.Optimizer:
+    """``optimizer_class(params, fused=True, **kwargs)``: one kernel updates every parameter, not
+    a Python loop over them (several times faster on a CPU); unfused where torch has no fused
+    kernel for the parameters' device. The update is the same algorithm either way."""
+    try:
+        return optimizer_class(params, fused=True, **kwargs)
+    except RuntimeError:  # "`fused=True` requires all the params to be ... of supported devices"
+        return optimizer_class(params, **kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python's, NumPy's and torch's random generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def environment_variable(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` inside the block; the previous state afterwards."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = previous
+
+
 class TwoEpochs:
     """Mixin: two epochs of the full iteration count, a quick check on a real dataset."""
 
@@ -211,12 +262,13 @@ class TwoEpochs:
 
 class SmokeSchedule:
     """Mixin: a pipeline check in a few CPU minutes: 2 epochs x 4 iterations, 1 validation
-    iteration, a checkpoint every epoch. Trains, validates, saves and predicts; learns little."""
+    iteration, a checkpoint every epoch, seeded. Trains, validates, saves and predicts; learns little."""
 
     comparison_num_epochs = 2
     comparison_iterations_per_epoch = 4
     comparison_val_iterations_per_epoch = 1
     comparison_save_every = 1
+    seed = 0
 
 
 class AblationSmokeSchedule(SmokeSchedule):
