@@ -84,7 +84,7 @@ def build_nnunet(in_channels: int, out_channels: int, patch_size: Sequence[int])
 
 
 COMPARISON, ABLATION = "comparison", "ablation"
-SCHEDULE_SUFFIXES = ("_smoke", "_2epochs")  # shorter runs of a member's trainer
+SCHEDULE_SUFFIXES = ("_smoke", "_2epochs", "_demo")  # shorter runs of a member's trainer
 
 
 @dataclass(frozen=True)

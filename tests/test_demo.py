@@ -48,3 +48,13 @@ def test_epoch_counts_and_next_steps():
     assert num_epochs_of("nnUNetTrainerSegResMamba_smoke") == 3
     assert num_epochs_of("nnUNetTrainerNotOurs") is None
     assert "-tr nnUNetTrainerSegResMamba" in NEXT_STEPS and "nnUNetv2_plan_and_preprocess" in NEXT_STEPS
+
+
+def test_the_demo_trains_a_seeded_segresmamba():
+    from nnunetv2_segresmamba import trainers
+    from nnunetv2_segresmamba.registry import member
+    from nnunetv2_segresmamba.tools.demo import DEMO_TRAINER
+
+    demo = getattr(trainers, DEMO_TRAINER)
+    assert issubclass(demo, trainers.nnUNetTrainerSegResMamba) and demo.seed is not None
+    assert member(DEMO_TRAINER).network == "SegResMamba"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from nnunetv2_segresmamba.tools.pipeline import Workspace, evaluate_folder, run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
 
-DEMO_TRAINER = "nnUNetTrainerSegResMamba_smoke"
+DEMO_TRAINER = "nnUNetTrainerSegResMamba_demo"
 NEXT_STEPS = """Next, on your own data (nnU-Net's raw format, in $nnUNet_raw/DatasetXXX_Name):
   nnUNetv2_plan_and_preprocess -d XXX -c 3d_fullres --verify_dataset_integrity
   nnUNetv2_train XXX 3d_fullres 0 -tr nnUNetTrainerSegResMamba   # then folds 1 to 4

@@ -1,9 +1,9 @@
 """A synthetic nnU-Net raw dataset that a small network learns in minutes on a CPU.
 
-Each case holds one ellipsoid per foreground class at a random place, with a class-specific
-mean intensity, on a noisy background. Channels repeat the image with other gains and
-noise. Images are NIfTI with the requested spacing; ``imagesTs``/``labelsTs`` hold held-out
-cases for evaluation.
+Each case holds one ellipsoid per foreground class at a random place, apart from the others
+where there is room, with a class-specific mean intensity, on a noisy background. Channels
+repeat the image with other gains and noise. Images are NIfTI with the requested spacing;
+``imagesTs``/``labelsTs`` hold held-out cases for evaluation.
 """
 
 from __future__ import annotations
@@ -91,9 +91,7 @@ def synthesize_case(spec: SyntheticSpec, rng: np.random.Generator) -> tuple[list
     label = np.zeros(spec.shape, dtype=np.uint8)
     intensity = np.zeros(spec.shape, dtype=np.float32)
     for k in range(1, spec.num_classes + 1):
-        radii = extent * rng.uniform(0.12, 0.2, size=3)
-        center = rng.uniform(radii, extent - radii)
-        inside = (((grid - center) / radii) ** 2).sum(-1) <= 1
+        inside = place_ellipsoid(grid, extent, label == 0, rng)
         label[inside] = k
         intensity[inside] = k
     channels = [
@@ -101,6 +99,20 @@ def synthesize_case(spec: SyntheticSpec, rng: np.random.Generator) -> tuple[list
         for c in range(spec.num_channels)
     ]
     return channels, label
+
+
+def place_ellipsoid(grid: np.ndarray, extent: np.ndarray, free: np.ndarray, rng: np.random.Generator,
+                    attempts: int = 50) -> np.ndarray:
+    """The mask of an ellipsoid with radii 15-25% of the ``extent`` (mm) on ``grid`` (z, y, x, 3),
+    placed inside the volume where it covers only ``free`` voxels if one of ``attempts`` random
+    centres allows it (else overlapping, at the last centre)."""
+    radii = extent * rng.uniform(0.15, 0.25, size=3)
+    for _ in range(attempts):
+        center = rng.uniform(radii, extent - radii)
+        inside = (((grid - center) / radii) ** 2).sum(-1) <= 1
+        if free[inside].all():
+            break
+    return inside
 
 
 def _write_nifti(sitk, array: np.ndarray, spacing: Sequence[float], path: str) -> None:

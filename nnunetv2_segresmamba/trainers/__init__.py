@@ -19,6 +19,7 @@ from nnunetv2_segresmamba.trainers.baselines import (
 from nnunetv2_segresmamba.trainers.segresmamba import (
     nnUNetTrainerSegResMamba,
     nnUNetTrainerSegResMamba_2epochs,
+    nnUNetTrainerSegResMamba_demo,
     nnUNetTrainerSegResMamba_nnUNetRecipe,
     nnUNetTrainerSegResMamba_nnUNetRecipe_smoke,
     nnUNetTrainerSegResMamba_smoke,
@@ -41,6 +42,7 @@ __all__ = [
     "nnUNetTrainerSegMamba_smoke",
     "nnUNetTrainerSegResMamba",
     "nnUNetTrainerSegResMamba_2epochs",
+    "nnUNetTrainerSegResMamba_demo",
     "nnUNetTrainerSegResMamba_nnUNetRecipe",
     "nnUNetTrainerSegResMamba_nnUNetRecipe_smoke",
     "nnUNetTrainerSegResMamba_smoke",
