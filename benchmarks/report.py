@@ -150,7 +150,8 @@ def markdown(results: dict) -> str:
         *_time_table(results),
         *_operator_section(results),
         "", "## Targets", "",
-        f"Ratios within this run; our scan: {our_backend(results)}.", "",
+        "Ratios within this run" + (f"; our scan in the ToM and scan rows: {our_backend(results)}."
+                                    if results["operators"] else "."), "",
         *markdown_table(["target", "measured", "limit", "met", "where the limit comes from"],
                 [[t["target"], fmt(t["measured"]), t["limit"], MET[t["met"]], t["source"]]
                  for t in targets(results)]),
