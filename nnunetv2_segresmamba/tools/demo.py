@@ -36,10 +36,11 @@ class EpochProgress:
         elif field := self.FIELD.search(line):
             self.fields[field.group(1)] = self.NUMBER.findall(field.group(2))
             if field.group(1) == "Epoch time:" and self.fields[field.group(1)]:
+                self.epoch_seconds.append(float(self.fields["Epoch time:"][0]))
                 self.write(self.summary())
 
     def summary(self) -> str:
-        self.epoch_seconds.append(float(self.fields["Epoch time:"][0]))
+        """The line of the epoch that has just ended."""
         done = self.epoch + 1
         text = f"      epoch {done}" + (f"/{self.num_epochs}" if self.num_epochs else "")
         for key, name in (("train_loss", "train loss"), ("val_loss", "validation loss")):
