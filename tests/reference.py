@@ -11,7 +11,7 @@ def reference_scan(u, delta, A, B, C, D, z, delta_bias):
     """
     delta = F.softplus(delta + delta_bias[:, None])
     batch, d, length = u.shape
-    h = torch.zeros(batch, d, A.shape[1], dtype=u.dtype)
+    h = torch.zeros(batch, d, A.shape[1], dtype=u.dtype, device=u.device)
     ys = []
     for t in range(length):
         h = torch.exp(delta[:, :, t, None] * A) * h + delta[:, :, t, None] * B[:, None, :, t] * u[:, :, t, None]
@@ -49,7 +49,70 @@ def reference_tom(hidden, params, num_slices, directions=("", "_b", "_s")):
     }
     out = 0
     for suffix in directions:
-        order = torch.tensor(orders[suffix])
+        order = torch.tensor(orders[suffix], device=hidden.device)
         y = reference_mamba_direction(xz[..., order], params, suffix)
         out = out + torch.zeros_like(y).index_copy(-1, order, y)
     return torch.einsum("bel,de->bld", out, params["out_proj.weight"])
+
+
+# ---------------------------------------------------------------- the fused kernels' layout
+# (B, K, L, E) per direction k at sequence positions, as numba_tom and triton_tom take them.
+
+ATOL, RTOL = 1e-5, 1e-5  # fp32 outputs
+GRAD_ATOL, GRAD_RTOL = 1e-4, 1e-4  # fp32 gradients, summed over up to a few hundred steps
+FORWARD, REVERSE, INTER_SLICE = 0, 1, 2
+
+
+def scan_order(kind, length, num_slices):
+    """Positions in the order a direction visits them, written out as lists."""
+    per_slice = length // num_slices
+    if kind == FORWARD:
+        return list(range(length))
+    if kind == REVERSE:
+        return list(reversed(range(length)))
+    return [s * per_slice + p for p in range(per_slice) for s in range(num_slices)]
+
+
+def reference_fused_scan(u, delta, A, B, C, D, delta_bias, z, kinds, num_slices):
+    """Each direction through the per-step loop in its own order, put back in place, summed, gated."""
+    batch, _, length, channels = u.shape
+    total = 0
+    for k, kind in enumerate(kinds):
+        order = torch.tensor(scan_order(kind, length, num_slices), device=u.device)
+        no_gate = torch.full((batch, channels, length), 30.0, device=u.device)  # silu(30) = 30 to fp32 rounding
+        y = reference_scan(u[:, k, order].mT, delta[:, k, order].mT, A[k].mT, B[:, k, order].mT, C[:, k, order].mT,
+                           D[k], no_gate, delta_bias[k]) / 30.0
+        total = total + torch.zeros_like(y).index_copy(-1, order, y)
+    return total.mT * F.silu(z)
+
+
+def reference_directional_conv(x, weight, bias, kinds, num_slices):
+    outs = []
+    for k, kind in enumerate(kinds):
+        order = torch.tensor(scan_order(kind, x.shape[1], num_slices), device=x.device)
+        conv = F.conv1d(F.pad(x[:, order].mT, (weight.shape[1] - 1, 0)), weight[k].mT.unsqueeze(1), bias[k],
+                        groups=x.shape[2])
+        outs.append(torch.zeros_like(conv).index_copy(-1, order, F.silu(conv)).mT)
+    return torch.stack(outs, dim=1)
+
+
+def scan_inputs(batch, directions, length, channels, states, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    shapes = {
+        "u": (batch, directions, length, channels), "delta": (batch, directions, length, channels),
+        "A": (directions, states, channels), "B": (batch, directions, length, states),
+        "C": (batch, directions, length, states), "D": (directions, channels), "delta_bias": (directions, channels),
+        "z": (batch, length, channels),
+    }
+    inputs = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    inputs["A"] = -torch.rand(shapes["A"], generator=g) * 4 - 0.1
+    return {k: v.to(device).requires_grad_() for k, v in inputs.items()}
+
+
+def assert_outputs_and_gradients_match(ours, expected, inputs):
+    torch.testing.assert_close(ours, expected, atol=ATOL, rtol=RTOL)
+    weights = torch.randn_like(expected)
+    grads_ref = torch.autograd.grad((expected * weights).sum(), list(inputs.values()))
+    grads_ours = torch.autograd.grad((ours * weights).sum(), list(inputs.values()))
+    for name, g_ref, g_ours in zip(inputs, grads_ref, grads_ours):
+        torch.testing.assert_close(g_ours, g_ref, atol=GRAD_ATOL, rtol=GRAD_RTOL, msg=f"gradient of {name}")

@@ -37,7 +37,7 @@ def test_initialisation_follows_mamba_ssm():
     assert dt.min() >= 1e-4 and dt.max() <= 0.1 + 1e-6
 
 
-@pytest.mark.parametrize("backend", ["pure", "numba"])
+@pytest.mark.parametrize("backend", ["pure", "numba", "triton"])
 @pytest.mark.parametrize("spatial", [(3, 5, 7), (4, 4, 2), (1, 3, 3)])
 def test_three_directions_match_plain_reference(spatial, backend):
     torch.manual_seed(0)
@@ -59,7 +59,7 @@ def test_three_directions_match_plain_reference(spatial, backend):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"gradient of {name}")
 
 
-@pytest.mark.parametrize("backend", ["pure", "numba"])
+@pytest.mark.parametrize("backend", ["pure", "numba", "triton"])
 @pytest.mark.parametrize("directions", [("",), ("", "_b"), ("_s",)])
 def test_a_subset_of_directions_matches_the_reference_and_has_only_its_parameters(directions, backend):
     torch.manual_seed(0)

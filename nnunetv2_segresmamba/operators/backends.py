@@ -1,19 +1,23 @@
 """Backend selection for the ToM: which implementation runs a given input.
 
 - ``"cuda"``: mamba_ssm/causal_conv1d kernels, an optional extra (``pip install .[cuda]``).
+- ``"triton"``: the fused GPU kernels of ``operators.triton_tom`` (Triton comes with CUDA
+  builds of torch; no compiler to install). On CPU tensors only under ``TRITON_INTERPRET=1``.
 - ``"numba"``: the fused CPU kernels of ``operators.numba_tom`` (numba is a dependency).
 - ``"pure"``: PyTorch ops only, on any device; the readable reference.
-- ``"auto"``: on CUDA tensors mamba_ssm, else pure; on CPU tensors numba, else pure.
+- ``"auto"``: on CUDA tensors mamba_ssm, else Triton, else pure; on CPU tensors numba, else
+  pure. Never Triton on the CPU.
 
-Compiled paths are loaded lazily, on the first forward that needs them, and any
-ImportError or OSError (a missing build, an ABI "undefined symbol") gives one warning and
-the pure path. All paths use the same parameters, so a checkpoint trained with one
-predicts with any other.
+Compiled paths are loaded lazily, on the first forward that needs them. A broken build (an
+ABI "undefined symbol"), a missing numba, or Triton kernels that fail at their first launch
+on this GPU (an old GPU, "no kernel image is available") give one warning and the next path.
+All paths use the same parameters, so a checkpoint trained with one predicts with any other.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
@@ -21,13 +25,14 @@ from typing import NamedTuple, TypeVar
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("auto", "pure", "numba", "cuda")
+BACKENDS = ("auto", "pure", "numba", "cuda", "triton")
 NUMBA_HINT = "The CPU scan is several times slower without it: pip install numba (wheels for Linux, macOS, Windows)."
 T = TypeVar("T")
 INSTALL_HINT = (
     "Install the CUDA kernels on a machine with nvcc and a CUDA build of torch: "
     "pip install 'nnunetv2-segresmamba[cuda]' (mamba-ssm and causal-conv1d)."
 )
+TRITON_HINT = "Triton comes with CUDA builds of torch (pip install torch); on other builds: pip install triton."
 
 
 class CudaKernels(NamedTuple):
@@ -35,13 +40,18 @@ class CudaKernels(NamedTuple):
     causal_conv1d_fn: Callable[..., Tensor]
 
 
-def _load_or_warn(load: Callable[[], T], what: str, hint: str) -> T | None:
-    """``load()``, or None with one RuntimeWarning if it raises ImportError or OSError."""
+def _load_or_warn(load: Callable[[], T], what: str, hint: str, quiet_if_absent: tuple[str, ...] = ()) -> T | None:
+    """``load()``, or None with one RuntimeWarning if it raises ImportError or OSError.
+
+    No warning when a package named in ``quiet_if_absent`` is simply not installed.
+    """
     try:
         return load()
     except (ImportError, OSError) as err:
-        warnings.warn(f"{what} unavailable ({type(err).__name__}: {err}); using the pure-PyTorch selective scan. "
-                      f"{hint}", RuntimeWarning, stacklevel=3)
+        if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in quiet_if_absent:
+            return None
+        warnings.warn(f"{what} unavailable ({type(err).__name__}: {err}); falling back to the next path "
+                      f"(see operators.backends). {hint}", RuntimeWarning, stacklevel=3)
         return None
 
 
@@ -54,8 +64,45 @@ def _import_cuda_kernels() -> CudaKernels:
 
 @functools.lru_cache(maxsize=1)
 def load_cuda_kernels() -> CudaKernels | None:
-    """The mamba_ssm and causal_conv1d kernels, or None (warned once) if they do not load."""
-    return _load_or_warn(_import_cuda_kernels, "mamba_ssm CUDA kernels", INSTALL_HINT)
+    """The mamba_ssm and causal_conv1d kernels, or None if they do not load (warned once,
+    unless they are simply not installed: they are an optional extra)."""
+    return _load_or_warn(_import_cuda_kernels, "mamba_ssm CUDA kernels", INSTALL_HINT,
+                         quiet_if_absent=("mamba_ssm", "causal_conv1d"))
+
+
+def _load_triton_kernels():
+    from nnunetv2_segresmamba.operators.triton_tom import load_kernels
+
+    return load_kernels()
+
+
+@functools.lru_cache(maxsize=1)
+def triton_loads() -> bool:
+    """Whether triton imports (warned once if it is installed but broken)."""
+    return _load_or_warn(_load_triton_kernels, "triton", TRITON_HINT, quiet_if_absent=("triton",)) is not None
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``, for tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def triton_works(device: str) -> bool:
+    """Whether the Triton ToM compiles and runs on ``device``: a tiny forward and backward,
+    once per device. Any failure (an old GPU, "no kernel image is available", a compiler
+    error) gives one warning and False."""
+    if not triton_loads():
+        return False
+    from nnunetv2_segresmamba.operators.triton_tom import probe
+
+    try:
+        probe(device)
+        return True
+    except Exception as err:  # noqa: BLE001 - whatever breaks the first launch, the pure path still works
+        warnings.warn(f"the Triton ToM kernels failed at their first launch on {device} ({type(err).__name__}: "
+                      f"{err}); using the pure-PyTorch selective scan.", RuntimeWarning, stacklevel=2)
+        return False
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,22 +120,51 @@ def check_backend(backend: str) -> str:
 
 
 def resolve_path(backend: str, x: Tensor) -> str:
-    """The implementation that runs ``x``: "cuda", "numba" or "pure"."""
+    """The implementation that runs ``x``: "cuda", "triton", "numba" or "pure"."""
     if backend == "pure":
         return "pure"
-    on_cpu = x.device.type == "cpu"
-    if backend == "cuda" and not x.is_cuda:
-        raise RuntimeError(f"backend='cuda' needs a CUDA tensor, got one on {x.device}.")
-    if backend == "numba" and not on_cpu:
-        raise RuntimeError(f"backend='numba' runs on the CPU, got a tensor on {x.device}; use 'auto' or 'cuda'.")
-    if x.is_cuda and load_cuda_kernels() is not None:
-        return "cuda"
     if backend == "cuda":
-        raise RuntimeError(f"backend='cuda' was requested but mamba_ssm does not load. {INSTALL_HINT}")
-    if on_cpu and numba_available():
-        return "numba"
+        return _explicit_cuda(x)
+    if backend == "triton":
+        return _explicit_triton(x)
     if backend == "numba":
+        return _explicit_numba(x)
+    if x.is_cuda:
+        if load_cuda_kernels() is not None:
+            return "cuda"
+        return "triton" if triton_works(str(x.device)) else _slow_gpu_path()
+    return "numba" if x.device.type == "cpu" and numba_available() else "pure"
+
+
+def _explicit_cuda(x: Tensor) -> str:
+    if not x.is_cuda:
+        raise RuntimeError(f"backend='cuda' needs a CUDA tensor, got one on {x.device}.")
+    if load_cuda_kernels() is None:
+        raise RuntimeError(f"backend='cuda' was requested but mamba_ssm does not load. {INSTALL_HINT}")
+    return "cuda"
+
+
+def _explicit_triton(x: Tensor) -> str:
+    if not (x.is_cuda or (x.device.type == "cpu" and triton_interpreting())):
+        raise RuntimeError(f"backend='triton' runs on CUDA tensors, got one on {x.device}. On the CPU it runs "
+                           "only in Triton's interpreter, for tests (TRITON_INTERPRET=1); use 'auto' or 'numba'.")
+    if not triton_loads():
+        raise RuntimeError(f"backend='triton' was requested but triton does not load. {TRITON_HINT}")
+    return "triton"
+
+
+def _explicit_numba(x: Tensor) -> str:
+    if x.device.type != "cpu":
+        raise RuntimeError(f"backend='numba' runs on the CPU, got a tensor on {x.device}; use 'auto' or 'triton'.")
+    if not numba_available():
         raise RuntimeError(f"backend='numba' was requested but numba does not load. {NUMBA_HINT}")
+    return "numba"
+
+
+@functools.lru_cache(maxsize=1)
+def _slow_gpu_path() -> str:
+    warnings.warn("Neither mamba_ssm nor Triton runs on this GPU: the ToM uses the pure-PyTorch scan, many times "
+                  f"slower. {TRITON_HINT} {INSTALL_HINT}", RuntimeWarning, stacklevel=3)
     return "pure"
 
 

@@ -30,7 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DEFAULT_CHUNK_SIZE = 64  # steps between the states kept for the backward pass
+# Steps per chunk, by device type. On a 2-core CPU 64 was fastest. On a GPU each chunk costs
+# about 30 kernel launches whatever its size, so chunks are longer; 512 is chosen, not yet
+# measured (benchmarks/gpu_check.py times 64 to 2048 on the GPU it runs on).
+CHUNK_SIZES = {"cpu": 64, "cuda": 512}
+DEFAULT_CHUNK_SIZE = CHUNK_SIZES["cpu"]
 
 
 def selective_scan(
@@ -43,7 +47,7 @@ def selective_scan(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """Selective scan with the semantics and argument order of ``selective_scan_ref``.
 
@@ -57,13 +61,16 @@ def selective_scan(
         z: gate, (batch, d, L).
         delta_bias: added to ``delta`` before softplus, (d,).
         delta_softplus: apply softplus to ``delta``.
-        chunk_size: sequence positions solved together; bounds memory.
+        chunk_size: sequence positions solved together; bounds memory. None: ``CHUNK_SIZES``
+            of the device type (64 on a CPU, 512 on CUDA).
 
     Returns:
         y, (batch, d, L), in the dtype of ``u``. All arithmetic runs in fp32, also under
         autocast.
     """
     _check_shapes(u, delta, A, B, C)
+    if chunk_size is None:
+        chunk_size = CHUNK_SIZES.get(u.device.type, DEFAULT_CHUNK_SIZE)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     with torch.autocast(device_type=u.device.type, enabled=False), _single_flushing_thread(u.device):

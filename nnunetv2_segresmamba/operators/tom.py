@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 import torch
 import torch.nn as nn
@@ -24,9 +25,24 @@ from nnunetv2_segresmamba.operators.backends import (
 from nnunetv2_segresmamba.operators.selective_scan import selective_scan
 
 DIRECTIONS = ("", "_b", "_s")  # forward, reverse, inter-slice
-DIRECTION_KINDS = {"": 0, "_b": 1, "_s": 2}  # numba_kernels.FORWARD, REVERSE, INTER_SLICE
+DIRECTION_KINDS = {"": 0, "_b": 1, "_s": 2}  # FORWARD, REVERSE, INTER_SLICE of numba_kernels and triton_kernels
 PER_DIRECTION_BACKENDS = ("pure", "cuda")  # those that call a selective scan per direction
 ScanFunction = Callable[..., Tensor]  # mamba_ssm's selective_scan_fn signature, see selective_scan
+
+
+def _numba_tom() -> ModuleType:
+    from nnunetv2_segresmamba.operators import numba_tom
+
+    return numba_tom
+
+
+def _triton_tom() -> ModuleType:
+    from nnunetv2_segresmamba.operators import triton_tom
+
+    return triton_tom
+
+
+FUSED_PATHS = {"numba": _numba_tom, "triton": _triton_tom}  # every direction in one call per kernel
 
 
 def check_directions(directions: Sequence[str]) -> tuple[str, ...]:
@@ -46,8 +62,8 @@ def check_scan_function(scan_function: ScanFunction | None, backend: str) -> Sca
         raise TypeError(f"scan_function must be a callable with selective_scan's signature, got {scan_function!r}")
     if backend not in PER_DIRECTION_BACKENDS:
         raise ValueError(f"scan_function replaces the scan of the backends {PER_DIRECTION_BACKENDS}, which scan "
-                         f"one direction at a time; backend={backend!r} may run the fused numba kernels, which "
-                         f"have no separate scan. Pass backend='pure' (any device) or 'cuda'.")
+                         f"one direction at a time; backend={backend!r} may run the fused numba or Triton kernels, "
+                         f"which have no separate scan. Pass backend='pure' (any device) or 'cuda'.")
     return scan_function
 
 
@@ -70,9 +86,9 @@ class TriOrientedMamba(nn.Module):
         d_state: SSM state size N.
         d_conv: causal conv1d width.
         expand: E = expand * D inner width.
-        backend: "auto" (mamba_ssm's kernels on CUDA, the fused numba kernels on the CPU,
-            each when it loads, else pure PyTorch), "pure", "numba" or "cuda"; see
-            ``operators.backends``.
+        backend: "auto" (on CUDA mamba_ssm's kernels, else the fused Triton kernels; on the CPU
+            the fused numba kernels; each when it loads, else pure PyTorch), "pure", "numba",
+            "triton" or "cuda"; see ``operators.backends``.
         directions: which scans to run, a subset of ``DIRECTIONS`` (for ablations); the
             parameters of the others are not created.
         scan_function: a selective scan used in every direction in place of the backend's own
@@ -145,8 +161,8 @@ class TriOrientedMamba(nn.Module):
             raise ValueError(f"sequence length {length} is not a multiple of num_slices={num_slices}")
         xz = self.in_proj(hidden_states)  # (B, L, 2E)
         path = resolve_path(self.backend, xz)
-        if path == "numba":
-            return self.out_proj(self._fused_scans(xz, num_slices))
+        if path in FUSED_PATHS:
+            return self.out_proj(self._fused_scans(xz, num_slices, FUSED_PATHS[path]()))
         kernels = load_cuda_kernels() if path == "cuda" else None
         xz = xz.transpose(1, 2)  # (B, 2E, L)
         out = sum(self._scan_in_order(xz, suffix, num_slices, kernels) for suffix in self.directions)
@@ -156,21 +172,21 @@ class TriOrientedMamba(nn.Module):
         """Every direction's parameter ``name.format(suffix)``, stacked in fp32: (K, ...)."""
         return torch.stack([self.get_parameter(name.format(suffix)) for suffix in self.directions]).float()
 
-    def _fused_scans(self, xz: Tensor, num_slices: int) -> Tensor:
-        """Every direction at once on the CPU (``numba_tom``), in fp32: (B, L, 2E) -> (B, L, E)."""
-        from nnunetv2_segresmamba.operators.numba_tom import directional_conv, fused_scan
-
+    def _fused_scans(self, xz: Tensor, num_slices: int, fused: ModuleType) -> Tensor:
+        """Every direction at once, in fp32: (B, L, 2E) -> (B, L, E). ``fused`` is ``numba_tom``
+        or ``triton_tom``: both provide ``directional_conv`` and ``fused_scan``."""
         kinds = [DIRECTION_KINDS[suffix] for suffix in self.directions]
         with torch.autocast(device_type=xz.device.type, enabled=False):
             x, z = (half.contiguous() for half in xz.float().chunk(2, dim=-1))  # (B, L, E), channels-last
             conv_weight = self._stacked("conv1d{}.weight").squeeze(2).transpose(1, 2).contiguous()  # (K, W, E)
-            u = directional_conv(x, conv_weight, self._stacked("conv1d{}.bias"), kinds, num_slices)  # (B, K, L, E)
+            conv_bias = self._stacked("conv1d{}.bias")
+            u = fused.directional_conv(x, conv_weight, conv_bias, kinds, num_slices)  # (B, K, L, E)
             x_dbl = u @ self._stacked("x_proj{}.weight").transpose(1, 2)  # (B, K, L, R + 2N)
             dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
             delta = dt @ self._stacked("dt_proj{}.weight").transpose(1, 2)  # (B, K, L, E); bias added in the scan
             A = -torch.exp(self._stacked("A{}_log")).transpose(1, 2).contiguous()  # (K, N, E)
-            return fused_scan(u, delta, A, B.contiguous(), C.contiguous(), self._stacked("D{}"),
-                              self._stacked("dt_proj{}.bias"), z, kinds, num_slices)
+            return fused.fused_scan(u, delta, A, B.contiguous(), C.contiguous(), self._stacked("D{}"),
+                                    self._stacked("dt_proj{}.bias"), z, kinds, num_slices)
 
     def _scan_in_order(self, xz: Tensor, suffix: str, num_slices: int, kernels) -> Tensor:
         """One direction's y * silu(z), (B, E, L), scanned in its order and put back in place."""

@@ -1,0 +1,202 @@
+"""The fused ToM on the GPU with Triton: every direction's causal conv in one launch and every
+direction's selective scan in one launch, forward and backward (``operators.triton_kernels``).
+
+The twin of ``numba_tom``, with the same functions, layouts and semantics: tensors stay
+channels-last and in sequence order, each direction reads its own order by index arithmetic
+(no flipped or restacked copies), and the directions' outputs are summed before the gate.
+Autograd keeps the inputs and the state entering every ``chunk_size`` steps; the backward
+pass recomputes one chunk at a time, so no (B, E, L, N) tensor exists.
+
+Triton ships with CUDA builds of torch, so this needs no compiler beyond the one Triton
+brings. Under ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors, slowly: that is how
+the tests check them on machines without a GPU.
+
+The B and C gradients are summed over channel blocks with atomic adds, so on a GPU they may
+differ between runs in the last bits; everything else is deterministic.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CHUNK_SIZE = 64  # steps per associative scan and between the states kept for the backward pass
+BLOCK_E = 4  # channels per program: small, so that a batch of 1 still fills the GPU
+CONV_BLOCK_L, CONV_BLOCK_E = 64, 32
+
+
+@functools.lru_cache(maxsize=1)
+def load_kernels() -> ModuleType:
+    """The Triton kernels (importing triton); an ImportError if triton does not load."""
+    from nnunetv2_segresmamba.operators import triton_kernels
+
+    return triton_kernels
+
+
+def _kinds(kinds: Sequence[int], device: torch.device) -> Tensor:
+    return torch.tensor(list(kinds), dtype=torch.int32, device=device)
+
+
+def _check_layout(x: Tensor) -> None:
+    if x.dtype != torch.float32 or x.stride(-1) != 1:
+        raise ValueError(f"the Triton ToM takes fp32 tensors with contiguous channels, got {x.dtype} with strides "
+                         f"{x.stride()}")
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _power_of_two(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(n)))
+
+
+class _DirectionalConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, kinds, num_slices):
+        kernels = load_kernels()
+        batch, length, channels = x.shape
+        directions, width, _ = weight.shape
+        out = x.new_empty(batch, directions, length, channels)
+        kinds_t = _kinds(kinds, x.device)
+        grid = (batch * directions, _cdiv(length, CONV_BLOCK_L), _cdiv(channels, CONV_BLOCK_E))
+        kernels.conv_forward[grid](x, x.stride(0), x.stride(1), weight, bias, kinds_t, out,
+                                   length, channels, num_slices, directions,
+                                   WIDTH=width, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E)
+        ctx.save_for_backward(x, weight, bias, kinds_t)
+        ctx.num_slices = num_slices
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, kinds_t = ctx.saved_tensors
+        kernels = load_kernels()
+        batch, length, channels = x.shape
+        directions, width, _ = weight.shape
+        grid = (batch * directions, _cdiv(length, CONV_BLOCK_L), _cdiv(channels, CONV_BLOCK_E))
+        grad_pre = torch.empty_like(grad_out)
+        grad_weight = x.new_empty(batch, grid[1], directions, width, channels)  # per block of steps
+        grad_bias = x.new_empty(batch, grid[1], directions, channels)
+        kernels.conv_backward_weights[grid](x, x.stride(0), x.stride(1), weight, bias, kinds_t,
+                                            grad_out.contiguous(), grad_pre, grad_weight, grad_bias,
+                                            length, channels, ctx.num_slices, directions,
+                                            WIDTH=width, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E)
+        grad_x = x.new_empty(batch, length, channels)
+        kernels.conv_backward_input[(batch, grid[1], grid[2])](grad_pre, weight, kinds_t, grad_x, length, channels,
+                                                               ctx.num_slices, directions, WIDTH=width,
+                                                               BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E)
+        return grad_x, grad_weight.sum(dim=(0, 1)), grad_bias.sum(dim=(0, 1)), None, None
+
+
+def directional_conv(x: Tensor, weight: Tensor, bias: Tensor, kinds: Sequence[int], num_slices: int) -> Tensor:
+    """silu(causal depthwise conv1d) of x along each direction's scan order.
+
+    Args:
+        x: (B, L, E), fp32, contiguous channels (e.g. the first half of ``in_proj``'s output).
+        weight: (K, W, E), one depthwise kernel per direction, contiguous.
+        bias: (K, E).
+        kinds: K direction kinds (``triton_kernels.FORWARD``, ``REVERSE``, ``INTER_SLICE``).
+        num_slices: S of the inter-slice order; L must be a multiple of it.
+
+    Returns:
+        (B, K, L, E): direction k's output at each sequence position.
+    """
+    _check_layout(x)
+    return _DirectionalConv.apply(x, weight.contiguous(), bias.contiguous(), tuple(kinds), num_slices)
+
+
+class _FusedScan(torch.autograd.Function):
+    """The directions' scans summed, before the gate: (u, delta, A, B, C, D, bias) -> (B, L, E)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, kinds, num_slices, chunk_size, keep_states):
+        kernels = load_kernels()
+        batch, directions, length, channels = u.shape
+        states = A.shape[1]
+        chunks = _cdiv(length, chunk_size)
+        y = u.new_zeros(batch, length, channels)
+        entering = u.new_empty(batch, directions, chunks if keep_states else 0, states, channels)
+        kinds_t = _kinds(kinds, u.device)
+        kernels.scan_forward[(batch, _cdiv(channels, BLOCK_E))](
+            u, delta, A, B, C, D, delta_bias, kinds_t, y, entering,
+            length, channels, states, num_slices, directions, chunks,
+            KEEP_STATES=keep_states, CHUNK=chunk_size, BLOCK_E=BLOCK_E, BLOCK_N=_power_of_two(states))
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, kinds_t, entering)
+        ctx.num_slices, ctx.chunk_size = num_slices, chunk_size
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        u, delta, A, B, C, D, delta_bias, kinds_t, entering = ctx.saved_tensors
+        kernels = load_kernels()
+        batch, directions, length, channels = u.shape
+        states = A.shape[1]
+        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
+        grad_A, grad_D = u.new_empty(batch, *A.shape), u.new_empty(batch, *D.shape)
+        grad_B, grad_C = torch.zeros_like(B), torch.zeros_like(C)
+        kernels.scan_backward[(batch, _cdiv(channels, BLOCK_E), directions)](
+            u, delta, A, B, C, D, delta_bias, kinds_t, entering, grad_y.contiguous(),
+            grad_u, grad_delta, grad_A, grad_D, grad_B, grad_C,
+            length, channels, states, ctx.num_slices, directions, entering.shape[2],
+            CHUNK=ctx.chunk_size, BLOCK_E=BLOCK_E, BLOCK_N=_power_of_two(states))
+        return (grad_u, grad_delta, grad_A.sum(0), grad_B, grad_C, grad_D.sum(0), grad_delta.sum(dim=(0, 2)),
+                None, None, None, None)
+
+
+def fused_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor,
+    delta_bias: Tensor,
+    z: Tensor,
+    kinds: Sequence[int],
+    num_slices: int,
+    chunk_size: int = CHUNK_SIZE,
+) -> Tensor:
+    """Selective scans of K directions, each in its own order, summed and gated once.
+
+    ``y_j = silu(z_j) * sum_k (<h^k_j, C^k_j> + D^k u^k_j)`` with, along direction k's steps,
+    ``h_t = exp(softplus(delta_t + delta_bias) A) h_{t-1} + softplus(...) B_t u_t``.
+
+    Args:
+        u, delta: (B, K, L, E), fp32, contiguous, at sequence positions.
+        A: (K, N, E); B, C: (B, K, L, N); D, delta_bias: (K, E); all contiguous.
+        z: (B, L, E).
+        kinds, num_slices: as in :func:`directional_conv`.
+        chunk_size: steps per associative scan, a power of two.
+
+    Returns:
+        y, (B, L, E).
+    """
+    if chunk_size < 1 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
+    inputs = [t.contiguous() for t in (u, delta, A, B, C, D, delta_bias)]
+    for t in inputs:
+        _check_layout(t)
+    keep_states = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)  # for the backward pass
+    y = _FusedScan.apply(*inputs, tuple(kinds), num_slices, chunk_size, keep_states)
+    return y * F.silu(z)
+
+
+def probe(device: str) -> None:
+    """One tiny forward and backward of both kernels on ``device``; raises whatever fails."""
+    kinds, length, channels, states = (0, 1, 2), 8, 4, 2
+    x = torch.randn(1, length, channels, device=device, requires_grad=True)
+    conv = directional_conv(x, torch.randn(3, 4, channels, device=device), torch.randn(3, channels, device=device),
+                            kinds, num_slices=2)
+    A = -torch.rand(3, states, channels, device=device)
+    B, C = (torch.randn(1, 3, length, states, device=device) for _ in range(2))
+    D, bias = torch.ones(3, channels, device=device), torch.zeros(3, channels, device=device)
+    y = fused_scan(conv, conv, A, B, C, D, bias, x, kinds, num_slices=2)
+    y.sum().backward()
+    if not torch.isfinite(x.grad).all():
+        raise RuntimeError("the probe's gradients are not finite")

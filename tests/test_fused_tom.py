@@ -1,0 +1,114 @@
+"""The fused ToM kernels, numba (CPU) and Triton (CUDA, or Triton's CPU interpreter here),
+against plain references: the scan and the causal conv of every direction, outputs and all
+gradients, odd sizes, several slice counts, strided inputs, autocast and the memory bound."""
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from nnunetv2_segresmamba.operators import TriOrientedMamba
+from tests.reference import (
+    ATOL,
+    FORWARD,
+    INTER_SLICE,
+    REVERSE,
+    assert_outputs_and_gradients_match,
+    reference_directional_conv,
+    reference_fused_scan,
+    reference_tom,
+    scan_inputs,
+)
+
+FUSED = {"numba": "cpu", "triton": "cuda" if torch.cuda.is_available() else "cpu"}  # backend: its test device
+
+
+@pytest.fixture(params=list(FUSED))
+def backend(request):
+    return request.param
+
+
+def fused_module(backend):
+    return importlib.import_module(f"nnunetv2_segresmamba.operators.{backend}_tom")
+
+
+@pytest.mark.parametrize(
+    "batch,length,num_slices,channels,chunk_size,kinds",
+    [
+        (2, 12, 3, 16, 4, (FORWARD, REVERSE, INTER_SLICE)),  # chunks divide L
+        (1, 35, 5, 20, 8, (FORWARD, REVERSE, INTER_SLICE)),  # L not a multiple of the chunk, odd sizes
+        (2, 21, 7, 33, 64, (INTER_SLICE, FORWARD)),  # one chunk, odd width (blocks of unequal size)
+        (1, 1, 1, 16, 4, (FORWARD, REVERSE, INTER_SLICE)),  # a single position
+        (3, 30, 2, 48, 16, (REVERSE,)),
+    ],
+)
+def test_fused_scan_matches_the_per_step_loop(backend, batch, length, num_slices, channels, chunk_size, kinds):
+    inputs = scan_inputs(batch, len(kinds), length, channels, states=5, device=FUSED[backend])
+    expected = reference_fused_scan(**inputs, kinds=kinds, num_slices=num_slices)
+    ours = fused_module(backend).fused_scan(**inputs, kinds=kinds, num_slices=num_slices, chunk_size=chunk_size)
+    assert_outputs_and_gradients_match(ours, expected, inputs)
+
+
+@pytest.mark.parametrize("length,num_slices,kinds", [(24, 4, (0, 1, 2)), (7, 7, (2, 0)), (5, 1, (1,))])
+def test_directional_conv_matches_conv1d_in_each_order(backend, length, num_slices, kinds):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, length, 48, generator=g)[..., :24]  # strided, as a half of in_proj's output
+    inputs = {"x": x, "weight": torch.randn(len(kinds), 4, 24, generator=g),
+              "bias": torch.randn(len(kinds), 24, generator=g)}
+    inputs = {k: v.to(FUSED[backend]).requires_grad_() for k, v in inputs.items()}
+    expected = reference_directional_conv(**inputs, kinds=kinds, num_slices=num_slices)
+    ours = fused_module(backend).directional_conv(**inputs, kinds=kinds, num_slices=num_slices)
+    assert_outputs_and_gradients_match(ours, expected, inputs)
+
+
+def randomised_tom(backend, directions=("", "_b", "_s")):
+    torch.manual_seed(0)
+    tom = TriOrientedMamba(d_model=8, d_state=4, backend=backend, directions=directions)
+    with torch.no_grad():  # randomise every direction so a mixed-up suffix shows
+        for p in tom.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return tom.to(FUSED[backend])
+
+
+def test_tom_reads_strided_in_proj_halves_and_runs_without_autograd(backend):
+    tom = randomised_tom(backend)
+    hidden = torch.randn(2, 3 * 4 * 5, 8, device=FUSED[backend])
+    expected = reference_tom(hidden, dict(tom.named_parameters()), num_slices=3)
+    with torch.no_grad():
+        torch.testing.assert_close(tom(hidden, num_slices=3), expected, atol=ATOL, rtol=1e-4)
+
+
+def test_tom_runs_in_fp32_under_bf16_autocast(backend):
+    """fp32 inside: only in_proj/out_proj round to bf16 (a bf16 scan errs by ~3e-2)."""
+    tom = randomised_tom(backend)
+    device = FUSED[backend]
+    hidden = torch.randn(1, 4 * 6, 8, device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        ours = tom(hidden, num_slices=4)
+        xz = tom.in_proj(hidden)  # bf16, as the fused path sees it
+    params = {k: v.float() for k, v in tom.named_parameters()}
+    expected = reference_tom(hidden, params, num_slices=4)
+    assert ours.dtype == torch.bfloat16
+    assert xz.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), expected, atol=2e-2, rtol=2e-2)
+    ours.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in tom.parameters())
+
+
+def test_long_sequence_memory_holds_no_per_state_tensor(backend):
+    """Saved for backward: inputs plus one state per chunk, never an (L, E, N) tensor."""
+    length, channels, states = 256, 16, 16
+    inputs = scan_inputs(1, 1, length, channels, states, device=FUSED[backend])
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fused_module(backend).fused_scan(**inputs, kinds=(0,), num_slices=1)
+    per_state_tensor = length * channels * states
+    assert sum(saved) < per_state_tensor / 2, f"{sum(saved)} saved elements vs {per_state_tensor} for one (L, E, N)"
+    y.sum().backward()
+    assert math.isfinite(inputs["A"].grad.sum().item())
