@@ -68,12 +68,14 @@ QUICK = {"size": [64, 32, 32], "batches": [1], "precisions": ["fp32"], "repeats"
 
 
 def available_backends(device: str | None = None) -> list[str]:
-    """Our pure scan always, our numba kernels on the CPU, mamba_ssm's kernels on CUDA and
-    mambapy when they are installed."""
+    """Our pure scan always, our numba kernels on the CPU, our Triton kernels and mamba_ssm's
+    on CUDA, and mambapy, each when it is installed."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     found = ["pure"]
     if device == "cpu" and importlib.util.find_spec("numba") is not None:
         found.insert(0, "numba")
+    if device == "cuda" and importlib.util.find_spec("triton") is not None:
+        found.insert(0, "triton")
     if device == "cuda" and importlib.util.find_spec("mamba_ssm") is not None:
         found.append("cuda")
     if importlib.util.find_spec("mambapy") is not None:

@@ -57,8 +57,10 @@ def operator_value(results: dict, key: str, backend: str, length: int, d_model: 
 
 
 def our_backend(results: dict) -> str:
-    """The scan path this run measured as ours: the fused numba kernels where measured, else pure."""
-    return "numba" if any(r["backend"] == "numba" for r in results["operators"]) else "pure"
+    """The scan path this run measured as ours: the fused numba or Triton kernels where
+    measured, else pure."""
+    measured = {r["backend"] for r in results["operators"]}
+    return next((b for b in ("numba", "triton") if b in measured), "pure")
 
 
 def scan_limit_ratio(results: dict, backend: str, length: int = 32768, d_model: int = 96) -> float | None:
@@ -89,8 +91,23 @@ def _inference_ratio(other: str) -> Callable[[dict, str], float | None]:
     return lambda r, _: _ratio(step_value(r, "SegResMamba", "inference_s"), step_value(r, other, "inference_s"))
 
 
-def _tom(key: str, backend: str) -> Callable[[dict], float | None]:
-    return lambda r: operator_value(r, key, backend, 32768, 96)
+def _tom(key: str, backend: str, length: int = 32768, d_model: int = 96) -> Callable[[dict], float | None]:
+    return lambda r: operator_value(r, key, backend, length, d_model)
+
+
+def _gpu_tom_ratio(key: str, numerator: str, denominator: str) -> Callable[[dict, str], float | None]:
+    """A ratio of the ToM layer's fwd+bwd at the full-resolution stage of 128^3 (L = 262144, d_model = 48)."""
+    return lambda r, _: _ratio(_tom(key, numerator, 262144, 48)(r), _tom(key, denominator, 262144, 48)(r))
+
+
+def _at_128_amp(measure: Callable[[dict], float | None]) -> Callable[[dict, str], float | None]:
+    """``measure(results)`` where the run measured 128^3 patches on a GPU, else None."""
+    def at_128_amp(results: dict, _: str) -> float | None:
+        settings = results.get("settings", {})
+        on_gpu_at_128 = settings.get("size") == [128, 128, 128] and settings.get("device") == "cuda"
+        return measure(results) if on_gpu_at_128 else None
+
+    return at_128_amp
 
 
 TARGETS: tuple[Target, ...] = (
@@ -114,6 +131,18 @@ TARGETS: tuple[Target, ...] = (
            "project goal: decaying states cost no more than others",
            lambda r, b: _ratio(operator_value(r, "median_s", b, 32768, 96, "scan_denormal"),
                                operator_value(r, "median_s", b, 32768, 96, "scan"))),
+    Target("ToM fwd+bwd at L=262144, d_model=48 on a GPU: pure time / Triton's", ">=", 20.0,
+           "issue 9: a fast GPU path without a compiled extension", _gpu_tom_ratio("median_s", "pure", "triton")),
+    Target("ToM fwd+bwd at L=262144, d_model=48 on a GPU: Triton time / mamba_ssm's", "<=", 1.5,
+           "issue 9", _gpu_tom_ratio("median_s", "triton", "cuda")),
+    Target("ToM fwd+bwd at L=262144, d_model=48 on a GPU: Triton peak memory / mamba_ssm's", "<=", 1.0,
+           "issue 9", _gpu_tom_ratio("peak_mib", "triton", "cuda")),
+    Target("training step at 128^3, batch 1, AMP: SegResMamba / nnU-Net", "<=", 1.2, "issue 9",
+           _at_128_amp(lambda r: _ratio(step_value(r, "SegResMamba", "train_step_s", precision="amp"),
+                                        step_value(r, "nnU-Net", "train_step_s", precision="amp")))),
+    Target("peak training memory at 128^3, batch 1, AMP: SegResMamba, GiB", "<=", 5.1,
+           "paper Table 8 (A100): 5.10 GB",
+           _at_128_amp(lambda r: _ratio(step_value(r, "SegResMamba", "peak_train_mib", precision="amp"), 1024))),
 )
 
 

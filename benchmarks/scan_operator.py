@@ -1,8 +1,9 @@
 """Time and peak memory of the ToM layer and of the bare selective scan.
 
 - ``tom``: the full ToM layer (in_proj, three directions, out_proj) on a (1, L, d_model)
-  input, with our ``numba`` (fused CPU kernels) or ``pure`` path, ``cuda`` (mamba_ssm's
-  kernels) or ``mambapy`` (mambapy's parallel scan, ``pip install mambapy``, in our layer).
+  input, with our ``numba`` (fused CPU kernels), ``triton`` (fused GPU kernels) or ``pure``
+  path, ``cuda`` (mamba_ssm's kernels) or ``mambapy`` (mambapy's parallel scan,
+  ``pip install mambapy``, in our layer).
 - ``scan``: one selective scan of width E = 2 * d_model, N = 16, same backends.
 - ``scan_denormal``: the same scan on inputs whose states and decays fall below fp32's
   smallest normal number (u, B scaled by 1e-21, A = -200); compare with ``scan``.
@@ -19,6 +20,7 @@ Forward, and forward+backward of the sum. Peak memory is the rise during the mea
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from collections.abc import Callable
 
@@ -31,7 +33,7 @@ from benchmarks.network_step import median_time
 from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
 
 D_STATE = 16
-BACKENDS = ("pure", "numba", "cuda", "mambapy")
+BACKENDS = ("pure", "numba", "triton", "cuda", "mambapy")
 KINDS = ("tom", "scan", "scan_denormal")
 # fp32 operations per state update and direction, exp counted as one: forward a = exp(dt A),
 # h = a h + (dt u) B, y += h C (7); backward recomputes the forward (7) and runs the adjoint
@@ -70,8 +72,8 @@ def make_call(kind: str, backend: str, length: int, d_model: int, device: str, b
     D, bias = torch.ones(d_inner, device=device), torch.zeros(d_inner, device=device)
     for t in (u, delta, z, A, B, C, D):
         t.requires_grad_(backward)
-    if backend == "numba":
-        return _numba_scan_call(u, delta, A, B, C, D, z, bias)
+    if backend in ("numba", "triton"):
+        return _fused_scan_call(backend, u, delta, A, B, C, D, z, bias)
     if backend == "mambapy":
         scan = mambapy_selective_scan
     elif backend == "cuda":
@@ -81,9 +83,9 @@ def make_call(kind: str, backend: str, length: int, d_model: int, device: str, b
     return lambda: scan(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True)
 
 
-def _numba_scan_call(u, delta, A, B, C, D, z, bias) -> Callable:
-    """One direction of the fused CPU scan, on the channels-last layout it reads."""
-    from nnunetv2_segresmamba.operators.numba_tom import fused_scan
+def _fused_scan_call(backend, u, delta, A, B, C, D, z, bias) -> Callable:
+    """One direction of the fused numba or Triton scan, on the channels-last layout it reads."""
+    fused_scan = importlib.import_module(f"nnunetv2_segresmamba.operators.{backend}_tom").fused_scan
 
     def channels_last(t):
         return t.detach().transpose(-1, -2).unsqueeze(1).contiguous().requires_grad_(t.requires_grad)

@@ -1,5 +1,8 @@
 """Plain references written from the math, independent of the package's code paths."""
 
+import importlib.util
+
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -57,6 +60,19 @@ def reference_tom(hidden, params, num_slices, directions=("", "_b", "_s")):
 
 # ---------------------------------------------------------------- the fused kernels' layout
 # (B, K, L, E) per direction k at sequence positions, as numba_tom and triton_tom take them.
+
+def device_of(backend: str) -> str:
+    """Where a backend's tests run: Triton on the GPU if there is one (else in Triton's CPU
+    interpreter, see conftest.py), everything else on the CPU."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+def backends_to_test(*names: str) -> list:
+    """pytest parameters for ``names``; "triton" is skipped where triton is not installed."""
+    no_triton = importlib.util.find_spec("triton") is None
+    skip = pytest.mark.skipif(no_triton, reason="triton is not installed (CUDA builds of torch bring it)")
+    return [pytest.param(name, marks=skip if name == "triton" else ()) for name in names]
+
 
 ATOL, RTOL = 1e-5, 1e-5  # fp32 outputs
 GRAD_ATOL, GRAD_RTOL = 1e-4, 1e-4  # fp32 gradients, summed over up to a few hundred steps

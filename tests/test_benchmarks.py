@@ -53,6 +53,28 @@ def test_targets_are_ratios_within_one_run():
     assert values[5] == (0.0625, True)  # 50 / 800 <= 0.1
     assert values[6] == (pytest.approx(4.0), False)  # 4x the arithmetic limit > 3
     assert values[7] == (pytest.approx(1.5), True)  # denormal / ordinary <= 1.5
+    assert all(value == (None, None) for value in values[8:])  # GPU targets: not measured here
+
+
+def test_gpu_targets_compare_triton_within_one_run_and_only_at_128_cubed():
+    def op(backend, seconds, mib):
+        return {"kind": "tom", "backend": backend, "L": 262144, "d_model": 48, "pass": "fwd+bwd", "median_s": seconds,
+                "peak_mib": mib}
+
+    steps = [{"network": n, "batch": 1, "precision": "amp", "train_step_s": s, "peak_train_mib": mib}
+             for n, s, mib in (("SegResMamba", 0.3, 4608.0), ("nnU-Net", 0.2, 3000.0))]
+    results = {"settings": {"size": [128, 128, 128], "device": "cuda"}, "steps": steps,
+               "operators": [op("pure", 3.0, 900.0), op("triton", 0.1, 300.0), op("cuda", 0.08, 400.0)]}
+    gpu = {t["target"]: (t["measured"], t["met"]) for t in targets(results)[8:]}
+    assert list(gpu.values()) == [
+        (pytest.approx(30.0), True),  # pure / Triton >= 20
+        (pytest.approx(1.25), True),  # Triton / mamba_ssm <= 1.5
+        (0.75, True),  # Triton's peak / mamba_ssm's <= 1
+        (pytest.approx(1.5), False),  # SegResMamba / nnU-Net AMP step > 1.2
+        (4.5, True),  # 4608 MiB = 4.5 GiB <= 5.1
+    ]
+    results["settings"]["size"] = [64, 64, 64]
+    assert [t["measured"] for t in targets(results)[11:]] == [None, None]
 
 
 def test_a_stopped_run_keeps_what_it_measured_after_every_case():

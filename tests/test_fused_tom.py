@@ -15,16 +15,16 @@ from tests.reference import (
     INTER_SLICE,
     REVERSE,
     assert_outputs_and_gradients_match,
+    backends_to_test,
+    device_of,
     reference_directional_conv,
     reference_fused_scan,
     reference_tom,
     scan_inputs,
 )
 
-FUSED = {"numba": "cpu", "triton": "cuda" if torch.cuda.is_available() else "cpu"}  # backend: its test device
 
-
-@pytest.fixture(params=list(FUSED))
+@pytest.fixture(params=backends_to_test("numba", "triton"))
 def backend(request):
     return request.param
 
@@ -44,7 +44,7 @@ def fused_module(backend):
     ],
 )
 def test_fused_scan_matches_the_per_step_loop(backend, batch, length, num_slices, channels, chunk_size, kinds):
-    inputs = scan_inputs(batch, len(kinds), length, channels, states=5, device=FUSED[backend])
+    inputs = scan_inputs(batch, len(kinds), length, channels, states=5, device=device_of(backend))
     expected = reference_fused_scan(**inputs, kinds=kinds, num_slices=num_slices)
     ours = fused_module(backend).fused_scan(**inputs, kinds=kinds, num_slices=num_slices, chunk_size=chunk_size)
     assert_outputs_and_gradients_match(ours, expected, inputs)
@@ -56,7 +56,7 @@ def test_directional_conv_matches_conv1d_in_each_order(backend, length, num_slic
     x = torch.randn(2, length, 48, generator=g)[..., :24]  # strided, as a half of in_proj's output
     inputs = {"x": x, "weight": torch.randn(len(kinds), 4, 24, generator=g),
               "bias": torch.randn(len(kinds), 24, generator=g)}
-    inputs = {k: v.to(FUSED[backend]).requires_grad_() for k, v in inputs.items()}
+    inputs = {k: v.to(device_of(backend)).requires_grad_() for k, v in inputs.items()}
     expected = reference_directional_conv(**inputs, kinds=kinds, num_slices=num_slices)
     ours = fused_module(backend).directional_conv(**inputs, kinds=kinds, num_slices=num_slices)
     assert_outputs_and_gradients_match(ours, expected, inputs)
@@ -68,12 +68,12 @@ def randomised_tom(backend, directions=("", "_b", "_s")):
     with torch.no_grad():  # randomise every direction so a mixed-up suffix shows
         for p in tom.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    return tom.to(FUSED[backend])
+    return tom.to(device_of(backend))
 
 
 def test_tom_reads_strided_in_proj_halves_and_runs_without_autograd(backend):
     tom = randomised_tom(backend)
-    hidden = torch.randn(2, 3 * 4 * 5, 8, device=FUSED[backend])
+    hidden = torch.randn(2, 3 * 4 * 5, 8, device=device_of(backend))
     expected = reference_tom(hidden, dict(tom.named_parameters()), num_slices=3)
     with torch.no_grad():
         torch.testing.assert_close(tom(hidden, num_slices=3), expected, atol=ATOL, rtol=1e-4)
@@ -82,7 +82,7 @@ def test_tom_reads_strided_in_proj_halves_and_runs_without_autograd(backend):
 def test_tom_runs_in_fp32_under_bf16_autocast(backend):
     """fp32 inside: only in_proj/out_proj round to bf16 (a bf16 scan errs by ~3e-2)."""
     tom = randomised_tom(backend)
-    device = FUSED[backend]
+    device = device_of(backend)
     hidden = torch.randn(1, 4 * 6, 8, device=device)
     with torch.autocast(device, dtype=torch.bfloat16):
         ours = tom(hidden, num_slices=4)
@@ -99,7 +99,7 @@ def test_tom_runs_in_fp32_under_bf16_autocast(backend):
 def test_long_sequence_memory_holds_no_per_state_tensor(backend):
     """Saved for backward: inputs plus one state per chunk, never an (L, E, N) tensor."""
     length, channels, states = 256, 16, 16
-    inputs = scan_inputs(1, 1, length, channels, states, device=FUSED[backend])
+    inputs = scan_inputs(1, 1, length, channels, states, device=device_of(backend))
     saved = []
 
     def pack(t):

@@ -8,7 +8,7 @@ import torch
 
 from nnunetv2_segresmamba.operators import MambaLayer, TriOrientedMamba, backends, numba_tom
 from nnunetv2_segresmamba.operators.selective_scan import selective_scan
-from tests.reference import reference_tom
+from tests.reference import backends_to_test, device_of, reference_tom
 
 
 def mamba_ssm_v3_shapes(d_model, d_state=16, d_conv=4, expand=2):
@@ -37,7 +37,7 @@ def test_initialisation_follows_mamba_ssm():
     assert dt.min() >= 1e-4 and dt.max() <= 0.1 + 1e-6
 
 
-@pytest.mark.parametrize("backend", ["pure", "numba", "triton"])
+@pytest.mark.parametrize("backend", backends_to_test("pure", "numba", "triton"))
 @pytest.mark.parametrize("spatial", [(3, 5, 7), (4, 4, 2), (1, 3, 3)])
 def test_three_directions_match_plain_reference(spatial, backend):
     torch.manual_seed(0)
@@ -45,7 +45,8 @@ def test_three_directions_match_plain_reference(spatial, backend):
     with torch.no_grad():  # randomise every direction so a mixed-up suffix shows
         for p in tom.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    hidden = torch.randn(2, math.prod(spatial), 8, requires_grad=True)
+    tom = tom.to(device_of(backend))
+    hidden = torch.randn(2, math.prod(spatial), 8, device=device_of(backend), requires_grad=True)
     params = dict(tom.named_parameters())
     expected = reference_tom(hidden, params, num_slices=spatial[0])
     ours = tom(hidden, num_slices=spatial[0])
@@ -59,18 +60,18 @@ def test_three_directions_match_plain_reference(spatial, backend):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"gradient of {name}")
 
 
-@pytest.mark.parametrize("backend", ["pure", "numba", "triton"])
+@pytest.mark.parametrize("backend", backends_to_test("pure", "numba", "triton"))
 @pytest.mark.parametrize("directions", [("",), ("", "_b"), ("_s",)])
 def test_a_subset_of_directions_matches_the_reference_and_has_only_its_parameters(directions, backend):
     torch.manual_seed(0)
-    tom = TriOrientedMamba(d_model=8, d_state=4, directions=directions, backend=backend)
+    tom = TriOrientedMamba(d_model=8, d_state=4, directions=directions, backend=backend).to(device_of(backend))
     def direction_of(name):
         return "_b" if "_b" in name else "_s" if "_s" in name else ""
 
     shared = {"in_proj.weight", "out_proj.weight"}
     expected_names = {k for k in mamba_ssm_v3_shapes(8, d_state=4) if k in shared or direction_of(k) in directions}
     assert set(tom.state_dict()) == expected_names
-    hidden = torch.randn(2, 3 * 4 * 5, 8)
+    hidden = torch.randn(2, 3 * 4 * 5, 8, device=device_of(backend))
     expected = reference_tom(hidden, dict(tom.named_parameters()), num_slices=3, directions=directions)
     torch.testing.assert_close(tom(hidden, num_slices=3), expected, atol=1e-5, rtol=1e-4)
 

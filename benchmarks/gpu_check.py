@@ -1,0 +1,214 @@
+"""The GPU check: one script, under 8 minutes on an H100/H200, that writes its figures to
+``benchmarks/results/<gpu>/`` (or ``--out``):
+
+1. ``tests``: the operator tests with the Triton kernels compiled for the GPU, including the
+   comparisons with the pure path and with mamba_ssm where it loads (``tests.log``);
+2. ``tom``: the ToM layer fwd+bwd at (L=262144, d_model=48) and (L=32768, d_model=96) with
+   Triton, the pure path and mamba_ssm where it loads, and the pure scan at several chunk sizes;
+3. ``networks``: training step, peak memory and inference at 128^3, batch 1, fp32 and AMP, for
+   SegResMamba, SegMamba, SwinUNETR and nnU-Net's default network;
+4. ``train``: the demo through the stock CLI on the GPU: ``nnUNetv2_train`` with AMP for
+   5 x 24 steps, then predict and evaluate; every logged loss must be finite (``train.log``).
+
+Parts 2 and 3 share ``efficiency.json``/``efficiency.md`` with the targets of issue 9;
+``gpu_check.json``/``gpu_check.md`` say what each part did. Each part first checks the
+packages it needs; a missing one is named with what to install, and the next part runs.
+Usage, from the repository root on a CUDA machine::
+
+    python -m benchmarks.gpu_check                     # every part
+    python -m benchmarks.gpu_check --parts tests tom   # only some
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from benchmarks import efficiency, report
+from benchmarks.machine import describe, slug
+from benchmarks.network_step import median_time
+from nnunetv2_segresmamba.tools.layout import write_atomically
+
+ROOT = Path(__file__).resolve().parent.parent
+OPERATOR_TESTS = ["tests/test_triton_tom.py", "tests/test_fused_tom.py", "tests/test_tom.py",
+                  "tests/test_selective_scan.py"]
+TOM_CASES = ((262144, 48), (32768, 96))  # the ToM's inputs at stages 0 and 1 of a 128^3 patch
+PURE_CHUNKS = (64, 256, 512, 2048)
+NETWORKS = ["SegResMamba", "SegMamba", "SwinUNETR", "nnU-Net"]
+NNUNET_PACKAGES = ("nnunetv2", "dynamic_network_architectures", "batchgenerators", "acvl_utils", "SimpleITK",
+                   "monai")
+WHEELS_HINT = ("the GPU machine has no package index: carry wheels as the README's 'GPU check' section says "
+               "(benchmarks/gpu_wheels.sh), then PYTHONPATH=/tmp/site")
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    needs: tuple[str, ...]  # importable modules
+    run: Callable[[Path], dict]
+
+
+def missing(modules: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def run_tests(out: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled, not interpreted
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *OPERATOR_TESTS],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    (out / "tests.log").write_text(proc.stdout + proc.stderr)
+    summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+    return {"ok": proc.returncode == 0, "summary": summary}
+
+
+def tom_settings() -> list[efficiency.Settings]:
+    backends = ["triton", "pure"] + (["cuda"] if importlib.util.find_spec("mamba_ssm") else [])
+    base = efficiency.Settings(networks=[], batches=[1], precisions=["fp32"], repeats=3, tom_kinds=["tom"],
+                               tom_backends=backends, device="cuda")
+    return [replace(base, tom_lengths=[length], tom_d_models=[d_model]) for length, d_model in TOM_CASES]
+
+
+def network_settings() -> efficiency.Settings:
+    return efficiency.Settings(size=[128, 128, 128], networks=NETWORKS, batches=[1], precisions=["fp32", "amp"],
+                               repeats=3, tom_kinds=[], device="cuda")
+
+
+def pure_chunk_times(length: int = 262144, channels: int = 96, states: int = 16) -> dict[int, float]:
+    """Seconds of one pure scan fwd+bwd at each chunk size in PURE_CHUNKS."""
+    from nnunetv2_segresmamba.operators.selective_scan import selective_scan
+
+    u, delta, z = (torch.randn(1, channels, length, device="cuda", requires_grad=True) for _ in range(3))
+    A = -torch.rand(channels, states, device="cuda")
+    B, C = (torch.randn(1, states, length, device="cuda") for _ in range(2))
+    times = {}
+    for chunk in PURE_CHUNKS:
+        def step(chunk=chunk):
+            selective_scan(u, delta, A, B, C, z=z, delta_softplus=True, chunk_size=chunk).sum().backward()
+        times[chunk] = median_time(step, "cuda", repeats=2)
+    return times
+
+
+def measure_efficiency(out: Path, settings: list[efficiency.Settings]) -> dict:
+    """Runs the efficiency benchmark for each settings, adds the rows to ``out/efficiency.json``."""
+    path = out / "efficiency.json"
+    results = json.loads(path.read_text()) if path.exists() else None
+    for s in settings:
+        new = efficiency.run(s)
+        if results is None:
+            results = new
+        else:
+            for section in ("networks", "steps", "operators"):
+                results[section].extend(new[section])
+            if s.networks:
+                results["settings"] = new["settings"]  # the network run's size decides the 128^3 targets
+    results["command"] = "python -m benchmarks.gpu_check"
+    results["targets"] = report.targets(results)
+    efficiency.write_tables(results, out)
+    met = [t for t in results["targets"] if t["met"] is not None]
+    return {"ok": not any("error" in r for r in results["steps"] + results["operators"]),
+            "targets": {t["target"]: t["measured"] for t in met}}
+
+
+def run_tom(out: Path) -> dict:
+    result = measure_efficiency(out, tom_settings())
+    result["pure_scan_s_by_chunk"] = pure_chunk_times()
+    return result
+
+
+def run_networks(out: Path) -> dict:
+    return measure_efficiency(out, [network_settings()])
+
+
+def run_train(out: Path) -> dict:
+    from nnunetv2_segresmamba.discovery import activate
+    from nnunetv2_segresmamba.tools.demo import run_demo
+
+    activate()  # nnUNet_extTrainer for the CLI's processes, where no .pth hook was installed
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = run_demo(os.path.join(tmp, "demo"), device="cuda")
+        logs = sorted(Path(tmp).rglob("training_log_*.txt"))
+        log = logs[-1].read_text() if logs else ""
+    (out / "train.log").write_text(log)
+    losses = [float(v) for v in re.findall(r"train_loss (\S+)", log)]
+    return {"ok": bool(losses) and all(math.isfinite(v) for v in losses), "train_losses": losses,
+            "mean_dice": {k: v["Dice"] for k, v in summary["mean"].items()}}
+
+
+PARTS = (
+    Part("tests", ("triton", "pytest"), run_tests),
+    Part("tom", ("triton",), run_tom),
+    Part("networks", ("monai", "dynamic_network_architectures"), run_networks),
+    Part("train", NNUNET_PACKAGES, run_train),
+)
+
+
+def run_part(part: Part, out: Path) -> dict:
+    absent = missing(part.needs)
+    if absent:
+        return {"ok": False, "skipped": f"missing {', '.join(absent)}: {WHEELS_HINT}"}
+    start = time.perf_counter()
+    try:
+        result = part.run(out)
+    except Exception as err:  # noqa: BLE001 - one part's failure is reported, the next part runs
+        result = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+    return {**result, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def markdown(checks: dict) -> str:
+    lines = [f"# GPU check on {checks['machine'].get('gpu')}", "", f"torch {torch.__version__}, "
+             f"triton {checks['triton']}, mamba_ssm {'loads' if checks['mamba_ssm'] else 'absent'}", "",
+             "| part | ok | seconds | detail |", "| --- | --- | --- | --- |"]
+    for name, result in checks["parts"].items():
+        detail = {k: v for k, v in result.items() if k not in ("ok", "seconds")}
+        lines.append(f"| {name} | {result['ok']} | {result.get('seconds', '')} | `{json.dumps(detail)}` |")
+    return "\n".join(lines) + "\n\nTargets and tables: efficiency.md.\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", choices=[p.name for p in PARTS], default=[p.name for p in PARTS])
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/<gpu>")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("The GPU check needs a CUDA GPU and a CUDA build of torch; none is visible here.", file=sys.stderr)
+        return 2
+    machine = describe()
+    out = args.out or efficiency.RESULTS / slug(machine)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("efficiency.json", "efficiency.md"):  # parts 2 and 3 add to this run's file only
+        (out / stale).unlink(missing_ok=True)
+    has_mamba_ssm = importlib.util.find_spec("mamba_ssm") is not None
+    checks = {"machine": machine, "triton": triton_version(), "mamba_ssm": has_mamba_ssm, "parts": {}}
+    for part in PARTS:
+        if part.name in args.parts:
+            print(f"[gpu_check] {part.name} ...", flush=True)
+            checks["parts"][part.name] = run_part(part, out)
+            print(f"[gpu_check] {part.name}: {json.dumps(checks['parts'][part.name])}", flush=True)
+            write_atomically(out / "gpu_check.json", json.dumps(checks, indent=2))
+            write_atomically(out / "gpu_check.md", markdown(checks))
+    return 0 if all(r["ok"] for r in checks["parts"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
