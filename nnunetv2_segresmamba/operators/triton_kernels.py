@@ -71,6 +71,27 @@ def first_step(tile, steps):
 
 
 @triton.jit
+def _tap(x_base, x_stride_l, kind, steps, length, num_slices, e, e_ok, w, WIDTH: tl.constexpr):
+    """x at step s - WIDTH + 1 + w of a direction, for each s of ``steps``: (BLOCK_L, BLOCK_E),
+    zero before the first step."""
+    source = steps - (WIDTH - 1) + w
+    ok = (source >= 0) & (source < length)
+    rows = position(kind, source, length, num_slices).to(tl.int64)
+    return tl.load(x_base + rows[:, None] * x_stride_l + e[None, :], mask=ok[:, None] & e_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _pre_activation(x_base, x_stride_l, weight_ptr, bias_ptr, k, kind, steps, length, num_slices, channels, e, e_ok,
+                    WIDTH: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
+    """bias_k + sum_w weight_k[w] * tap_w: the conv before silu, (BLOCK_L, BLOCK_E)."""
+    acc = tl.zeros((BLOCK_L, BLOCK_E), tl.float32) + tl.load(bias_ptr + k * channels + e, mask=e_ok)[None, :]
+    for w in tl.static_range(WIDTH):
+        tap = _tap(x_base, x_stride_l, kind, steps, length, num_slices, e, e_ok, w, WIDTH)
+        acc += tap * tl.load(weight_ptr + (k * WIDTH + w) * channels + e, mask=e_ok)[None, :]
+    return acc
+
+
+@triton.jit
 def conv_forward(x_ptr, x_stride_b, x_stride_l, weight_ptr, bias_ptr, kinds_ptr, out_ptr,
                  length, channels, num_slices, directions,
                  WIDTH: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
@@ -85,17 +106,10 @@ def conv_forward(x_ptr, x_stride_b, x_stride_l, weight_ptr, bias_ptr, kinds_ptr,
     e = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
     e_ok = e < channels
     x_base = x_ptr + batch.to(tl.int64) * x_stride_b
-    acc = tl.zeros((BLOCK_L, BLOCK_E), tl.float32) + tl.load(bias_ptr + k * channels + e, mask=e_ok)[None, :]
-    for w in tl.static_range(WIDTH):
-        source = steps - (WIDTH - 1) + w
-        ok = (source >= 0) & (source < length)
-        pos = position(kind, source, length, num_slices)
-        xw = tl.load(x_base + pos[:, None].to(tl.int64) * x_stride_l + e[None, :],
-                     mask=ok[:, None] & e_ok[None, :], other=0.0)
-        acc += xw * tl.load(weight_ptr + (k * WIDTH + w) * channels + e, mask=e_ok)[None, :]
-    pos = position(kind, steps, length, num_slices)
-    row = (batch * directions + k).to(tl.int64) * length + pos
-    tl.store(out_ptr + row[:, None] * channels + e[None, :], silu(acc),
+    pre = _pre_activation(x_base, x_stride_l, weight_ptr, bias_ptr, k, kind, steps, length, num_slices, channels, e,
+                          e_ok, WIDTH, BLOCK_L, BLOCK_E)
+    row = (batch * directions + k).to(tl.int64) * length + position(kind, steps, length, num_slices)
+    tl.store(out_ptr + row[:, None] * channels + e[None, :], silu(pre),
              mask=(steps < length)[:, None] & e_ok[None, :])
 
 
@@ -116,13 +130,8 @@ def conv_backward_weights(x_ptr, x_stride_b, x_stride_l, weight_ptr, bias_ptr, k
     e = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
     e_ok = e < channels
     x_base = x_ptr + batch.to(tl.int64) * x_stride_b
-    pre = tl.zeros((BLOCK_L, BLOCK_E), tl.float32) + tl.load(bias_ptr + k * channels + e, mask=e_ok)[None, :]
-    for w in tl.static_range(WIDTH):
-        source = steps - (WIDTH - 1) + w
-        ok = (source >= 0) & (source < length)
-        xw = tl.load(x_base + position(kind, source, length, num_slices)[:, None].to(tl.int64) * x_stride_l
-                     + e[None, :], mask=ok[:, None] & e_ok[None, :], other=0.0)
-        pre += xw * tl.load(weight_ptr + (k * WIDTH + w) * channels + e, mask=e_ok)[None, :]
+    pre = _pre_activation(x_base, x_stride_l, weight_ptr, bias_ptr, k, kind, steps, length, num_slices, channels, e,
+                          e_ok, WIDTH, BLOCK_L, BLOCK_E)
     inside = (steps < length)[:, None] & e_ok[None, :]
     row = (batch * directions + k).to(tl.int64) * length + position(kind, steps, length, num_slices)
     offsets = row[:, None] * channels + e[None, :]
@@ -133,11 +142,8 @@ def conv_backward_weights(x_ptr, x_stride_b, x_stride_l, weight_ptr, bias_ptr, k
     partial = (batch * tl.num_programs(1) + block) * directions + k
     tl.store(grad_bias_ptr + partial * channels + e, tl.sum(grad_pre, axis=0), mask=e_ok)
     for w in tl.static_range(WIDTH):
-        source = steps - (WIDTH - 1) + w
-        ok = (source >= 0) & (source < length)
-        xw = tl.load(x_base + position(kind, source, length, num_slices)[:, None].to(tl.int64) * x_stride_l
-                     + e[None, :], mask=ok[:, None] & e_ok[None, :], other=0.0)
-        tl.store(grad_weight_ptr + (partial * WIDTH + w) * channels + e, tl.sum(grad_pre * xw, axis=0), mask=e_ok)
+        tap = _tap(x_base, x_stride_l, kind, steps, length, num_slices, e, e_ok, w, WIDTH)
+        tl.store(grad_weight_ptr + (partial * WIDTH + w) * channels + e, tl.sum(grad_pre * tap, axis=0), mask=e_ok)
 
 
 @triton.jit

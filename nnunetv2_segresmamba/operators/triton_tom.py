@@ -95,18 +95,8 @@ class _DirectionalConv(torch.autograd.Function):
 
 
 def directional_conv(x: Tensor, weight: Tensor, bias: Tensor, kinds: Sequence[int], num_slices: int) -> Tensor:
-    """silu(causal depthwise conv1d) of x along each direction's scan order.
-
-    Args:
-        x: (B, L, E), fp32, contiguous channels (e.g. the first half of ``in_proj``'s output).
-        weight: (K, W, E), one depthwise kernel per direction, contiguous.
-        bias: (K, E).
-        kinds: K direction kinds (``triton_kernels.FORWARD``, ``REVERSE``, ``INTER_SLICE``).
-        num_slices: S of the inter-slice order; L must be a multiple of it.
-
-    Returns:
-        (B, K, L, E): direction k's output at each sequence position.
-    """
+    """:func:`numba_tom.directional_conv` on the GPU: x (B, L, E) with contiguous channels,
+    weight (K, W, E), bias (K, E) -> (B, K, L, E)."""
     _check_layout(x)
     return _DirectionalConv.apply(x, weight.contiguous(), bias.contiguous(), tuple(kinds), num_slices)
 
@@ -162,21 +152,9 @@ def fused_scan(
     num_slices: int,
     chunk_size: int = CHUNK_SIZE,
 ) -> Tensor:
-    """Selective scans of K directions, each in its own order, summed and gated once.
-
-    ``y_j = silu(z_j) * sum_k (<h^k_j, C^k_j> + D^k u^k_j)`` with, along direction k's steps,
-    ``h_t = exp(softplus(delta_t + delta_bias) A) h_{t-1} + softplus(...) B_t u_t``.
-
-    Args:
-        u, delta: (B, K, L, E), fp32, contiguous, at sequence positions.
-        A: (K, N, E); B, C: (B, K, L, N); D, delta_bias: (K, E); all contiguous.
-        z: (B, L, E).
-        kinds, num_slices: as in :func:`directional_conv`.
-        chunk_size: steps per associative scan, a power of two.
-
-    Returns:
-        y, (B, L, E).
-    """
+    """:func:`numba_tom.fused_scan` on the GPU: the K directions' scans, summed and gated once.
+    u, delta (B, K, L, E); A (K, N, E); B, C (B, K, L, N); D, delta_bias (K, E); z (B, L, E)
+    -> (B, L, E). ``chunk_size`` (a power of two) is the steps per associative scan."""
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
     inputs = [t.contiguous() for t in (u, delta, A, B, C, D, delta_bias)]
