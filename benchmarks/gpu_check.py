@@ -40,6 +40,7 @@ import torch
 from benchmarks import efficiency, report
 from benchmarks.machine import describe, slug
 from benchmarks.network_step import median_time
+from benchmarks.scan_operator import make_call
 from nnunetv2_segresmamba.tools.layout import write_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,7 @@ OPERATOR_TESTS = ["tests/test_triton_tom.py", "tests/test_fused_tom.py", "tests/
                   "tests/test_selective_scan.py"]
 TOM_CASES = ((262144, 48), (32768, 96))  # the ToM's inputs at stages 0 and 1 of a 128^3 patch
 PURE_CHUNKS = (64, 256, 512, 2048)
+TRITON_CHUNKS = (32, 64, 128, 256)
 NETWORKS = ["SegResMamba", "SegMamba", "SwinUNETR", "nnU-Net"]
 NNUNET_PACKAGES = ("nnunetv2", "dynamic_network_architectures", "batchgenerators", "acvl_utils", "SimpleITK",
                    "monai")
@@ -94,18 +96,13 @@ def network_settings() -> efficiency.Settings:
                                repeats=3, tom_kinds=[], device="cuda")
 
 
-def pure_chunk_times(length: int = 262144, channels: int = 96, states: int = 16) -> dict[int, float]:
-    """Seconds of one pure scan fwd+bwd at each chunk size in PURE_CHUNKS."""
-    from nnunetv2_segresmamba.operators.selective_scan import selective_scan
-
-    u, delta, z = (torch.randn(1, channels, length, device="cuda", requires_grad=True) for _ in range(3))
-    A = -torch.rand(channels, states, device="cuda")
-    B, C = (torch.randn(1, states, length, device="cuda") for _ in range(2))
+def chunk_times(backend: str, chunks: tuple[int, ...], length: int = 262144, d_model: int = 48) -> dict[int, float]:
+    """Seconds of one scan fwd+bwd (one direction, E = 2 d_model) at each chunk size, to choose
+    the defaults."""
     times = {}
-    for chunk in PURE_CHUNKS:
-        def step(chunk=chunk):
-            selective_scan(u, delta, A, B, C, z=z, delta_softplus=True, chunk_size=chunk).sum().backward()
-        times[chunk] = median_time(step, "cuda", repeats=2)
+    for chunk in chunks:
+        call = make_call("scan", backend, length, d_model, "cuda", backward=True, chunk_size=chunk)
+        times[chunk] = median_time(lambda call=call: call().float().sum().backward(), "cuda", repeats=2)
     return times
 
 
@@ -132,7 +129,8 @@ def measure_efficiency(out: Path, settings: list[efficiency.Settings]) -> dict:
 
 def run_tom(out: Path) -> dict:
     result = measure_efficiency(out, tom_settings())
-    result["pure_scan_s_by_chunk"] = pure_chunk_times()
+    result["pure_scan_s_by_chunk"] = chunk_times("pure", PURE_CHUNKS)
+    result["triton_scan_s_by_chunk"] = chunk_times("triton", TRITON_CHUNKS)
     return result
 
 

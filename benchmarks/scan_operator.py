@@ -52,7 +52,9 @@ def mambapy_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return y.transpose(1, 2) * F.silu(z)
 
 
-def make_call(kind: str, backend: str, length: int, d_model: int, device: str, backward: bool) -> Callable:
+def make_call(kind: str, backend: str, length: int, d_model: int, device: str, backward: bool,
+              chunk_size: int | None = None) -> Callable:
+    """The measured call; ``chunk_size`` (scan kinds, pure/numba/triton only) overrides the default."""
     torch.manual_seed(0)
     if kind == "tom":
         if backend == "mambapy":  # our layer (pure convolutions) with mambapy's scan in place of ours
@@ -72,18 +74,19 @@ def make_call(kind: str, backend: str, length: int, d_model: int, device: str, b
     D, bias = torch.ones(d_inner, device=device), torch.zeros(d_inner, device=device)
     for t in (u, delta, z, A, B, C, D):
         t.requires_grad_(backward)
+    chunk = {} if chunk_size is None else {"chunk_size": chunk_size}
     if backend in ("numba", "triton"):
-        return _fused_scan_call(backend, u, delta, A, B, C, D, z, bias)
+        return _fused_scan_call(backend, u, delta, A, B, C, D, z, bias, chunk)
     if backend == "mambapy":
         scan = mambapy_selective_scan
     elif backend == "cuda":
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as scan
     else:
         from nnunetv2_segresmamba.operators.selective_scan import selective_scan as scan
-    return lambda: scan(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True)
+    return lambda: scan(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True, **chunk)
 
 
-def _fused_scan_call(backend, u, delta, A, B, C, D, z, bias) -> Callable:
+def _fused_scan_call(backend, u, delta, A, B, C, D, z, bias, chunk: dict) -> Callable:
     """One direction of the fused numba or Triton scan, on the channels-last layout it reads."""
     fused_scan = importlib.import_module(f"nnunetv2_segresmamba.operators.{backend}_tom").fused_scan
 
@@ -94,7 +97,7 @@ def _fused_scan_call(backend, u, delta, A, B, C, D, z, bias) -> Callable:
     A = A.detach().t().unsqueeze(0).contiguous().requires_grad_(A.requires_grad)  # (1, N, E)
     z = z.detach().transpose(1, 2).contiguous().requires_grad_(z.requires_grad)
     D, bias = D.detach().unsqueeze(0).requires_grad_(D.requires_grad), bias.unsqueeze(0)
-    return lambda: fused_scan(u, delta, A, B, C, D, bias, z, kinds=(0,), num_slices=1)
+    return lambda: fused_scan(u, delta, A, B, C, D, bias, z, kinds=(0,), num_slices=1, **chunk)
 
 
 def fp32_rate(device: str, size: int = 2048, repeats: int = 5) -> float:

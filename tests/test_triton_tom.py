@@ -25,6 +25,14 @@ def test_triton_on_the_cpu_runs_only_in_the_interpreter(monkeypatch):
     assert backends.resolve_path("triton", torch.randn(1, 4, 8)) == "triton"
 
 
+def test_the_kernels_refuse_cpu_tensors_outside_the_interpreter(monkeypatch):
+    from nnunetv2_segresmamba.operators import triton_tom
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="runs on CUDA tensors"):
+        triton_tom.directional_conv(torch.randn(1, 4, 8), torch.randn(1, 4, 8), torch.randn(1, 8), (0,), 1)
+
+
 def test_kernels_that_fail_at_their_first_launch_warn_once_and_are_not_used():
     """A device the kernels cannot run on (here torch's meta device, which holds no data)."""
     backends.triton_works.cache_clear()

@@ -26,8 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nnunetv2_segresmamba.operators.backends import triton_interpreting
+
 CHUNK_SIZE = 64  # steps per associative scan and between the states kept for the backward pass
-BLOCK_E = 4  # channels per program: small, so that a batch of 1 still fills the GPU
+MAX_BLOCK_E = 4  # channels per scan program at most; fewer where that leaves the GPU idle
 CONV_BLOCK_L, CONV_BLOCK_E = 64, 32
 
 
@@ -44,6 +46,9 @@ def _kinds(kinds: Sequence[int], device: torch.device) -> Tensor:
 
 
 def _check_layout(x: Tensor) -> None:
+    if not (x.is_cuda or (x.device.type == "cpu" and triton_interpreting())):
+        raise RuntimeError(f"the Triton ToM runs on CUDA tensors, got one on {x.device}; on the CPU only in Triton's "
+                           "interpreter (TRITON_INTERPRET=1 set before triton is first imported), for tests.")
     if x.dtype != torch.float32 or x.stride(-1) != 1:
         raise ValueError(f"the Triton ToM takes fp32 tensors with contiguous channels, got {x.dtype} with strides "
                          f"{x.stride()}")
@@ -51,6 +56,16 @@ def _check_layout(x: Tensor) -> None:
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def channel_block(batch: int, channels: int, device: torch.device) -> int:
+    """Channels per scan program: the most (up to MAX_BLOCK_E) that still give every
+    multiprocessor two programs. A program walks the whole sequence, so at batch 1 and
+    E = 96 (the full-resolution stage) one channel per program is what fills a GPU."""
+    if device.type != "cuda":
+        return MAX_BLOCK_E  # Triton's interpreter: fewer, larger programs run faster
+    wanted = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return next((b for b in (MAX_BLOCK_E, 2) if batch * _cdiv(channels, b) >= wanted), 1)
 
 
 def _power_of_two(n: int) -> int:
@@ -113,10 +128,11 @@ class _FusedScan(torch.autograd.Function):
         y = u.new_zeros(batch, length, channels)
         entering = u.new_empty(batch, directions, chunks if keep_states else 0, states, channels)
         kinds_t = _kinds(kinds, u.device)
-        kernels.scan_forward[(batch, _cdiv(channels, BLOCK_E))](
+        block = channel_block(batch, channels, u.device)
+        kernels.scan_forward[(batch, _cdiv(channels, block))](
             u, delta, A, B, C, D, delta_bias, kinds_t, y, entering,
             length, channels, states, num_slices, directions, chunks,
-            KEEP_STATES=keep_states, CHUNK=chunk_size, BLOCK_E=BLOCK_E, BLOCK_N=_power_of_two(states))
+            KEEP_STATES=keep_states, CHUNK=chunk_size, BLOCK_E=block, BLOCK_N=_power_of_two(states))
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, kinds_t, entering)
         ctx.num_slices, ctx.chunk_size = num_slices, chunk_size
         return y
@@ -130,11 +146,12 @@ class _FusedScan(torch.autograd.Function):
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
         grad_A, grad_D = u.new_empty(batch, *A.shape), u.new_empty(batch, *D.shape)
         grad_B, grad_C = torch.zeros_like(B), torch.zeros_like(C)
-        kernels.scan_backward[(batch, _cdiv(channels, BLOCK_E), directions)](
+        block = channel_block(batch, channels, u.device)
+        kernels.scan_backward[(batch, _cdiv(channels, block), directions)](
             u, delta, A, B, C, D, delta_bias, kinds_t, entering, grad_y.contiguous(),
             grad_u, grad_delta, grad_A, grad_D, grad_B, grad_C,
             length, channels, states, ctx.num_slices, directions, entering.shape[2],
-            CHUNK=ctx.chunk_size, BLOCK_E=BLOCK_E, BLOCK_N=_power_of_two(states))
+            CHUNK=ctx.chunk_size, BLOCK_E=block, BLOCK_N=_power_of_two(states))
         return (grad_u, grad_delta, grad_A.sum(0), grad_B, grad_C, grad_D.sum(0), grad_delta.sum(dim=(0, 2)),
                 None, None, None, None)
 
