@@ -111,15 +111,17 @@ def test_pure_and_numba_paths_share_weights_and_agree():
 
 @pytest.mark.parametrize(
     "patch,divisor,match",
-    [((64, 64), (1, 1, 1), "3D network"), ((64, 64, 64, 2), (1, 1, 1), "3D network"),
+    [((64, 64), (1, 1, 1), "spatial_dims=2"), ((64, 64, 64, 2), (1, 1, 1, 1), "2D or 3D network"),
      ((24, 64, 64), (16, 32, 32), "multiple of"), ((1, 1, 1), (1, 1, 1), "single voxel"),
      ((16, 32, 32), (16, 32, 32), "single voxel")],
 )
 def test_unusable_patch_sizes_say_what_to_change_in_the_plans(patch, divisor, match):
     with pytest.raises(ValueError, match=match) as error:
         check_patch_size(patch, divisor)
-    assert ("'patch_size'" in str(error.value) and "pool_op_kernel_sizes" in str(error.value) if len(patch) == 3
-            else "3d_fullres" in str(error.value))
+    if len(patch) == 3:
+        assert "'patch_size'" in str(error.value) and "pool_op_kernel_sizes" in str(error.value)
+    elif len(patch) == 4:
+        assert "3d_fullres" in str(error.value)
 
 
 def test_bad_arguments_raise():
@@ -129,3 +131,79 @@ def test_bad_arguments_raise():
         SegResMamba(1, 2, stage_strides=[(3, 2, 2)] * 4)
     with pytest.raises(ValueError, match=r"\(B, C, D, H, W\)"):
         small_net()(torch.randn(1, 1, 16, 16))
+
+
+# 2D: the same network over (B, C, H, W)
+
+def test_2d_network_has_the_3d_parameter_names():
+    """Every tensor has the 3D network's name; convolution kernels lose one axis, the ToM's tensors
+    (which do not depend on the dimensionality) keep their shapes."""
+    net3, net2 = SegResMamba(1, 14), SegResMamba(1, 14, spatial_dims=2)
+    shapes3 = {k: v.shape for k, v in net3.state_dict().items() if k != "_extra_state"}
+    shapes2 = {k: v.shape for k, v in net2.state_dict().items() if k != "_extra_state"}
+    assert shapes2.keys() == shapes3.keys()
+    for name, shape in shapes3.items():
+        if ".mamba." in name or len(shape) < 3:  # the ToM, biases, norms
+            assert shapes2[name] == shape, name
+        else:  # conv kernels: (out, in, k, k, k) -> (out, in, k, k)
+            assert shapes2[name] == shape[:-1], name
+    assert sum(p.numel() for p in net2.parameters()) == 20_788_382
+    assert net2.size_divisor == (32, 32) and net2.arch_kwargs["spatial_dims"] == 2
+
+
+@pytest.mark.parametrize("size", [(33, 47), (16, 16), (8, 40)])
+def test_2d_output_has_input_size_at_odd_sizes(size):
+    net = small_net(in_channels=2, out_channels=5, spatial_dims=2).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 2, *size)).shape == (1, 5, *size)
+
+
+def test_2d_strides_follow_nnunets_2d_plan_and_train():
+    pools = plan_pools((40, 24), spacing=(1.0, 2.0))
+    assert pools == [(1, 1), (2, 1), (2, 2), (2, 2)]  # nnU-Net pools the finer axis first
+    stage, block = strides_from_pools(pools)
+    assert stage == [(2, 1), (2, 2), (2, 2), (1, 1)] and block == [(2, 2), (2, 2), (1, 1), (1, 1)]
+    net = SegResMamba.for_patch_size(1, 2, (40, 24), spacing=(1.0, 2.0), feature_sizes=(8, 16, 16, 32))
+    assert net.spatial_dims == 2 and net.size_divisor == (8, 4)
+    out = net(torch.randn(2, 1, 40, 24))
+    assert out.shape == (2, 2, 40, 24)
+    out.mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_2d_inter_row_scan_is_a_forward_scan_down_the_columns():
+    """In 2D the ToM's inter-slice direction visits one column of every row in turn: with only
+    that direction, the layer equals a forward-only layer (the same weights) applied to the
+    transposed image."""
+    from nnunetv2_segresmamba.operators.tom import MambaLayer
+
+    torch.manual_seed(0)
+    inter_row = MambaLayer(8, d_state=4, backend="pure", directions=("_s",))
+    forward = MambaLayer(8, d_state=4, backend="pure", directions=("",))
+    forward.load_state_dict({k.replace("_s", ""): v for k, v in
+                             inter_row.state_dict().items()})
+    x = torch.randn(2, 8, 6, 5)  # (B, C, H, W): 6 rows of 5
+    torch.testing.assert_close(inter_row(x), forward(x.transpose(-1, -2)).transpose(-1, -2))
+
+
+def test_checkpoints_from_before_2d_load_as_3d():
+    """Their stored architecture has no spatial_dims: they are 3D."""
+    net = small_net()
+    weights = net.state_dict()
+    weights["_extra_state"] = {"arch_kwargs": {k: v for k, v in net.arch_kwargs.items() if k != "spatial_dims"}}
+    net.load_state_dict(weights)
+    with pytest.raises(ValueError, match="spatial_dims: checkpoint 3, plans 2"):
+        small_net(spatial_dims=2).load_state_dict(weights, strict=False)
+
+
+def test_2d_bad_inputs_say_what_to_do():
+    with pytest.raises(ValueError, match=r"spatial_dims=3 for that input"):
+        small_net(spatial_dims=2)(torch.randn(1, 1, 16, 16, 16))
+    with pytest.raises(ValueError, match=r"spatial_dims=2 \(SegResMamba.for_patch_size does\)"):
+        check_patch_size((32, 32), (32, 32, 32))
+    with pytest.raises(ValueError, match="pairs of 1 or 2"):
+        SegResMamba(1, 2, stage_strides=[(2, 2, 2)] * 4, spatial_dims=2)
+    with pytest.raises(ValueError, match="spatial_dims must be one of"):
+        SegResMamba(1, 2, spatial_dims=1)
+    with pytest.raises(ValueError, match=r"start with all 1"):
+        strides_from_pools([(1, 1), (2, 2, 2)])

@@ -1,34 +1,62 @@
-"""Small 3D building blocks shared by the networks. All tensors are (B, C, D, H, W)."""
+"""Small building blocks shared by the networks, in 2D or 3D (``spatial_dims``, as in MONAI).
+
+Tensors are (B, C, D, H, W) in 3D and (B, C, H, W) in 2D; the layers of each come from
+:func:`layers`. Every block defaults to 3D.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-Stride = Sequence[int]  # one stride per spatial axis (D, H, W)
+Stride = Sequence[int]  # one stride per spatial axis ((D,) H, W)
+SPATIAL_DIMS = (2, 3)
 
 
-def conv_in_relu(channels: int, kernel_size: int, stride: Stride = (1, 1, 1)) -> nn.Sequential:
-    """Conv3d ('same' padding for stride 1, exact halving for stride 2) -> InstanceNorm -> ReLU."""
+class Layers(NamedTuple):
+    """The layers of one dimensionality."""
+
+    conv: type[nn.Module]
+    conv_transpose: type[nn.Module]
+    instance_norm: type[nn.Module]
+    interpolation: str  # nn.Upsample's mode
+
+
+def layers(spatial_dims: int) -> Layers:
+    """Conv, ConvTranspose, InstanceNorm and linear interpolation for 2 or 3 spatial dims."""
+    if spatial_dims == 2:
+        return Layers(nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, "bilinear")
+    if spatial_dims == 3:
+        return Layers(nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d, "trilinear")
+    raise ValueError(f"spatial_dims must be one of {SPATIAL_DIMS} (2D or 3D images), got {spatial_dims!r}")
+
+
+def conv_in_relu(channels: int, kernel_size: int, stride: Stride | int = 1, spatial_dims: int = 3) -> nn.Sequential:
+    """Conv ('same' padding for stride 1, exact halving for stride 2) -> InstanceNorm -> ReLU.
+    ``stride``: one per spatial axis, or one for all."""
+    ops = layers(spatial_dims)
+    stride = stride if isinstance(stride, int) else tuple(stride)
     return nn.Sequential(
-        nn.Conv3d(channels, channels, kernel_size, stride=tuple(stride), padding=kernel_size // 2),
-        nn.InstanceNorm3d(channels),
+        ops.conv(channels, channels, kernel_size, stride=stride, padding=kernel_size // 2),
+        ops.instance_norm(channels),
         nn.ReLU(inplace=True),
     )
 
 
-def transposed_conv_in_relu(channels: int, kernel_size: int, stride: Stride) -> nn.Sequential:
-    """ConvTranspose3d that multiplies each axis by its stride exactly -> InstanceNorm -> ReLU."""
+def transposed_conv_in_relu(channels: int, kernel_size: int, stride: Stride, spatial_dims: int = 3) -> nn.Sequential:
+    """ConvTranspose that multiplies each axis by its stride exactly -> InstanceNorm -> ReLU."""
+    ops = layers(spatial_dims)
     return nn.Sequential(
-        nn.ConvTranspose3d(
+        ops.conv_transpose(
             channels, channels, kernel_size, stride=tuple(stride), padding=kernel_size // 2,
             output_padding=tuple(s - 1 for s in stride),
         ),
-        nn.InstanceNorm3d(channels),
+        ops.instance_norm(channels),
         nn.ReLU(inplace=True),
     )
 
@@ -36,11 +64,12 @@ def transposed_conv_in_relu(channels: int, kernel_size: int, stride: Stride) -> 
 class MlpChannel(nn.Module):
     """Pointwise MLP: 1x1 conv C -> hidden, GELU, 1x1 conv hidden -> C (SegMamba names fc1/fc2)."""
 
-    def __init__(self, hidden_size: int, mlp_dim: int):
+    def __init__(self, hidden_size: int, mlp_dim: int, spatial_dims: int = 3):
         super().__init__()
-        self.fc1 = nn.Conv3d(hidden_size, mlp_dim, 1)
+        conv = layers(spatial_dims).conv
+        self.fc1 = conv(hidden_size, mlp_dim, 1)
         self.act = nn.GELU()
-        self.fc2 = nn.Conv3d(mlp_dim, hidden_size, 1)
+        self.fc2 = conv(mlp_dim, hidden_size, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -49,17 +78,18 @@ class MlpChannel(nn.Module):
 class ResidualBlock(nn.Module):
     """x + Conv3(ReLU(GN(Conv3(ReLU(GN(x)))))), MONAI SegResNet's ResBlock with GroupNorm(8)."""
 
-    def __init__(self, channels: int, num_groups: int = 8):
+    def __init__(self, channels: int, num_groups: int = 8, spatial_dims: int = 3):
         super().__init__()
         if channels % num_groups:
             raise ValueError(f"GroupNorm needs channels ({channels}) divisible by num_groups ({num_groups})")
+        conv = layers(spatial_dims).conv
         self.body = nn.Sequential(
             nn.GroupNorm(num_groups, channels),
             nn.ReLU(inplace=True),
-            nn.Conv3d(channels, channels, 3, padding=1, bias=False),
+            conv(channels, channels, 3, padding=1, bias=False),
             nn.GroupNorm(num_groups, channels),
             nn.ReLU(inplace=True),
-            nn.Conv3d(channels, channels, 3, padding=1, bias=False),
+            conv(channels, channels, 3, padding=1, bias=False),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -69,21 +99,24 @@ class ResidualBlock(nn.Module):
 class SkipProjection(nn.Sequential):
     """Encoder output -> InstanceNorm -> MLP(C, 2C), the skip path of SegMamba and SegResMamba."""
 
-    def __init__(self, channels: int):
-        super().__init__(nn.InstanceNorm3d(channels), MlpChannel(channels, 2 * channels))
+    def __init__(self, channels: int, spatial_dims: int = 3):
+        super().__init__(layers(spatial_dims).instance_norm(channels), MlpChannel(channels, 2 * channels, spatial_dims))
 
 
 class AdditiveUpBlock(nn.Module):
-    """1x1 conv C_in -> C_out, non-trainable trilinear upsampling, + skip, residual block.
+    """1x1 conv C_in -> C_out, non-trainable (tri/bi)linear upsampling, + skip, residual block.
 
-    ``forward(x (B, C_in, d, h, w), skip (B, C_out, d*s0, h*s1, w*s2)) -> like skip``.
+    ``forward(x (B, C_in, d, h, w), skip (B, C_out, d*s0, h*s1, w*s2)) -> like skip``; in 2D
+    without d.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, scale: Stride):
+    def __init__(self, in_channels: int, out_channels: int, scale: Stride, spatial_dims: int = 3):
         super().__init__()
-        self.reduce = nn.Conv3d(in_channels, out_channels, 1, bias=False)
-        self.upsample = nn.Upsample(scale_factor=tuple(float(s) for s in scale), mode="trilinear", align_corners=False)
-        self.refine = ResidualBlock(out_channels)
+        ops = layers(spatial_dims)
+        self.reduce = ops.conv(in_channels, out_channels, 1, bias=False)
+        self.upsample = nn.Upsample(scale_factor=tuple(float(s) for s in scale), mode=ops.interpolation,
+                                    align_corners=False)
+        self.refine = ResidualBlock(out_channels, spatial_dims=spatial_dims)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         return self.refine(self.upsample(self.reduce(x)) + skip)

@@ -8,6 +8,13 @@ IN -> Conv3d k2 s2. Skips: IN -> MLP(C, 2C). Decoder: three additive up blocks
 Strides are per axis and follow nnU-Net's plan (``pool_op_kernel_sizes``), so that
 anisotropic patches such as (20, 320, 256) at 3 x 0.8 x 0.8 mm are pooled in-plane first and
 run without padding: see :func:`strides_from_pools`.
+
+The same network in 2D (``spatial_dims=2``, for nnU-Net's ``2d`` configuration; the paper is
+3D only): Conv2d, InstanceNorm2d and bilinear upsampling in place of their 3D twins, the same
+stages, kernels and parameter names. The ToM scans the flattened image (row-major) forward
+and reverse, and its third direction, inter-slice in 3D, becomes inter-row: it visits the
+same column of every row in turn (column-major), as inter-slice visits the same in-plane
+position of every slice. The ToM's parameters do not depend on the dimensionality.
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ import torch.nn as nn
 from torch import Tensor
 
 from nnunetv2_segresmamba.networks.blocks import (
+    SPATIAL_DIMS,
     AdditiveUpBlock,
     SkipProjection,
     Stride,
     conv_in_relu,
     crop_to,
+    layers,
     pad_to_multiple,
     transposed_conv_in_relu,
 )
@@ -44,22 +53,26 @@ def strides_from_pools(pool_op_kernel_sizes: Sequence[Sequence[int]]) -> tuple[S
     Pools missing from a shallow plan are 1; pools beyond p5 are not used (SegResMamba halves
     five times at most, so its deepest map is then larger than nnU-Net's bottleneck).
     Anisotropic plans pool the fine in-plane axes first, and so does SegResMamba. For 128^3
-    (five pools of 2) this is the paper's network, all strides 2.
+    (five pools of 2) this is the paper's network, all strides 2. A 2D plan (``2d``, pools of
+    two axes) maps the same way.
 
     Args:
-        pool_op_kernel_sizes: nnU-Net's per-stage strides, first [1, 1, 1], then 1 or 2 per axis.
+        pool_op_kernel_sizes: nnU-Net's per-stage strides, first all 1 ([1, 1, 1] in 3D,
+            [1, 1] in 2D), then 1 or 2 per axis.
 
     Returns:
         (stage_strides, block_strides), each 4 tuples of one stride per axis.
     """
     pools = [tuple(int(s) for s in p) for p in pool_op_kernel_sizes]
-    if not pools or any(len(p) != 3 or not set(p) <= {1, 2} for p in pools) or set(pools[0]) != {1}:
+    dims = len(pools[0]) if pools else 0
+    if (dims not in SPATIAL_DIMS or any(len(p) != dims or not set(p) <= {1, 2} for p in pools)
+            or set(pools[0]) != {1}):
         raise ValueError(
-            f"SegResMamba maps a 3D nnU-Net plan whose pool_op_kernel_sizes start with [1, 1, 1] and pool "
-            f"by 1 or 2 per axis, got {[list(p) for p in pools]}. Plan the dataset with nnU-Net's default "
-            "3D planner (nnUNetv2_plan_and_preprocess -c 3d_fullres)."
+            f"SegResMamba maps a 2D or 3D nnU-Net plan whose pool_op_kernel_sizes start with all 1 ([1, 1, 1] or "
+            f"[1, 1]) and pool by 1 or 2 per axis, got {[list(p) for p in pools]}. Plan the dataset with nnU-Net's "
+            "default planner (nnUNetv2_plan_and_preprocess -c 3d_fullres or -c 2d)."
         )
-    halvings = (pools[1:] + [(1, 1, 1)] * NUM_HALVINGS)[:NUM_HALVINGS]
+    halvings = (pools[1:] + [(1,) * dims] * NUM_HALVINGS)[:NUM_HALVINGS]
     stage_strides = halvings[:NUM_STAGES]
     return stage_strides, stage_strides[1:] + halvings[NUM_STAGES:]
 
@@ -69,19 +82,21 @@ def arch_kwargs_for_plan(pool_op_kernel_sizes: Sequence[Sequence[int]], patch_si
                          feature_sizes: Sequence[int] = PAPER_FEATURE_SIZES) -> dict:
     """The SegResMamba arguments (JSON-ready, as nnU-Net's plans store ``arch_kwargs``) for a
     configuration of nnU-Net's plans: strides from :func:`strides_from_pools`, the patch, the
-    ToM's directions and the widths. ``SegResMamba(in_channels, out_channels, **kwargs)``."""
+    ToM's directions, the widths and the dimensionality (the patch's).
+    ``SegResMamba(in_channels, out_channels, **kwargs)``."""
     stage_strides, block_strides = strides_from_pools(pool_op_kernel_sizes)
     return {"feature_sizes": [int(w) for w in feature_sizes], "stage_strides": [list(s) for s in stage_strides],
             "block_strides": [list(s) for s in block_strides], "tom_directions": list(tom_directions),
-            "patch_size": [int(s) for s in patch_size]}
+            "patch_size": [int(s) for s in patch_size], "spatial_dims": len(patch_size)}
 
 
-def plan_pools(patch_size: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> list[tuple[int, ...]]:
-    """nnU-Net's ``pool_op_kernel_sizes`` for ``patch_size`` at ``spacing`` (its default 3D
-    planner's rule: pool an axis while it keeps 4 voxels, the finer axes first)."""
+def plan_pools(patch_size: Sequence[int], spacing: Sequence[float] | None = None) -> list[tuple[int, ...]]:
+    """nnU-Net's ``pool_op_kernel_sizes`` for a 2D or 3D ``patch_size`` at ``spacing`` (default
+    1 mm; its default planner's rule: pool an axis while it keeps 4 voxels, the finer axes first)."""
     from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 
-    return [tuple(p) for p in get_pool_and_conv_props(list(spacing), list(patch_size), 4, 999999)[1]]
+    spacing = [1.0] * len(patch_size) if spacing is None else list(spacing)
+    return [tuple(p) for p in get_pool_and_conv_props(spacing, list(patch_size), 4, 999999)[1]]
 
 
 def legacy_plan_strides(patch_size: Sequence[int]) -> tuple[Strides, Strides]:
@@ -105,19 +120,19 @@ class ConvMambaMixedBlock(nn.Module):
     """Algorithm 1: F1 = Conv5 (stride s), F2 = Conv3, F3 = ToM(F2), F4 = Conv3(F3),
     F5 = ConvT5 (stride s), out = ToM(F5 + X). Every conv is followed by IN and ReLU.
 
-    ``forward(x (B, C, D, H, W)) -> (B, C, D, H, W)``; each axis of x must be divisible by
-    its stride. ``tom_directions`` are the ToM's scans (see :data:`DIRECTIONS`); empty
-    replaces both ToMs by identity (the NoToM ablation).
+    ``forward(x (B, C, D, H, W)) -> (B, C, D, H, W)`` (in 2D (B, C, H, W)); each axis of x
+    must be divisible by its stride. ``tom_directions`` are the ToM's scans (see
+    :data:`DIRECTIONS`); empty replaces both ToMs by identity (the NoToM ablation).
     """
 
     def __init__(self, channels: int, stride: Stride = (2, 2, 2), backend: str = "auto",
-                 tom_directions: Sequence[str] = DIRECTIONS):
+                 tom_directions: Sequence[str] = DIRECTIONS, spatial_dims: int = 3):
         super().__init__()
-        self.down = conv_in_relu(channels, 5, stride)
-        self.local = conv_in_relu(channels, 3)
+        self.down = conv_in_relu(channels, 5, stride, spatial_dims)
+        self.local = conv_in_relu(channels, 3, spatial_dims=spatial_dims)
         self.mamba_low = tom_or_identity(channels, backend, tom_directions)
-        self.refine = conv_in_relu(channels, 3)
-        self.up = transposed_conv_in_relu(channels, 5, stride)
+        self.refine = conv_in_relu(channels, 3, spatial_dims=spatial_dims)
+        self.up = transposed_conv_in_relu(channels, 5, stride, spatial_dims)
         self.mamba = tom_or_identity(channels, backend, tom_directions)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -130,18 +145,19 @@ def tom_or_identity(channels: int, backend: str, directions: Sequence[str]) -> n
     return MambaLayer(channels, backend=backend, directions=directions) if directions else nn.Identity()
 
 
-def downsampling(in_channels: int, out_channels: int, stride: Stride) -> nn.Sequential:
-    """IN -> Conv3d k3 (the paper's extra conv) -> IN -> Conv3d with kernel = stride."""
+def downsampling(in_channels: int, out_channels: int, stride: Stride, spatial_dims: int = 3) -> nn.Sequential:
+    """IN -> Conv k3 (the paper's extra conv) -> IN -> Conv with kernel = stride."""
+    ops = layers(spatial_dims)
     return nn.Sequential(
-        nn.InstanceNorm3d(in_channels),
-        nn.Conv3d(in_channels, in_channels, 3, padding=1),
-        nn.InstanceNorm3d(in_channels),
-        nn.Conv3d(in_channels, out_channels, kernel_size=tuple(stride), stride=tuple(stride)),
+        ops.instance_norm(in_channels),
+        ops.conv(in_channels, in_channels, 3, padding=1),
+        ops.instance_norm(in_channels),
+        ops.conv(in_channels, out_channels, kernel_size=tuple(stride), stride=tuple(stride)),
     )
 
 
 class SegResMamba(nn.Module):
-    """SegResMamba for 3D segmentation.
+    """SegResMamba for 3D (the paper) or 2D segmentation.
 
     Args:
         in_channels: input modalities.
@@ -153,11 +169,15 @@ class SegResMamba(nn.Module):
         backend: ToM backend, "auto", "pure" or "cuda".
         tom_directions: the ToM's scans, a subset of ("", "_b", "_s") (forward, reverse,
             inter-slice; all three in the paper). Empty: every ToM is identity (NoToM ablation).
-        patch_size: the (D, H, W) patch the network is trained on, or None. When given, it is
-            checked against the strides (:func:`check_patch_size`) and becomes part of the
-            architecture, so that a checkpoint refuses to load for another patch.
+        patch_size: the (D, H, W) (2D: (H, W)) patch the network is trained on, or None. When
+            given, it is checked against the strides (:func:`check_patch_size`) and becomes part
+            of the architecture, so that a checkpoint refuses to load for another patch.
+        spatial_dims: 3 (the paper) or 2: Conv2d, InstanceNorm2d and bilinear upsampling,
+            strides of two axes, and the ToM's inter-slice scan running across rows (see the
+            module's docstring). Parameter names are the same in both.
 
-    Shapes: ``forward(x (B, in_channels, D, H, W)) -> logits (B, out_channels, D, H, W)``.
+    Shapes: ``forward(x (B, in_channels, D, H, W)) -> logits (B, out_channels, D, H, W)``;
+    in 2D ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
     Each axis is zero-padded at its end to a multiple of :attr:`size_divisor` (and to at
     least twice it, so the deepest map keeps 2 voxels per axis) and the logits are cropped
     back. The paper's strides (the default) have divisor 32, so they suit inputs of 64, 96,
@@ -179,15 +199,18 @@ class SegResMamba(nn.Module):
         backend: str = "auto",
         tom_directions: Sequence[str] = DIRECTIONS,
         patch_size: Sequence[int] | None = None,
+        spatial_dims: int = 3,
     ):
         super().__init__()
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
         if len(feature_sizes) != NUM_STAGES:
             raise ValueError(f"feature_sizes needs {NUM_STAGES} widths, got {list(feature_sizes)}")
-        stage_strides = _checked_strides(stage_strides, "stage_strides")
-        block_strides = _checked_strides(block_strides, "block_strides")
+        ops = layers(spatial_dims)
+        stage_strides = _checked_strides(stage_strides, "stage_strides", spatial_dims)
+        block_strides = _checked_strides(block_strides, "block_strides", spatial_dims)
         tom_directions = check_directions(tom_directions) if tom_directions else ()
+        self.spatial_dims = spatial_dims
         self.size_divisor = _size_divisor(stage_strides, block_strides)
         if patch_size is not None:
             check_patch_size(patch_size, self.size_divisor)
@@ -195,33 +218,37 @@ class SegResMamba(nn.Module):
         self.arch_kwargs = {
             "feature_sizes": widths, "stage_strides": [list(s) for s in stage_strides],
             "block_strides": [list(s) for s in block_strides], "tom_directions": list(tom_directions),
-            "patch_size": None if patch_size is None else [int(s) for s in patch_size],
+            "patch_size": None if patch_size is None else [int(s) for s in patch_size], "spatial_dims": spatial_dims,
         }  # the keys and form of arch_kwargs_for_plan
         self.arch_source = "the arguments this SegResMamba was built with"
 
-        self.stem = nn.Conv3d(in_channels, widths[0], 7, stride=stage_strides[0], padding=3)
+        self.stem = ops.conv(in_channels, widths[0], 7, stride=stage_strides[0], padding=3)
         self.downsamplings = nn.ModuleList(
-            downsampling(widths[i - 1], widths[i], stage_strides[i]) for i in range(1, NUM_STAGES)
+            downsampling(widths[i - 1], widths[i], stage_strides[i], spatial_dims) for i in range(1, NUM_STAGES)
         )
         self.mixed_blocks = nn.ModuleList(
-            ConvMambaMixedBlock(w, s, backend, tom_directions) for w, s in zip(widths, block_strides)
+            ConvMambaMixedBlock(w, s, backend, tom_directions, spatial_dims) for w, s in zip(widths, block_strides)
         )
-        self.stage_convs = nn.ModuleList(nn.Conv3d(w, w, 3, padding=1) for w in widths)
-        self.skips = nn.ModuleList(SkipProjection(w) for w in widths)
+        self.stage_convs = nn.ModuleList(ops.conv(w, w, 3, padding=1) for w in widths)
+        self.skips = nn.ModuleList(SkipProjection(w, spatial_dims) for w in widths)
         self.up_blocks = nn.ModuleList(
-            AdditiveUpBlock(widths[i], widths[i - 1], stage_strides[i]) for i in reversed(range(1, NUM_STAGES))
+            AdditiveUpBlock(widths[i], widths[i - 1], stage_strides[i], spatial_dims)
+            for i in reversed(range(1, NUM_STAGES))
         )
-        self.head = nn.ConvTranspose3d(widths[0], out_channels, stage_strides[0], stride=stage_strides[0])
+        self.head = ops.conv_transpose(widths[0], out_channels, stage_strides[0], stride=stage_strides[0])
         self.register_load_state_dict_pre_hook(_accept_checkpoints_without_architecture)
 
     @classmethod
     def for_patch_size(cls, in_channels: int, out_channels: int, patch_size: Sequence[int],
-                       spacing: Sequence[float] = (1.0, 1.0, 1.0), **kwargs) -> SegResMamba:
-        """A SegResMamba for ``patch_size``, strided as nnU-Net's planner pools that patch at
-        ``spacing`` (:func:`plan_pools`, :func:`strides_from_pools`)."""
-        if len(patch_size) != 3 or len(spacing) != 3:
-            check_patch_size(patch_size, (1, 1, 1))
-            raise ValueError(f"spacing needs 3 values (D, H, W) in mm, got {list(spacing)}")
+                       spacing: Sequence[float] | None = None, **kwargs) -> SegResMamba:
+        """A 3D or 2D SegResMamba (as ``patch_size`` has 3 or 2 axes) for ``patch_size``, strided
+        as nnU-Net's planner pools that patch at ``spacing`` (default 1 mm; :func:`plan_pools`,
+        :func:`strides_from_pools`)."""
+        spacing = [1.0] * len(patch_size) if spacing is None else list(spacing)
+        if len(patch_size) not in SPATIAL_DIMS or len(spacing) != len(patch_size):
+            check_patch_size(patch_size, (1,) * len(patch_size))
+            raise ValueError(f"spacing needs one value in mm per axis of the patch {list(patch_size)}, "
+                             f"got {list(spacing)}")
         planned = arch_kwargs_for_plan(plan_pools(patch_size, spacing), patch_size)
         return cls(in_channels, out_channels, **{**planned, **kwargs})
 
@@ -229,7 +256,7 @@ class SegResMamba(nn.Module):
         return {"arch_kwargs": self.arch_kwargs}
 
     def set_extra_state(self, state: dict) -> None:
-        trained = state["arch_kwargs"]
+        trained = {"spatial_dims": 3, **state["arch_kwargs"]}  # checkpoints from before 2D are 3D
         differ = sorted(k for k in {**trained, **self.arch_kwargs} if trained.get(k) != self.arch_kwargs.get(k))
         if differ:
             raise ValueError(
@@ -240,8 +267,10 @@ class SegResMamba(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 5:
-            raise ValueError(f"SegResMamba expects (B, C, D, H, W) input, got shape {tuple(x.shape)}")
+        if x.dim() != self.spatial_dims + 2:
+            axes = "(B, C, D, H, W)" if self.spatial_dims == 3 else "(B, C, H, W)"
+            raise ValueError(f"This {self.spatial_dims}D SegResMamba expects {axes} input, got shape "
+                             f"{tuple(x.shape)}; build it with spatial_dims={x.dim() - 2} for that input")
         size = x.shape[2:]
         x = pad_to_multiple(x, self.size_divisor)
         skips = []
@@ -265,16 +294,21 @@ def check_patch_size(patch_size: Sequence[int], size_divisor: Sequence[int]) -> 
     """Raises a ValueError that says what to change in the plans if strides with
     ``size_divisor`` (see :attr:`SegResMamba.size_divisor`) cannot serve ``patch_size``.
 
-    Served: a 3D patch whose every axis is a multiple of its divisor (no padding) and whose
-    deepest feature map holds at least 2 voxels (InstanceNorm needs more than one value).
-    Thin axes are fine: an axis that nnU-Net does not pool has divisor 1, down to 1 voxel.
+    Served: a patch with as many axes as the divisor (2 or 3) whose every axis is a multiple of
+    its divisor (no padding) and whose deepest feature map holds at least 2 voxels
+    (InstanceNorm needs more than one value). Thin axes are fine: an axis that nnU-Net does not
+    pool has divisor 1, down to 1 voxel.
     """
-    if len(patch_size) != 3:
+    if len(patch_size) not in SPATIAL_DIMS:
         raise ValueError(
-            f"SegResMamba is a 3D network but the patch size {list(patch_size)} has {len(patch_size)} axes. "
-            "Train a 3D configuration instead, e.g. "
+            f"SegResMamba is a 2D or 3D network but the patch size {list(patch_size)} has {len(patch_size)} axes. "
+            "Train a 2D or 3D configuration, e.g. "
             "`nnUNetv2_train DATASET 3d_fullres FOLD -tr nnUNetTrainerSegResMamba`."
         )
+    if len(patch_size) != len(size_divisor):
+        raise ValueError(f"The patch size {list(patch_size)} has {len(patch_size)} axes but this SegResMamba is "
+                         f"{len(size_divisor)}D; build it with spatial_dims={len(patch_size)} "
+                         "(SegResMamba.for_patch_size does).")
     where = ("Change 'patch_size' or 'pool_op_kernel_sizes' (under 'architecture' -> 'arch_kwargs' -> "
              "'strides') of this configuration in nnUNetPlans.json under nnUNet_preprocessed/DATASET, "
              "or re-plan with nnUNetv2_plan_experiment, whose plans always fit.")
@@ -286,18 +320,20 @@ def check_patch_size(patch_size: Sequence[int], size_divisor: Sequence[int]) -> 
                          f"deepest feature map, where InstanceNorm needs two. Pool one axis less. {where}")
 
 
-def _checked_strides(strides: Sequence[Stride] | None, name: str) -> list[tuple[int, ...]]:
+def _checked_strides(strides: Sequence[Stride] | None, name: str, spatial_dims: int) -> list[tuple[int, ...]]:
     if strides is None:
-        return [(2, 2, 2)] * NUM_STAGES
+        return [(2,) * spatial_dims] * NUM_STAGES
     strides = [tuple(int(s) for s in stride) for stride in strides]
-    if len(strides) != NUM_STAGES or any(len(s) != 3 or not set(s) <= {1, 2} for s in strides):
-        raise ValueError(f"{name} must be {NUM_STAGES} triples of 1 or 2, got {strides}")
+    if len(strides) != NUM_STAGES or any(len(s) != spatial_dims or not set(s) <= {1, 2} for s in strides):
+        kind = "triples" if spatial_dims == 3 else "pairs"
+        raise ValueError(f"{name} must be {NUM_STAGES} {kind} of 1 or 2 (one per axis, spatial_dims={spatial_dims}), "
+                         f"got {strides}")
     return strides
 
 
 def _size_divisor(stage_strides: list[tuple[int, ...]], block_strides: list[tuple[int, ...]]) -> tuple[int, ...]:
     """Smallest per-axis multiple that every stage and mixed block can divide."""
-    divisor, reduction = [1, 1, 1], [1, 1, 1]
+    divisor, reduction = [1] * len(stage_strides[0]), [1] * len(stage_strides[0])
     for stage, block in zip(stage_strides, block_strides):
         reduction = [r * s for r, s in zip(reduction, stage)]
         divisor = [max(d, r * b) for d, r, b in zip(divisor, reduction, block)]
