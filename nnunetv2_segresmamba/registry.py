@@ -52,38 +52,44 @@ def build_segmamba(in_channels: int, out_channels: int, patch_size: Sequence[int
 
 
 def build_swinunetr(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    """MONAI's SwinUNETR, feature size 48; its patch must be a multiple of 32 (five stride-2
-    stages), checked by :meth:`Member.build`."""
+    """MONAI's SwinUNETR, feature size 48, 2D or 3D as the patch; its patch must be a multiple
+    of 32 (five stride-2 stages), checked by :meth:`Member.build`."""
     from monai.networks.nets import SwinUNETR
 
-    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=48, spatial_dims=3)
+    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=48,
+                     spatial_dims=len(patch_size))
 
 
 def build_unetr(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    """MONAI's UNETR (ViT-B/16, ``img_size`` = the patch); its patch must be a multiple of 16
-    (the ViT patch), checked by :meth:`Member.build`."""
+    """MONAI's UNETR (ViT-B/16, ``img_size`` = the patch), 2D or 3D as the patch; its patch must
+    be a multiple of 16 (the ViT patch), checked by :meth:`Member.build`."""
     from monai.networks.nets import UNETR
 
     return UNETR(in_channels=in_channels, out_channels=out_channels, img_size=tuple(patch_size), feature_size=16,
                  hidden_size=768, mlp_dim=3072, num_heads=12, proj_type="perceptron", norm_name="instance",
-                 res_block=True, dropout_rate=0.0)
+                 res_block=True, dropout_rate=0.0, spatial_dims=len(patch_size))
 
 
 def build_nnunet(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    """nnU-Net's PlainConvUNet as planned for a 128^3 patch (6 stages, 32..320 features); its
-    patch must be a multiple of 32 (five stride-2 stages), checked by :meth:`Member.build`. The
-    nnU-Net trainers plan their own network and do not use this builder."""
+    """nnU-Net's PlainConvUNet as planned for a 128^3 patch (6 stages, 32..320 features), in 2D
+    with 2D convs for a 2D patch; its patch must be a multiple of 32 (five stride-2 stages),
+    checked by :meth:`Member.build`. The nnU-Net trainers plan their own network and do not use
+    this builder."""
     import torch.nn as nn
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
+    from nnunetv2_segresmamba.networks.blocks import layers
+
+    ops = layers(len(patch_size))
     return PlainConvUNet(
-        in_channels, 6, [32, 64, 128, 256, 320, 320], nn.Conv3d, 3, [1, 2, 2, 2, 2, 2], [2] * 6, out_channels,
-        [2] * 5, conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+        in_channels, 6, [32, 64, 128, 256, 320, 320], ops.conv, 3, [1, 2, 2, 2, 2, 2], [2] * 6, out_channels,
+        [2] * 5, conv_bias=True, norm_op=ops.instance_norm, norm_op_kwargs={"eps": 1e-5, "affine": True},
         nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False,
     )
 
 
 COMPARISON, ABLATION = "comparison", "ablation"
+BOTH, ONLY_3D = (2, 3), (3,)  # the spatial dims of the configurations a member trains: 2d, or 3d_* only
 SCHEDULE_SUFFIXES = ("_smoke", "_2epochs", "_demo")  # shorter runs of a member's trainer
 
 
@@ -108,9 +114,12 @@ class Member:
     patch_divisor: int | None = None  # every axis of the patch a multiple of this; None: any patch
     paper: PaperFigures | None = None  # None for the ablations
     group: str = COMPARISON
+    spatial_dims: tuple[int, ...] = BOTH  # (2, 3): nnU-Net's 2d and 3D configurations; (3,): 3D only
 
     def build(self, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-        """The network for ``patch_size``; ValueError when the patch breaks :attr:`patch_divisor`."""
+        """The network for ``patch_size`` (2D or 3D as it has 2 or 3 axes); ValueError when the
+        patch breaks :attr:`spatial_dims` or :attr:`patch_divisor`."""
+        require_spatial_dims(patch_size, self.spatial_dims, self.network)
         require_divisible(patch_size, self.patch_divisor, self.network)
         return self.builder(in_channels, out_channels, patch_size)
 
@@ -119,7 +128,8 @@ FAMILY: tuple[Member, ...] = (
     Member("nnUNetTrainerSegResMamba", "SegResMamba", build_segresmamba, None,
            PaperFigures(params_m=119.98, fvcore_macs_g=188.42, train_memory_gb=5.10, inference_s=0.0841)),
     Member("nnUNetTrainerSegMamba", "SegMamba", build_segmamba, 16,
-           PaperFigures(params_m=67.36, fvcore_macs_g=1443.96, train_memory_gb=13.51, inference_s=0.1693)),
+           PaperFigures(params_m=67.36, fvcore_macs_g=1443.96, train_memory_gb=13.51, inference_s=0.1693),
+           spatial_dims=ONLY_3D),
     Member("nnUNetTrainerSwinUNETR", "SwinUNETR", build_swinunetr, 32,
            PaperFigures(params_m=62.19, fvcore_macs_g=767.23, train_memory_gb=7.77, inference_s=0.1343)),
     Member("nnUNetTrainerUNETR", "UNETR", build_unetr, 16,
@@ -162,12 +172,19 @@ def network(name: str) -> Member:
     raise KeyError(f"no network {name!r} in the comparison family; the networks are {[m.network for m in FAMILY]}")
 
 
+def require_spatial_dims(patch_size: Sequence[int], spatial_dims: Sequence[int], name: str) -> None:
+    """ValueError unless ``patch_size`` has one of ``spatial_dims`` axes."""
+    if len(patch_size) not in spatial_dims:
+        kinds = " or ".join(f"{d}D" for d in spatial_dims)
+        raise ValueError(f"{name} takes {kinds} patches, got the {len(patch_size)}D patch {list(patch_size)}.")
+
+
 def require_divisible(patch_size: Sequence[int], divisor: int | None, name: str) -> None:
-    """ValueError unless ``patch_size`` is 3D with every axis a multiple of ``divisor`` (None: no rule)."""
+    """ValueError unless every axis of ``patch_size`` is a multiple of ``divisor`` (None: no rule)."""
     if divisor is None:
         return
-    if len(patch_size) != 3 or any(s % divisor for s in patch_size):
+    if any(s % divisor for s in patch_size):
         raise ValueError(
-            f"{name} needs a 3D patch divisible by {divisor} on every axis, got {list(patch_size)}. "
+            f"{name} needs a patch divisible by {divisor} on every axis, got {list(patch_size)}. "
             f"Its nnU-Net trainer rounds the planned patch for you; when building by hand, round it first."
         )

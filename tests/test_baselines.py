@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+import torch
 
 from nnunetv2_segresmamba.registry import FAMILY, member, members, network
 from nnunetv2_segresmamba.trainers import base
@@ -82,10 +83,24 @@ def test_registry_lookup():
 
 
 @pytest.mark.parametrize("name,patch", [("SwinUNETR", (40, 64, 64)), ("UNETR", (40, 64, 64)),
-                                        ("SegMamba", (64, 64)), ("nnU-Net", (48, 64, 64))])
+                                        ("UNETR", (40, 64)), ("nnU-Net", (48, 64, 64))])
 def test_builders_refuse_indivisible_patches(name, patch):
     with pytest.raises(ValueError, match="divisible by"):
         network(name).build(1, 2, patch)
+
+
+@pytest.mark.parametrize("name,patch", [("SegResMamba", (32, 48)), ("SwinUNETR", (64, 64)), ("UNETR", (32, 48)),
+                                        ("nnU-Net", (64, 64))])
+def test_2d_networks_of_the_family(name, patch):
+    """The members whose networks exist in 2D build them for a 2D patch (MONAI's spatial_dims=2)."""
+    net = network(name).build(2, 3, patch)
+    assert net(torch.randn(1, 2, *patch)).shape == (1, 3, *patch)
+
+
+def test_segmamba_is_3d_only():
+    assert network("SegMamba").spatial_dims == (3,)
+    with pytest.raises(ValueError, match=r"SegMamba takes 3D patches, got the 2D patch \[64, 64\]"):
+        network("SegMamba").build(1, 2, (64, 64))
 
 
 def test_trainers_take_their_patch_rule_from_the_registry():
@@ -99,6 +114,15 @@ def test_trainers_take_their_patch_rule_from_the_registry():
     # nnU-Net's trainers plan their own network and keep the planned patch; SegResMamba plans its strides
     assert trainers.nnUNetTrainerComparisonNnUNet.patch_divisor is None
     assert trainers.nnUNetTrainerSegResMamba.patch_divisor is None and network("SegResMamba").patch_divisor is None
+
+
+def test_trainers_take_their_configurations_from_the_registry():
+    from nnunetv2_segresmamba import trainers
+
+    for m in FAMILY:
+        for trainer in (m.trainer, f"{m.trainer}_smoke"):
+            assert getattr(trainers, trainer).supported_spatial_dims == m.spatial_dims, trainer
+    assert [m.network for m in FAMILY if m.spatial_dims != (2, 3)] == ["SegMamba"]
 
 
 def test_groups_keep_the_five_as_the_default_and_every_trainer_exists():

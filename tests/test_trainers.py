@@ -23,19 +23,20 @@ def planned(tmp_path_factory):
     run_command(["nnUNetv2_extract_fingerprint", "-d", str(ANISOTROPIC.dataset_id), "-np", "1"], ws.env, quiet=True)
     run_command(["nnUNetv2_plan_experiment", "-d", str(ANISOTROPIC.dataset_id)], ws.env, quiet=True)
     folder = os.path.join(ws.path("nnUNet_preprocessed"), ANISOTROPIC.folder_name)
-    os.makedirs(os.path.join(folder, "nnUNetPlans_3d_fullres"))  # initialize() infers the data format from
-    open(os.path.join(folder, "nnUNetPlans_3d_fullres", "case.b2nd"), "w").close()  # the preprocessed files
+    for configuration in ("3d_fullres", "2d"):  # initialize() infers the data format from the preprocessed files
+        os.makedirs(os.path.join(folder, f"nnUNetPlans_{configuration}"))
+        open(os.path.join(folder, f"nnUNetPlans_{configuration}", "case.b2nd"), "w").close()
     with open(os.path.join(folder, "nnUNetPlans.json")) as f:
         return ws, json.load(f)
 
 
-def initialized(trainer_name, planned, monkeypatch, plans=None):
+def initialized(trainer_name, planned, monkeypatch, plans=None, configuration="3d_fullres"):
     """The trainer ``trainer_name`` as ``nnUNetv2_train`` makes it, with its network and optimizer."""
     ws, planned_plans = planned
     for name, path in ws.env.items():
         monkeypatch.setenv(name, path)
     plans = {**json.loads(json.dumps(plans or planned_plans)), "continue_training": False}
-    trainer = getattr(trainers, trainer_name)(plans, "3d_fullres", 0, dataset_json(ANISOTROPIC),
+    trainer = getattr(trainers, trainer_name)(plans, configuration, 0, dataset_json(ANISOTROPIC),
                                               device=torch.device("cpu"))
     trainer.initialize()
     return trainer
@@ -179,3 +180,34 @@ def test_an_optimizer_state_with_one_group_resumes_in_the_two_groups():
     assert [g["weight_decay"] for g in new.param_groups] == [1e-5, 0.0]
     for parameter in layer.parameters():
         torch.testing.assert_close(new.state[parameter]["exp_avg"], old.state[parameter]["exp_avg"])
+
+
+def test_2d_configuration_trains_the_2d_segresmamba_strided_by_the_2d_plan(planned, monkeypatch):
+    from nnunetv2_segresmamba.networks.segresmamba import strides_from_pools
+
+    _, plans = planned
+    planned_2d = plans["configurations"]["2d"]
+    trainer = initialized("nnUNetTrainerSegResMamba", planned, monkeypatch, configuration="2d")
+    kwargs = trainer.plans_manager.plans["configurations"]["2d"]["architecture"]["arch_kwargs"]
+    stage, block = strides_from_pools(planned_2d["architecture"]["arch_kwargs"]["strides"])
+    assert kwargs["spatial_dims"] == 2 and kwargs["patch_size"] == planned_2d["patch_size"]
+    assert kwargs["stage_strides"] == [list(s) for s in stage] and kwargs["block_strides"] == [list(s) for s in block]
+    assert trainer.network.arch_kwargs == kwargs and trainer.network.spatial_dims == 2
+    out = trainer.network(torch.randn(2, 1, *planned_2d["patch_size"]))
+    assert out.shape == (2, 2, *planned_2d["patch_size"])
+
+
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerSwinUNETR", "nnUNetTrainerUNETR",
+                                          "nnUNetTrainerComparisonNnUNet"])
+def test_siblings_whose_networks_exist_in_2d_train_2d(planned, monkeypatch, trainer_name):
+    trainer = initialized(trainer_name, planned, monkeypatch, configuration="2d")
+    patch = trainer.configuration_manager.patch_size
+    assert len(patch) == 2
+    out = trainer.network(torch.randn(1, 1, *patch))
+    out = out[0] if isinstance(out, (list, tuple)) else out  # nnU-Net's deep supervision: full resolution first
+    assert out.shape == (1, 2, *patch)
+
+
+def test_segmamba_refuses_2d_and_names_what_to_use(planned, monkeypatch):
+    with pytest.raises(ValueError, match=r"nnUNetTrainerSegMamba trains 3D networks only.*'2d'.*3d_fullres"):
+        initialized("nnUNetTrainerSegMamba", planned, monkeypatch, configuration="2d")

@@ -1,5 +1,6 @@
-"""What every trainer of the comparison family shares: the training budget, 3D-only
-configurations, no torch.compile, patch rounding, and recipes set as class attributes."""
+"""What every trainer of the comparison family shares: the training budget, the
+configurations each network supports (2d and 3D, or 3D only), no torch.compile, patch
+rounding, and recipes set as class attributes."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from nnunetv2.utilities.helpers import softmax_helper_dim1
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch.optim.lr_scheduler import _LRScheduler
 
+from nnunetv2_segresmamba.registry import BOTH
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
 from nnunetv2_segresmamba.trainers.schedules import CosineAnnealingScheduler
 from nnunetv2_segresmamba.trainers.tracking import energy_record, energy_tracker_from_env, write_run_metrics
@@ -74,6 +76,7 @@ class ComparisonTrainerBase(nnUNetTrainer):
     loss_name: str  # "dice_ce" (nnU-Net default), "dice" or "ce"
     deep_supervision = False
     patch_divisor: int | None = None  # round the planned patch to multiples of this (saved in plans.json)
+    supported_spatial_dims: tuple[int, ...] = BOTH  # 2: nnU-Net's 2d configuration; 3: 3d_fullres, lowres, cascade
     seed: int | None = None  # seeds the network's initialisation and the batches; None: unseeded, as nnU-Net
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -81,7 +84,8 @@ class ComparisonTrainerBase(nnUNetTrainer):
         require_nnunet_env(("nnUNet_preprocessed", "nnUNet_results"))
         planned = round_patch_in_plans(plans, configuration, self.patch_divisor)
         configuration_manager = PlansManager(plans).get_configuration(configuration)
-        require_3d_configuration(configuration_manager.patch_size, configuration, type(self).__name__)
+        require_supported_configuration(configuration_manager.patch_size, configuration, type(self).__name__,
+                                        self.supported_spatial_dims)
         architecture = self.architecture_for_plans(configuration_manager)
         if architecture is not None:  # nnU-Net saves these plans as the run's plans.json, read at predict
             plans["configurations"][configuration]["architecture"] = architecture
@@ -370,10 +374,18 @@ def round_patch_in_plans(plans: dict, configuration: str, divisor: int | None) -
     return planned
 
 
-def require_3d_configuration(patch_size, configuration: str, trainer_name: str) -> None:
-    if len(patch_size) != 3:
-        raise ValueError(
-            f"{trainer_name} trains 3D networks, but configuration '{configuration}' has a "
-            f"{len(patch_size)}D patch {list(patch_size)}. Use a 3D configuration: "
-            f"nnUNetv2_train DATASET 3d_fullres FOLD -tr {trainer_name}"
-        )
+def require_supported_configuration(patch_size: Sequence[int], configuration: str, trainer_name: str,
+                                    spatial_dims: Sequence[int] = BOTH) -> None:
+    """ValueError, saying which configurations to use instead, unless the configuration's patch
+    has one of ``spatial_dims`` axes (the trainer's ``supported_spatial_dims``)."""
+    if len(patch_size) in spatial_dims:
+        return
+    if tuple(spatial_dims) == (3,):
+        advice = (f"Use a 3D configuration (3d_fullres, 3d_lowres, 3d_cascade_fullres): "
+                  f"nnUNetv2_train DATASET 3d_fullres FOLD -tr {trainer_name}. For 2d, train another trainer of the "
+                  "family, e.g. nnUNetTrainerSegResMamba (see the README's configuration table)")
+    else:
+        advice = f"Use a 2d or 3D configuration: nnUNetv2_train DATASET 3d_fullres FOLD -tr {trainer_name}"
+    kinds = " and ".join(f"{d}D" for d in spatial_dims)
+    raise ValueError(f"{trainer_name} trains {kinds} networks only, but configuration '{configuration}' has a "
+                     f"{len(patch_size)}D patch {list(patch_size)}. {advice}.")

@@ -29,15 +29,18 @@ class nnUNetTrainerSegMamba(NnUNetRecipe, ComparisonTrainerBase):
     - schedule: poly
     - loss: cross-entropy; no deep supervision
     - patch: rounded to multiples of 16 (stem and three stride-2 downsamplings)
+    - configurations: 3D only (its port is a 3D network); ``2d`` is refused with advice
     """
 
     loss_name = "ce"
     patch_divisor = SEGMAMBA.patch_divisor
+    supported_spatial_dims = SEGMAMBA.spatial_dims  # 3D only: refuses 2d with advice
     build_network = network_from_builder(SEGMAMBA.build)
 
 
 class nnUNetTrainerSwinUNETR(NnUNetRecipe, ComparisonTrainerBase):
-    """MONAI SwinUNETR (feature_size 48) with the recipe of MONAI's BTCV tutorial.
+    """MONAI SwinUNETR (feature_size 48) with the recipe of MONAI's BTCV tutorial; 2D or 3D as
+    the configuration's patch (MONAI's ``spatial_dims``).
 
     - optimizer: AdamW, lr 1e-4, weight decay 1e-5
     - schedule: cosine annealing
@@ -54,7 +57,7 @@ class nnUNetTrainerSwinUNETR(NnUNetRecipe, ComparisonTrainerBase):
 
 
 class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
-    """MONAI UNETR (ViT-B/16, ``img_size`` = the patch) with the same recipe as SwinUNETR
+    """MONAI UNETR (ViT-B/16, ``img_size`` = the patch, 2D or 3D) with the same recipe as SwinUNETR
     (MONAI's BTCV tutorial): AdamW 1e-4, weight decay 1e-5, cosine, Dice + CE. Patch rounded to
     multiples of 16 (the ViT patch)."""
 
@@ -63,8 +66,8 @@ class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
 
 
 class nnUNetTrainerComparisonNnUNet(NnUNetRecipe, ComparisonTrainerBase):
-    """nnU-Net itself: the network from the plans and nnU-Net's recipe (SGD 1e-2, poly, Dice + CE,
-    deep supervision), only the family's shared budget set by the base."""
+    """nnU-Net itself: the network from the plans (2D or 3D) and nnU-Net's recipe (SGD 1e-2, poly,
+    Dice + CE, deep supervision), only the family's shared budget set by the base."""
 
     deep_supervision = True
 

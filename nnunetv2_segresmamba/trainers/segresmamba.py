@@ -31,7 +31,10 @@ class nnUNetTrainerSegResMamba(PaperRecipe, ComparisonTrainerBase):
     - budget: the comparison family's, nnU-Net's 1000 epochs x 250 iterations. The paper
       trained BTCV for 25,000 steps (100 such epochs); nnU-Net's own patch size, batch
       size, augmentation and sliding-window inference are used unchanged.
-    - network: strides from the plan's ``pool_op_kernel_sizes``
+    - network: 2D or 3D as the configuration's patch (``2d``: the 2D SegResMamba; ``3d_fullres``,
+      ``3d_lowres``, ``3d_cascade_fullres``: the paper's 3D network, in the cascade with the
+      previous stage's one-hot segmentation as extra input channels, as nnU-Net gives them);
+      strides from the plan's ``pool_op_kernel_sizes``
       (:func:`nnunetv2_segresmamba.networks.segresmamba.strides_from_pools`), written with
       the patch and the ToM's directions into the run's plans.json (``architecture`` ->
       ``arch_kwargs``) and into every checkpoint, so that prediction rebuilds this network.
@@ -61,7 +64,7 @@ class nnUNetTrainerSegResMamba(PaperRecipe, ComparisonTrainerBase):
         if architecture["network_class_name"] != SEGRESMAMBA_CLASS:  # a run from before
             stage_strides, block_strides = legacy_plan_strides(configuration_manager.patch_size)
             network = SegResMamba(num_input_channels, num_output_channels, stage_strides=stage_strides,
-                                  block_strides=block_strides)
+                                  block_strides=block_strides, spatial_dims=len(configuration_manager.patch_size))
         else:
             kwargs = architecture["arch_kwargs"]
             if list(kwargs["patch_size"]) != list(configuration_manager.patch_size):
