@@ -1,4 +1,4 @@
-"""``nnunetv2_segresmamba`` command: make-dataset, demo, trainer-dir, sweep, status, report."""
+"""``nnunetv2_segresmamba`` command: make-dataset, demo, trainer-dir, add-cascade, sweep, status, report."""
 
 from __future__ import annotations
 
@@ -62,6 +62,16 @@ def _trainer_dir(args: argparse.Namespace) -> None:
     from nnunetv2_segresmamba.discovery import trainer_dir
 
     print(trainer_dir())
+
+
+def _add_cascade(args: argparse.Namespace) -> None:
+    from nnunetv2_segresmamba.tools.cascade import CASCADE, LOWRES, add_lowres_configuration
+
+    plans = add_lowres_configuration(args.dataset, args.factor, args.plans)
+    lowres = plans["configurations"][LOWRES]
+    print(f"{LOWRES}: spacing {lowres['spacing']}, patch {lowres['patch_size']}; {CASCADE} inherits 3d_fullres.\n"
+          f"Next: nnUNetv2_preprocess -d {args.dataset} -c {LOWRES} -p {args.plans}, then train {LOWRES} (every "
+          f"fold, or fold all) before {CASCADE} with the same -tr.")
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -168,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     where = sub.add_parser("trainer-dir", help="print the folder to put in nnUNet_extTrainer by hand")
     where.set_defaults(func=_trainer_dir)
+
+    cascade = sub.add_parser("add-cascade", help="add 3d_lowres and 3d_cascade_fullres to a planned dataset",
+                             description="For datasets too small for nnU-Net to plan a cascade: plans 3d_lowres with "
+                                         "nnU-Net's planner at a coarser spacing and adds 3d_cascade_fullres, in "
+                                         "nnUNet_preprocessed/DATASET/PLANS.json.")
+    cascade.add_argument("-d", "--dataset", required=True, help="dataset id or name, planned already")
+    cascade.add_argument("--factor", type=float, default=2.0,
+                         help="lowres spacing = factor x the 3d_fullres spacing (default %(default)s)")
+    cascade.add_argument("-p", "--plans", default="nnUNetPlans")
+    cascade.set_defaults(func=_add_cascade)
     _add_sweep_parsers(sub)
     return parser
 
