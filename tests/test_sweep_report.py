@@ -200,3 +200,22 @@ def test_an_empty_or_missing_plan_says_to_run_the_sweep(tmp_path, plan):
         write_plan(tmp_path / "sweep", plan)
     with pytest.raises(ValueError, match="run `nnunetv2_segresmamba sweep` first"):
         build_report(tmp_path / "sweep", tmp_path / "nnUNet_results")
+
+
+def test_configurations_side_by_side(tmp_path):
+    """A sweep of 2d and 3d_fullres: one row per trainer, one Dice column per configuration."""
+    results, sweep = tmp_path / "nnUNet_results", tmp_path / "sweep"
+    dice = {("2d", OURS): (0.70, 0.60), ("3d_fullres", OURS): (0.80, 0.90), ("3d_fullres", THEIRS): (0.50, 0.40)}
+    jobs = [FoldJob(DATASET, configuration, trainer, 0) for configuration, trainer in dice]
+    write_plan(sweep, jobs)
+    for job in jobs:
+        job.fold_dir(results).mkdir(parents=True)
+        (job.fold_dir(results) / "checkpoint_final.pth").write_bytes(b"")
+        write_summary(job.fold_dir(results), dice[job.configuration, job.trainer])
+    build_report(sweep, results)
+    md = (sweep / "report" / "leaderboard.md").read_text()
+    table = md.split(f"## {DATASET}, nnUNetPlans: configurations side by side")[1].split("\n## ")[0]
+    assert "| trainer | network | Dice 2d | Dice 3d_fullres |" in table
+    assert f"| {OURS} | SegResMamba | 0.6500 | 0.8500 |" in table
+    assert f"| {THEIRS} | SegMamba | - | 0.4500 |" in table
+    assert f"## {DATASET}, 2d, nnUNetPlans" in md and f"## {DATASET}, 3d_fullres, nnUNetPlans" in md

@@ -198,6 +198,10 @@ def markdown(sweep_dir: Path, results: Path, folds: list[FoldResult], rows: list
         "(ddof=1) across folds. Epoch: median wall time over all epochs of the done folds. Memory: the largest "
         "peak GPU memory of the done folds. Energy and CO2: summed over the done folds.",
     ]
+    for dataset, plans in dict.fromkeys((r["dataset"], r["plans"]) for r in rows):
+        same = [r for r in rows if (r["dataset"], r["plans"]) == (dataset, plans)]
+        if len({r["configuration"] for r in same}) > 1:
+            lines += ["", f"## {dataset}, {plans}: configurations side by side", "", *_configuration_table(same)]
     for panel in dict.fromkeys((r["dataset"], r["configuration"], r["plans"]) for r in rows):
         lines += ["", f"## {', '.join(panel)}", "",
                   *_leaderboard_table([r for r in rows if (r["dataset"], r["configuration"], r["plans"]) == panel])]
@@ -222,6 +226,20 @@ def _leaderboard_table(rows: list[dict]) -> list[str]:
         lines += ["", "Energy marked * is partial: a fold is missing or did not record energy, or a fold was "
                       "resumed and its energy covers only the last process."]
     return lines
+
+
+def _configuration_table(rows: list[dict]) -> list[str]:
+    """One row per trainer, one Dice column per configuration (``-`` where it was not planned),
+    in the order the configurations first appear."""
+    configurations = list(dict.fromkeys(r["configuration"] for r in rows))
+    by_trainer: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_trainer.setdefault(r["trainer"], {})[r["configuration"]] = r
+    header = ["trainer", "network", *(f"Dice {c}" for c in configurations)]
+    body = [[trainer, network_name(trainer),
+             *(_dice_cell(cells[c], "dice") if c in cells else "-" for c in configurations)]
+            for trainer, cells in by_trainer.items()]
+    return markdown_table(header, body)
 
 
 def _folds_cell(row: dict, unit: str = "") -> str:
