@@ -2,6 +2,10 @@
 the compiled kernels against the pure path and mamba_ssm. The kernels themselves are checked
 against plain references in test_fused_tom.py (here in Triton's CPU interpreter)."""
 
+import json
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -9,6 +13,7 @@ import torch
 
 from nnunetv2_segresmamba.operators import TriOrientedMamba, backends
 from nnunetv2_segresmamba.operators.selective_scan import selective_scan
+from tests.reference import assert_outputs_and_gradients_match, reference_fused_scan, scan_inputs
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled Triton kernels need a CUDA GPU")
 
@@ -49,6 +54,37 @@ def test_kernels_that_fail_at_their_first_launch_warn_once_and_are_not_used():
 def test_a_scan_function_is_refused_with_the_fused_backends():
     with pytest.raises(ValueError, match="fused numba or Triton kernels"):
         TriOrientedMamba(8, backend="triton", scan_function=selective_scan)
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_every_kernel_compiles_for_the_gpu_without_spilling_registers(arch):
+    """Ahead of time, with Triton's compiler and ptxas, at the compile-time arguments used on
+    CUDA (A100: sm_80, H100/H200: sm_90a). The interpreter checks what the kernels compute; this
+    checks that they build, which the interpreter does not."""
+    pytest.importorskip("triton")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "tests.triton_compile", str(arch)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert set(report) == {"conv_forward", "conv_backward_weights", "conv_backward_input", "scan_forward",
+                           "scan_backward"}
+    for kernel, info in report.items():
+        assert info["spill_stores"] <= 16, f"{kernel} spills {info['spill_stores']} bytes on sm_{arch}: {info}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the compiled kernels run this configuration")
+def test_the_gpu_configuration_matches_the_per_step_loop(monkeypatch):
+    """One channel per scan program and the CUDA chunk size, as launched on a GPU, here in the
+    interpreter (the other tests run it with more channels per program)."""
+    from nnunetv2_segresmamba.operators import triton_tom
+
+    monkeypatch.setattr(triton_tom, "INTERPRETER_BLOCK_E", triton_tom.CUDA_BLOCK_E)
+    inputs = scan_inputs(2, 3, 70, 3, states=16)  # L spans two chunks of 64
+    expected = reference_fused_scan(**inputs, kinds=(0, 1, 2), num_slices=7)
+    ours = triton_tom.fused_scan(**inputs, kinds=(0, 1, 2), num_slices=7)
+    assert_outputs_and_gradients_match(ours, expected, inputs)
 
 
 def randomised_pair(d_model: int, other: str) -> tuple[TriOrientedMamba, TriOrientedMamba]:

@@ -29,8 +29,13 @@ from torch import Tensor
 from nnunetv2_segresmamba.operators.backends import triton_interpreting
 
 CHUNK_SIZE = 64  # steps per associative scan and between the states kept for the backward pass
-MAX_BLOCK_E = 4  # channels per scan program at most; fewer where that leaves the GPU idle
-CONV_BLOCK_L, CONV_BLOCK_E = 64, 32
+# Channels per scan program. On a GPU one: a program walks the whole sequence, so batch x E
+# programs are what fill the GPU at batch 1, and ptxas (sm_90) fits the backward in 168
+# registers without spills, where 4 channels spill 576 bytes. Triton's CPU interpreter runs
+# fewer, larger programs faster.
+CUDA_BLOCK_E, INTERPRETER_BLOCK_E = 1, 4
+CONV_BLOCK_L, CONV_BLOCK_E = 32, 32  # 64 steps spill in the weight-gradient kernel (255 registers)
+NUM_WARPS = 4
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,18 +63,15 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def channel_block(batch: int, channels: int, device: torch.device) -> int:
-    """Channels per scan program: the most (up to MAX_BLOCK_E) that still give every
-    multiprocessor two programs. A program walks the whole sequence, so at batch 1 and
-    E = 96 (the full-resolution stage) one channel per program is what fills a GPU."""
-    if device.type != "cuda":
-        return MAX_BLOCK_E  # Triton's interpreter: fewer, larger programs run faster
-    wanted = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    return next((b for b in (MAX_BLOCK_E, 2) if batch * _cdiv(channels, b) >= wanted), 1)
+def conv_meta(width: int) -> dict:
+    """The compile-time arguments of the conv kernels."""
+    return {"WIDTH": width, "BLOCK_L": CONV_BLOCK_L, "BLOCK_E": CONV_BLOCK_E, "num_warps": NUM_WARPS}
 
 
-def _power_of_two(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(n)))
+def scan_meta(chunk_size: int, states: int, device: torch.device) -> dict:
+    """The compile-time arguments of the scan kernels (CUDA_BLOCK_E says why one channel on a GPU)."""
+    return {"CHUNK": chunk_size, "BLOCK_E": CUDA_BLOCK_E if device.type == "cuda" else INTERPRETER_BLOCK_E,
+            "BLOCK_N": 1 << max(0, math.ceil(math.log2(states))), "num_warps": NUM_WARPS}
 
 
 class _DirectionalConv(torch.autograd.Function):
@@ -82,8 +84,7 @@ class _DirectionalConv(torch.autograd.Function):
         kinds_t = _kinds(kinds, x.device)
         grid = (batch * directions, _cdiv(length, CONV_BLOCK_L), _cdiv(channels, CONV_BLOCK_E))
         kernels.conv_forward[grid](x, x.stride(0), x.stride(1), weight, bias, kinds_t, out,
-                                   length, channels, num_slices, directions,
-                                   WIDTH=width, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E)
+                                   length, channels, num_slices, directions, **conv_meta(width))
         ctx.save_for_backward(x, weight, bias, kinds_t)
         ctx.num_slices = num_slices
         return out
@@ -100,12 +101,10 @@ class _DirectionalConv(torch.autograd.Function):
         grad_bias = x.new_empty(batch, grid[1], directions, channels)
         kernels.conv_backward_weights[grid](x, x.stride(0), x.stride(1), weight, bias, kinds_t,
                                             grad_out.contiguous(), grad_pre, grad_weight, grad_bias,
-                                            length, channels, ctx.num_slices, directions,
-                                            WIDTH=width, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E)
+                                            length, channels, ctx.num_slices, directions, **conv_meta(width))
         grad_x = x.new_empty(batch, length, channels)
         kernels.conv_backward_input[(batch, grid[1], grid[2])](grad_pre, weight, kinds_t, grad_x, length, channels,
-                                                               ctx.num_slices, directions, WIDTH=width,
-                                                               BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E)
+                                                               ctx.num_slices, directions, **conv_meta(width))
         return grad_x, grad_weight.sum(dim=(0, 1)), grad_bias.sum(dim=(0, 1)), None, None
 
 
@@ -128,11 +127,10 @@ class _FusedScan(torch.autograd.Function):
         y = u.new_zeros(batch, length, channels)
         entering = u.new_empty(batch, directions, chunks if keep_states else 0, states, channels)
         kinds_t = _kinds(kinds, u.device)
-        block = channel_block(batch, channels, u.device)
-        kernels.scan_forward[(batch, _cdiv(channels, block))](
+        meta = scan_meta(chunk_size, states, u.device)
+        kernels.scan_forward[(batch, _cdiv(channels, meta["BLOCK_E"]))](
             u, delta, A, B, C, D, delta_bias, kinds_t, y, entering,
-            length, channels, states, num_slices, directions, chunks,
-            KEEP_STATES=keep_states, CHUNK=chunk_size, BLOCK_E=block, BLOCK_N=_power_of_two(states))
+            length, channels, states, num_slices, directions, chunks, KEEP_STATES=keep_states, **meta)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, kinds_t, entering)
         ctx.num_slices, ctx.chunk_size = num_slices, chunk_size
         return y
@@ -146,12 +144,11 @@ class _FusedScan(torch.autograd.Function):
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
         grad_A, grad_D = u.new_empty(batch, *A.shape), u.new_empty(batch, *D.shape)
         grad_B, grad_C = torch.zeros_like(B), torch.zeros_like(C)
-        block = channel_block(batch, channels, u.device)
-        kernels.scan_backward[(batch, _cdiv(channels, block), directions)](
+        meta = scan_meta(ctx.chunk_size, states, u.device)
+        kernels.scan_backward[(batch, _cdiv(channels, meta["BLOCK_E"]), directions)](
             u, delta, A, B, C, D, delta_bias, kinds_t, entering, grad_y.contiguous(),
             grad_u, grad_delta, grad_A, grad_D, grad_B, grad_C,
-            length, channels, states, ctx.num_slices, directions, entering.shape[2],
-            CHUNK=ctx.chunk_size, BLOCK_E=block, BLOCK_N=_power_of_two(states))
+            length, channels, states, ctx.num_slices, directions, entering.shape[2], **meta)
         return (grad_u, grad_delta, grad_A.sum(0), grad_B, grad_C, grad_D.sum(0), grad_delta.sum(dim=(0, 2)),
                 None, None, None, None)
 
