@@ -156,7 +156,7 @@ def run_train(out: Path) -> dict:
 PARTS = (
     Part("tests", ("triton", "pytest"), run_tests),
     Part("tom", ("triton",), run_tom),
-    Part("networks", ("monai", "dynamic_network_architectures"), run_networks),
+    Part("networks", ("monai", "dynamic_network_architectures", "nnunetv2"), run_networks),  # nnU-Net plans pools
     Part("train", NNUNET_PACKAGES, run_train),
 )
 
