@@ -10,6 +10,7 @@ from nnunetv2_segresmamba.networks.segresmamba import (
     plan_pools,
     strides_from_pools,
 )
+from tests.reference import backends_to_test, device_of
 
 PAPER_PARAMS_M = 119.98  # Table 7; our build from the paper's text has fewer, see README
 
@@ -84,28 +85,36 @@ def test_finite_outputs_under_bf16_autocast():
     assert torch.isfinite(out.float()).all()
 
 
-def test_pure_and_numba_paths_share_weights_and_agree():
+# widths and an odd input size per fused backend: smaller in Triton's interpreter, which is slow
+FUSED_CASES = {"numba": ((8, 16, 16, 32), (9, 7, 10)), "triton": ((8, 8, 8, 8), (5, 3, 6))}
+
+
+@pytest.mark.parametrize("fused", backends_to_test(*FUSED_CASES))
+def test_the_pure_and_fused_paths_share_weights_and_agree(fused):
     """One state_dict, two implementations: the same logits and gradients at an odd size.
 
     Conv biases right before an InstanceNorm have a zero gradient up to rounding noise, so
     they are left out; every weight, every ToM parameter and the input gradient are compared.
     """
     torch.manual_seed(0)
+    device = device_of(fused)
+    widths, size = FUSED_CASES[fused]
     strides = {"stage_strides": [(2, 2, 2)] * 2 + [(1, 1, 1)] * 2, "block_strides": [(2, 2, 2)] + [(1, 1, 1)] * 3}
-    numba_net = small_net(backend="numba", **strides)  # size divisor 4: a (9, 7, 10) input runs padded to (12, 8, 12)
-    pure_net = small_net(backend="pure", **strides)
-    pure_net.load_state_dict(numba_net.state_dict(), strict=True)
-    x = torch.randn(1, 1, 9, 7, 10, requires_grad=True)
-    outputs = [net(x) for net in (pure_net, numba_net)]
+    nets = [SegResMamba(1, 3, feature_sizes=widths, backend=backend, **strides).to(device)
+            for backend in ("pure", fused)]  # size divisor 4: inputs run padded to multiples of 4
+    pure_net, fused_net = nets
+    pure_net.load_state_dict(fused_net.state_dict(), strict=True)
+    x = torch.randn(1, 1, *size, device=device, requires_grad=True)
+    outputs = [net(x) for net in (pure_net, fused_net)]
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-4, rtol=1e-4)
-    weights = torch.linspace(-1, 1, outputs[0].numel()).view_as(outputs[0])
+    weights = torch.linspace(-1, 1, outputs[0].numel(), device=device).view_as(outputs[0])
     grads = [torch.autograd.grad((out * weights).sum(), [x, *net.parameters()]) for out, net in
-             zip(outputs, (pure_net, numba_net))]
+             zip(outputs, (pure_net, fused_net))]
     names = ["input", *(name for name, _ in pure_net.named_parameters())]
-    for name, g_pure, g_numba in zip(names, *grads):
+    for name, g_pure, g_fused in zip(names, *grads):
         if name.endswith(".bias") and "mamba." not in name:
             continue
-        error = ((g_numba - g_pure).norm() / g_pure.norm()).item()
+        error = ((g_fused - g_pure).norm() / g_pure.norm()).item()
         assert error < 1e-4, f"gradient of {name} differs by {error:.1e} (relative norm)"
 
 

@@ -29,6 +29,9 @@ from torch import Tensor
 from nnunetv2_segresmamba.operators.backends import triton_interpreting
 
 CHUNK_SIZE = 64  # steps per associative scan and between the states kept for the backward pass
+# Triton's interpreter combines a scan's elements one by one, so its time grows with the
+# padded tile: shorter chunks waste less on the short sequences of the deep stages.
+INTERPRETER_CHUNK_SIZE = 16
 # Channels per scan program. On a GPU one: a program walks the whole sequence, so batch x E
 # programs are what fill the GPU at batch 1, and ptxas (sm_90) fits the backward in 168
 # registers without spills, where 4 channels spill 576 bytes. Triton's CPU interpreter runs
@@ -164,11 +167,14 @@ def fused_scan(
     z: Tensor,
     kinds: Sequence[int],
     num_slices: int,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """:func:`numba_tom.fused_scan` on the GPU: the K directions' scans, summed and gated once.
     u, delta (B, K, L, E); A (K, N, E); B, C (B, K, L, N); D, delta_bias (K, E); z (B, L, E)
-    -> (B, L, E). ``chunk_size`` (a power of two) is the steps per associative scan."""
+    -> (B, L, E). ``chunk_size`` (a power of two) is the steps per associative scan; None:
+    CHUNK_SIZE on a GPU, INTERPRETER_CHUNK_SIZE in Triton's interpreter."""
+    if chunk_size is None:
+        chunk_size = CHUNK_SIZE if u.is_cuda else INTERPRETER_CHUNK_SIZE
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
     inputs = [t.contiguous() for t in (u, delta, A, B, C, D, delta_bias)]
