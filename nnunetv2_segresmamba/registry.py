@@ -90,7 +90,7 @@ def build_nnunet(in_channels: int, out_channels: int, patch_size: Sequence[int])
 
 COMPARISON, ABLATION = "comparison", "ablation"
 BOTH, ONLY_3D = (2, 3), (3,)  # the spatial dims of the configurations a member trains: 2d, or 3d_* only
-SCHEDULE_SUFFIXES = ("_smoke", "_2epochs", "_demo")  # shorter runs of a member's trainer
+SCHEDULE_SUFFIXES = ("_smoke", "_2epochs", "_demo", "_pipeline")  # shorter runs of a member's trainer
 
 
 @dataclass(frozen=True)

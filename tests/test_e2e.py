@@ -1,9 +1,14 @@
 """End to end through the stock nnU-Net CLI, as subprocesses, on a tiny synthetic dataset.
 
 plan_and_preprocess -> train (killed after its first checkpoint) -> resume with --c ->
---val --npz -> predict -> evaluate, with a Dice that must beat chance.
+--val --npz -> predict -> evaluate, with a Dice that must beat chance. Then nnU-Net's whole
+flow: 2d and 3d_fullres folds through ``nnunetv2_segresmamba sweep`` and its report,
+find_best_configuration, prediction per configuration, the ensemble and the postprocessing its
+instructions say; and the cascade, 3d_lowres then 3d_cascade_fullres, on plans given a lowres
+configuration by ``nnunetv2_segresmamba add-cascade``.
 """
 
+import csv
 import glob
 import json
 import os
@@ -41,8 +46,9 @@ def workspace(tmp_path_factory):
     drop_checkpoints(ws.root)
 
 
-def fold_dir(ws, trainer=TRAINER):
-    return os.path.join(ws.path("nnUNet_results"), SPEC.folder_name, f"{trainer}__nnUNetPlans__3d_fullres", "fold_0")
+def fold_dir(ws, trainer=TRAINER, configuration="3d_fullres", fold="0"):
+    return os.path.join(ws.path("nnUNet_results"), SPEC.folder_name, f"{trainer}__nnUNetPlans__{configuration}",
+                        f"fold_{fold}")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +83,18 @@ def test_train_killed_then_resumed_with_c(workspace, trained):
     assert metrics["epochs"] == 3 and metrics["first_epoch_this_process"] == 1
 
 
-def test_validation_with_npz_then_predict_beats_chance(workspace, trained):
+@pytest.fixture(scope="module")
+def predicted(workspace, trained):
+    """TRAINER's 3d_fullres fold 0 predictions of imagesTs, with probabilities (for the ensemble)."""
+    raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
+    out = os.path.join(workspace.root, "predictions")
+    run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", out, "-d", DID, "-c", "3d_fullres",
+                 "-f", "0", "-tr", TRAINER, "--save_probabilities", "-device", "cpu", "-npp", "1", "-nps", "1"],
+                workspace.env, quiet=True)
+    return out
+
+
+def test_validation_with_npz_then_predict_beats_chance(workspace, trained, predicted):
     run_command(["nnUNetv2_train", DID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--val", "--npz"],
                 workspace.env, quiet=True)
     validation = os.path.join(fold_dir(workspace), "validation")
@@ -85,9 +102,7 @@ def test_validation_with_npz_then_predict_beats_chance(workspace, trained):
     assert os.path.exists(os.path.join(validation, "summary.json"))
 
     raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
-    out = os.path.join(workspace.root, "predictions")
-    run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", out, "-d", DID, "-c", "3d_fullres",
-                 "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"], workspace.env, quiet=True)
+    out = predicted
     summary = evaluate_folder(os.path.join(raw, "labelsTs"), out, [1, 2], workspace.env)
     dice = summary["foreground_mean"]["Dice"]
     chance = chance_dice(os.path.join(raw, "labelsTs"), [1, 2])
@@ -105,9 +120,10 @@ def chance_dice(label_dir, classes):
     return float(np.mean([2 * p / (1 + p) for p in fractions]))
 
 
-def test_2d_configuration_is_refused_with_advice(workspace):
+def test_2d_configuration_is_refused_by_segmamba_with_advice(workspace):
     with pytest.raises(RuntimeError, match="Use a 3D configuration"):
-        run_command(["nnUNetv2_train", DID, "2d", "0", "-tr", TRAINER, "-device", "cpu"], workspace.env, quiet=True)
+        run_command(["nnUNetv2_train", DID, "2d", "0", "-tr", "nnUNetTrainerSegMamba_smoke", "-device", "cpu"],
+                    workspace.env, quiet=True)
 
 
 def test_missing_results_folder_variable_is_explained(workspace):
@@ -224,3 +240,142 @@ def test_resume_from_a_truncated_checkpoint_names_it_and_keeps_it(workspace, tmp
     message = str(error.value).replace("\n", "")
     assert checkpoint in message and f"mv {checkpoint} {checkpoint}.corrupt" in message
     assert open(checkpoint, "rb").read() == truncated
+
+
+# nnU-Net's whole flow: 2d and 3d_fullres, find_best_configuration, ensemble, postprocessing
+
+CONFIGURATIONS = ("2d", "3d_fullres")
+CPU_PREDICT = ["-device", "cpu", "-npp", "1", "-nps", "1"]
+
+
+@pytest.fixture(scope="module")
+def swept(workspace, trained):
+    """TRAINER's fold 0 in 2d and 3d_fullres with --npz, trained by ``nnunetv2_segresmamba sweep``
+    (3d_fullres: the fold of ``trained``, only validated here unless a test did it), and the
+    sweep's report. Returns the sweep folder."""
+    run_command(["nnUNetv2_preprocess", "-d", DID, "-c", "2d", "-np", "2"], workspace.env, quiet=True)
+    sweep_dir = os.path.join(workspace.root, "sweeps", "configurations")
+    run_command(["nnunetv2_segresmamba", "sweep", "-d", DID, "-c", *CONFIGURATIONS, "-tr", TRAINER, "-f", "0",
+                 "--device", "cpu", "--sweep-dir", sweep_dir], workspace.env, quiet=True)
+    run_command(["nnunetv2_segresmamba", "report", "--sweep-dir", sweep_dir], workspace.env, quiet=True)
+    return sweep_dir
+
+
+def dice_against_test_labels(workspace, folder):
+    raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
+    dice = evaluate_folder(os.path.join(raw, "labelsTs"), folder, [1, 2], workspace.env)["foreground_mean"]["Dice"]
+    return dice, chance_dice(os.path.join(raw, "labelsTs"), [1, 2])
+
+
+def test_sweep_trains_2d_and_3d_and_reports_them_side_by_side(workspace, swept):
+    with open(os.path.join(swept, "report", "leaderboard.csv")) as f:
+        rows = {row["configuration"]: row for row in csv.DictReader(f) if row["trainer"] == TRAINER}
+    assert sorted(rows) == sorted(CONFIGURATIONS) and all(r["folds_done"] == "1" for r in rows.values())
+    assert all(0 < float(r["dice_mean"]) <= 1 for r in rows.values())
+    md = open(os.path.join(swept, "report", "leaderboard.md")).read()
+    side_by_side = md.split("configurations side by side")[1].split("\n## ")[0]
+    assert "| trainer | network | Dice 2d | Dice 3d_fullres |" in side_by_side
+    row = next(line for line in side_by_side.splitlines() if line.startswith(f"| {TRAINER} |"))
+    assert f"{float(rows['2d']['dice_mean']):.4f}" in row and f"{float(rows['3d_fullres']['dice_mean']):.4f}" in row
+    with open(os.path.join(os.path.dirname(fold_dir(workspace, configuration="2d")), "plans.json")) as f:
+        kwargs = json.load(f)["configurations"]["2d"]["architecture"]["arch_kwargs"]
+    assert kwargs["spatial_dims"] == 2 and all(len(s) == 2 for s in kwargs["stage_strides"] + kwargs["block_strides"])
+
+
+def test_find_best_configuration_then_its_inference_instructions(workspace, swept, predicted, tmp_path):
+    """find_best_configuration over 2d and 3d_fullres, one prediction per configuration (with
+    probabilities, as an ensemble needs), the ensemble it evaluated, and the ensembling and
+    postprocessing commands of its inference_instructions.txt, with its placeholders filled in."""
+    run_command(["nnUNetv2_find_best_configuration", DID, "-c", *CONFIGURATIONS, "-tr", TRAINER, "-f", "0",
+                 "-np", "1"], workspace.env, quiet=True)
+    dataset_results = os.path.join(workspace.path("nnUNet_results"), SPEC.folder_name)
+    info = json.load(open(os.path.join(dataset_results, "inference_information.json")))["best_model_or_ensemble"]
+    models = [f"{TRAINER}__nnUNetPlans__{c}" for c in CONFIGURATIONS]
+    ensemble = os.path.join(dataset_results, "ensembles", f"ensemble___{models[0]}___{models[1]}___0")
+    assert os.path.isfile(os.path.join(ensemble, "summary.json")), "the ensemble was not evaluated"
+    for promised in (info["postprocessing_file"], info["some_plans_file"]):
+        assert os.path.isfile(promised), promised
+    selected = [m["configuration"] for m in info["selected_model_or_models"]]
+    assert set(selected) <= set(CONFIGURATIONS) and {m["trainer"] for m in info["selected_model_or_models"]} == {
+        TRAINER}
+
+    images = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
+    predictions = {"2d": str(tmp_path / "2d"), "3d_fullres": predicted}  # 3d_fullres: predicted by the fixture
+    run_command(["nnUNetv2_predict", "-i", images, "-o", predictions["2d"], "-d", DID, "-c", "2d", "-f", "0", "-tr",
+                 TRAINER, "--save_probabilities", *CPU_PREDICT], workspace.env, quiet=True)
+    for out in predictions.values():
+        assert len(glob.glob(os.path.join(out, "*.nii.gz"))) == len(glob.glob(os.path.join(out, "*.npz"))) \
+            == SPEC.num_test
+
+    instructions = open(os.path.join(dataset_results, "inference_instructions.txt")).read().splitlines()
+    commands = [line.split() for line in instructions if line.startswith("nnUNetv2_")]
+    placeholders = {"INPUT_FOLDER": images, "OUTPUT_FOLDER": str(tmp_path / "final"),
+                    "OUTPUT_FOLDER_PP": str(tmp_path / "final_pp")}
+    for j, configuration in enumerate(selected, start=1):
+        placeholders[f"OUTPUT_FOLDER_MODEL_{j}"] = predictions[configuration]
+    if len(selected) == 1:  # the single model's predictions are the final ones
+        placeholders["OUTPUT_FOLDER"] = predictions[selected[0]]
+    for command in commands:
+        if command[0] == "nnUNetv2_predict":  # predicted above, per configuration; the same command
+            assert command[command.index("-c") + 1] in selected and command[command.index("-tr") + 1] == TRAINER
+            continue
+        run_command([placeholders.get(word, word) for word in command], workspace.env, quiet=True)
+    assert [c[0] for c in commands if c[0] != "nnUNetv2_predict"] == (
+        ["nnUNetv2_ensemble"] if len(selected) == 2 else []) + ["nnUNetv2_apply_postprocessing"]
+    if len(selected) == 1:  # a single model won: the ensemble it evaluated still runs
+        ensembled = str(tmp_path / "ensemble")
+        run_command(["nnUNetv2_ensemble", "-i", *predictions.values(), "-o", ensembled, "-np", "1"], workspace.env,
+                    quiet=True)
+    else:
+        ensembled = placeholders["OUTPUT_FOLDER"]
+    for folder in (ensembled, placeholders["OUTPUT_FOLDER_PP"]):
+        assert len(glob.glob(os.path.join(folder, "*.nii.gz"))) == SPEC.num_test, folder
+        dice, chance = dice_against_test_labels(workspace, folder)
+        print(f"{folder}: mean Dice {dice:.3f}, chance {chance:.3f}")
+        assert dice > chance + 0.1, f"{folder}: Dice {dice:.3f} is not above chance ({chance:.3f})"
+
+
+# the cascade: 3d_lowres, then 3d_cascade_fullres on its predictions
+
+CASCADE_TRAINER = "nnUNetTrainerSegResMamba_pipeline"  # 1 epoch x 2 iterations: the pipeline, not learning
+
+
+@pytest.fixture(scope="module")
+def cascade(workspace):
+    """A 3d_lowres configuration added to the plans and preprocessed, CASCADE_TRAINER's lowres fold
+    "all" (its validation predicts every training case for the next stage) and cascade fold 0."""
+    run_command(["nnunetv2_segresmamba", "add-cascade", "-d", DID], workspace.env, quiet=True)
+    run_command(["nnUNetv2_preprocess", "-d", DID, "-c", "3d_lowres", "-np", "2"], workspace.env, quiet=True)
+    for configuration, fold in (("3d_lowres", "all"), ("3d_cascade_fullres", "0")):
+        run_command(["nnUNetv2_train", DID, configuration, fold, "-tr", CASCADE_TRAINER, "-device", "cpu"],
+                    workspace.env, quiet=True)
+
+
+def test_cascade_trains_and_predicts_through_the_cli(workspace, cascade, tmp_path):
+    lowres_run = os.path.dirname(fold_dir(workspace, CASCADE_TRAINER, "3d_lowres"))
+    with open(os.path.join(lowres_run, "plans.json")) as f:
+        configurations = json.load(f)["configurations"]
+    lowres = configurations["3d_lowres"]
+    assert lowres["next_stage"] == "3d_cascade_fullres" and lowres["patch_size"] == [8, 16, 16]
+    assert lowres["architecture"]["arch_kwargs"]["patch_size"] == [8, 16, 16]
+    next_stage = os.listdir(os.path.join(lowres_run, "predicted_next_stage", "3d_cascade_fullres"))
+    assert len({name.split(".")[0] for name in next_stage}) == SPEC.num_train, \
+        "the lowres stage did not predict every training case for the next stage"
+    cascade_fold = fold_dir(workspace, CASCADE_TRAINER, "3d_cascade_fullres")
+    assert os.path.isfile(os.path.join(cascade_fold, "checkpoint_final.pth"))
+    weights = torch.load(os.path.join(cascade_fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert weights["network_weights"]["stem.weight"].shape[1] == SPEC.num_channels + SPEC.num_classes  # + one-hot
+
+    images = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
+    run_command(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path / "lowres"), "-d", DID, "-c", "3d_lowres",
+                 "-f", "all", "-tr", CASCADE_TRAINER, *CPU_PREDICT], workspace.env, quiet=True)
+    run_command(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path / "cascade"), "-d", DID, "-c",
+                 "3d_cascade_fullres", "-f", "0", "-tr", CASCADE_TRAINER, "-prev_stage_predictions",
+                 str(tmp_path / "lowres"), *CPU_PREDICT], workspace.env, quiet=True)
+    import SimpleITK as sitk
+
+    predictions = sorted(glob.glob(str(tmp_path / "cascade" / "*.nii.gz")))
+    assert len(predictions) == SPEC.num_test
+    assert sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == tuple(SPEC.shape)
+    for run in (lowres_run, os.path.dirname(cascade_fold)):  # used by no other test: free their ~3 GB now
+        drop_checkpoints(run)

@@ -110,6 +110,12 @@ class nnUNetTrainerSegResMamba_smoke(SmokeSchedule, nnUNetTrainerSegResMamba):
     loss_name = "dice_ce"
 
 
+class nnUNetTrainerSegResMamba_pipeline(AblationSmokeSchedule, nnUNetTrainerSegResMamba):
+    """1 epoch x 2 iterations, the cheapest run that trains, validates, saves and predicts through
+    the CLI: for checks of nnU-Net's pipeline around a network that the ``_smoke`` runs already
+    train (the cascade's two stages in the end-to-end tests)."""
+
+
 class nnUNetTrainerSegResMamba_demo(nnUNetTrainerSegResMamba_smoke):
     """The demo's run: the smoke recipe, seeded, for 5 epochs x 24 iterations, enough to learn
     the synthetic dataset (mean Dice above 0.7 on its held-out cases) in a few CPU minutes."""
