@@ -20,7 +20,6 @@ Forward, and forward+backward of the sum. Peak memory is the rise during the mea
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from collections.abc import Callable
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from benchmarks.isolate import PeakMemory, default_memory_cap_gib, run_isolated
 from benchmarks.machine import describe
 from benchmarks.network_step import median_time
-from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
+from nnunetv2_segresmamba.operators.tom import FUSED_PATHS, TriOrientedMamba, fused_module
 
 D_STATE = 16
 BACKENDS = ("pure", "numba", "triton", "cuda", "mambapy")
@@ -75,7 +74,7 @@ def make_call(kind: str, backend: str, length: int, d_model: int, device: str, b
     for t in (u, delta, z, A, B, C, D):
         t.requires_grad_(backward)
     chunk = {} if chunk_size is None else {"chunk_size": chunk_size}
-    if backend in ("numba", "triton"):
+    if backend in FUSED_PATHS:
         return _fused_scan_call(backend, u, delta, A, B, C, D, z, bias, chunk)
     if backend == "mambapy":
         scan = mambapy_selective_scan
@@ -88,7 +87,7 @@ def make_call(kind: str, backend: str, length: int, d_model: int, device: str, b
 
 def _fused_scan_call(backend, u, delta, A, B, C, D, z, bias, chunk: dict) -> Callable:
     """One direction of the fused numba or Triton scan, on the channels-last layout it reads."""
-    fused_scan = importlib.import_module(f"nnunetv2_segresmamba.operators.{backend}_tom").fused_scan
+    fused_scan = fused_module(backend).fused_scan
 
     def channels_last(t):
         return t.detach().transpose(-1, -2).unsqueeze(1).contiguous().requires_grad_(t.requires_grad)

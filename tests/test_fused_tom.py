@@ -2,13 +2,13 @@
 against plain references: the scan and the causal conv of every direction, outputs and all
 gradients, odd sizes, several slice counts, strided inputs, autocast and the memory bound."""
 
-import importlib
 import math
 
 import pytest
 import torch
 
 from nnunetv2_segresmamba.operators import TriOrientedMamba
+from nnunetv2_segresmamba.operators.tom import fused_module
 from tests.reference import (
     ATOL,
     FORWARD,
@@ -27,10 +27,6 @@ from tests.reference import (
 @pytest.fixture(params=backends_to_test("numba", "triton"))
 def backend(request):
     return request.param
-
-
-def fused_module(backend):
-    return importlib.import_module(f"nnunetv2_segresmamba.operators.{backend}_tom")
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -33,6 +34,8 @@ INSTALL_HINT = (
     "pip install 'nnunetv2-segresmamba[cuda]' (mamba-ssm and causal-conv1d)."
 )
 TRITON_HINT = "Triton comes with CUDA builds of torch (pip install torch); on other builds: pip install triton."
+TRITON_DEVICE_HINT = ("The Triton ToM runs on CUDA tensors; on the CPU only in Triton's interpreter, for tests "
+                      "(TRITON_INTERPRET=1, set before triton is first imported).")
 
 
 class CudaKernels(NamedTuple):
@@ -82,9 +85,10 @@ def triton_loads() -> bool:
     return _load_or_warn(_load_triton_kernels, "triton", TRITON_HINT, quiet_if_absent=("triton",)) is not None
 
 
-def triton_interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``, for tests)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def triton_runs_on(device: torch.device) -> bool:
+    """Whether the Triton kernels run on ``device``: CUDA, or the CPU in Triton's interpreter."""
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return device.type == "cuda" or (device.type == "cpu" and interpreting)
 
 
 @functools.cache
@@ -145,9 +149,8 @@ def _explicit_cuda(x: Tensor) -> str:
 
 
 def _explicit_triton(x: Tensor) -> str:
-    if not (x.is_cuda or (x.device.type == "cpu" and triton_interpreting())):
-        raise RuntimeError(f"backend='triton' runs on CUDA tensors, got one on {x.device}. On the CPU it runs "
-                           "only in Triton's interpreter, for tests (TRITON_INTERPRET=1); use 'auto' or 'numba'.")
+    if not triton_runs_on(x.device):
+        raise RuntimeError(f"backend='triton' got a tensor on {x.device}. {TRITON_DEVICE_HINT} Use 'auto' or 'numba'.")
     if not triton_loads():
         raise RuntimeError(f"backend='triton' was requested but triton does not load. {TRITON_HINT}")
     return "triton"

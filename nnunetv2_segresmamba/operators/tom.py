@@ -8,6 +8,7 @@ mamba_ssm's ``Mamba`` plus SegMamba's suffixed copies, so official weights load 
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -30,19 +31,15 @@ PER_DIRECTION_BACKENDS = ("pure", "cuda")  # those that call a selective scan pe
 ScanFunction = Callable[..., Tensor]  # mamba_ssm's selective_scan_fn signature, see selective_scan
 
 
-def _numba_tom() -> ModuleType:
-    from nnunetv2_segresmamba.operators import numba_tom
-
-    return numba_tom
+FUSED_PATHS = ("numba", "triton")  # every direction in one call per kernel
 
 
-def _triton_tom() -> ModuleType:
-    from nnunetv2_segresmamba.operators import triton_tom
-
-    return triton_tom
-
-
-FUSED_PATHS = {"numba": _numba_tom, "triton": _triton_tom}  # every direction in one call per kernel
+def fused_module(path: str) -> ModuleType:
+    """``numba_tom`` or ``triton_tom`` (imported on first use): both provide ``directional_conv``
+    and ``fused_scan`` with the same contract."""
+    if path not in FUSED_PATHS:
+        raise ValueError(f"the fused paths are {FUSED_PATHS}, got {path!r}")
+    return importlib.import_module(f"nnunetv2_segresmamba.operators.{path}_tom")
 
 
 def check_directions(directions: Sequence[str]) -> tuple[str, ...]:
@@ -162,7 +159,7 @@ class TriOrientedMamba(nn.Module):
         xz = self.in_proj(hidden_states)  # (B, L, 2E)
         path = resolve_path(self.backend, xz)
         if path in FUSED_PATHS:
-            return self.out_proj(self._fused_scans(xz, num_slices, FUSED_PATHS[path]()))
+            return self.out_proj(self._fused_scans(xz, num_slices, fused_module(path)))
         kernels = load_cuda_kernels() if path == "cuda" else None
         xz = xz.transpose(1, 2)  # (B, 2E, L)
         out = sum(self._scan_in_order(xz, suffix, num_slices, kernels) for suffix in self.directions)
@@ -173,8 +170,8 @@ class TriOrientedMamba(nn.Module):
         return torch.stack([self.get_parameter(name.format(suffix)) for suffix in self.directions]).float()
 
     def _fused_scans(self, xz: Tensor, num_slices: int, fused: ModuleType) -> Tensor:
-        """Every direction at once, in fp32: (B, L, 2E) -> (B, L, E). ``fused`` is ``numba_tom``
-        or ``triton_tom``: both provide ``directional_conv`` and ``fused_scan``."""
+        """Every direction at once, in fp32: (B, L, 2E) -> (B, L, E), with ``fused``'s kernels
+        (:func:`fused_module`)."""
         kinds = [DIRECTION_KINDS[suffix] for suffix in self.directions]
         with torch.autocast(device_type=xz.device.type, enabled=False):
             x, z = (half.contiguous() for half in xz.float().chunk(2, dim=-1))  # (B, L, E), channels-last

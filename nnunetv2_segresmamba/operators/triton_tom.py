@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nnunetv2_segresmamba.operators.backends import triton_interpreting
+from nnunetv2_segresmamba.operators.backends import TRITON_DEVICE_HINT, triton_runs_on
 
 CHUNK_SIZE = 64  # steps per associative scan and between the states kept for the backward pass
 # Triton's interpreter combines a scan's elements one by one, so its time grows with the
@@ -54,9 +54,8 @@ def _kinds(kinds: Sequence[int], device: torch.device) -> Tensor:
 
 
 def _check_layout(x: Tensor) -> None:
-    if not (x.is_cuda or (x.device.type == "cpu" and triton_interpreting())):
-        raise RuntimeError(f"the Triton ToM runs on CUDA tensors, got one on {x.device}; on the CPU only in Triton's "
-                           "interpreter (TRITON_INTERPRET=1 set before triton is first imported), for tests.")
+    if not triton_runs_on(x.device):
+        raise RuntimeError(f"got a tensor on {x.device}. {TRITON_DEVICE_HINT}")
     if x.dtype != torch.float32 or x.stride(-1) != 1:
         raise ValueError(f"the Triton ToM takes fp32 tensors with contiguous channels, got {x.dtype} with strides "
                          f"{x.stride()}")
