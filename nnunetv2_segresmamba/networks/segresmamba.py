@@ -166,7 +166,7 @@ class SegResMamba(nn.Module):
         stage_strides: per-axis stride of the stem and of the 3 downsamplings;
             default 2 everywhere (the paper).
         block_strides: per-axis stride inside each mixed block; default 2 everywhere.
-        backend: ToM backend, "auto", "pure" or "cuda".
+        backend: ToM backend, one of ``operators.backends.BACKENDS`` ("auto" by default).
         tom_directions: the ToM's scans, a subset of ("", "_b", "_s") (forward, reverse,
             inter-slice; all three in the paper). Empty: every ToM is identity (NoToM ablation).
         patch_size: the (D, H, W) (2D: (H, W)) patch the network is trained on, or None. When
