@@ -36,7 +36,8 @@ from nnunetv2_segresmamba.networks.blocks import (
     pad_to_multiple,
     transposed_conv_in_relu,
 )
-from nnunetv2_segresmamba.operators.tom import DIRECTIONS, MambaLayer, check_directions
+from nnunetv2_segresmamba.operators.directions import DIRECTIONS, check_directions
+from nnunetv2_segresmamba.operators.tom import MambaLayer
 
 NUM_STAGES = 4
 NUM_HALVINGS = NUM_STAGES + 1  # stem, 3 downsamplings and the deepest mixed block

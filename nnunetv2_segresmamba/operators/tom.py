@@ -23,10 +23,9 @@ from nnunetv2_segresmamba.operators.backends import (
     load_cuda_kernels,
     resolve_path,
 )
+from nnunetv2_segresmamba.operators.directions import DIRECTIONS, check_directions, kinds_of
 from nnunetv2_segresmamba.operators.selective_scan import selective_scan
 
-DIRECTIONS = ("", "_b", "_s")  # forward, reverse, inter-slice
-DIRECTION_KINDS = {"": 0, "_b": 1, "_s": 2}  # FORWARD, REVERSE, INTER_SLICE of numba_kernels and triton_kernels
 PER_DIRECTION_BACKENDS = ("pure", "cuda")  # those that call a selective scan per direction
 ScanFunction = Callable[..., Tensor]  # mamba_ssm's selective_scan_fn signature, see selective_scan
 
@@ -40,15 +39,6 @@ def fused_module(path: str) -> ModuleType:
     if path not in FUSED_PATHS:
         raise ValueError(f"the fused paths are {FUSED_PATHS}, got {path!r}")
     return importlib.import_module(f"nnunetv2_segresmamba.operators.{path}_tom")
-
-
-def check_directions(directions: Sequence[str]) -> tuple[str, ...]:
-    """The directions in ``DIRECTIONS`` order; a ValueError for an empty or unknown one."""
-    unknown = set(directions) - set(DIRECTIONS)
-    if unknown or not directions:
-        raise ValueError(f"directions must be a non-empty subset of {DIRECTIONS} "
-                         f"('' forward, '_b' reverse, '_s' inter-slice), got {tuple(directions)}")
-    return tuple(d for d in DIRECTIONS if d in directions)
 
 
 def check_scan_function(scan_function: ScanFunction | None, backend: str) -> ScanFunction | None:
@@ -172,7 +162,7 @@ class TriOrientedMamba(nn.Module):
     def _fused_scans(self, xz: Tensor, num_slices: int, fused: ModuleType) -> Tensor:
         """Every direction at once, in fp32: (B, L, 2E) -> (B, L, E), with ``fused``'s kernels
         (:func:`fused_module`)."""
-        kinds = [DIRECTION_KINDS[suffix] for suffix in self.directions]
+        kinds = kinds_of(self.directions)
         with torch.autocast(device_type=xz.device.type, enabled=False):
             x, z = (half.contiguous() for half in xz.float().chunk(2, dim=-1))  # (B, L, E), channels-last
             conv_weight = self._stacked("conv1d{}.weight").squeeze(2).transpose(1, 2).contiguous()  # (K, W, E)

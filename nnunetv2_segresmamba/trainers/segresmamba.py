@@ -8,7 +8,7 @@ import torch.nn as nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_segresmamba.networks.segresmamba import SegResMamba, arch_kwargs_for_plan, legacy_plan_strides
-from nnunetv2_segresmamba.operators.tom import DIRECTIONS
+from nnunetv2_segresmamba.operators.directions import DIRECTIONS
 from nnunetv2_segresmamba.trainers.base import (
     AblationSmokeSchedule,
     ComparisonTrainerBase,
