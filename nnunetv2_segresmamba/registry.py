@@ -17,28 +17,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from nnunetv2_segresmamba.operators.directions import DIRECTIONS, FORWARD, REVERSE
+
 if TYPE_CHECKING:
     import torch.nn as nn
 
+FORWARD_SUFFIX, REVERSE_SUFFIX = DIRECTIONS[FORWARD], DIRECTIONS[REVERSE]
 Builder = Callable[[int, int, Sequence[int]], "nn.Module"]
 
 
-def build_segresmamba(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    from nnunetv2_segresmamba.networks.segresmamba import SegResMamba
-
-    return SegResMamba.for_patch_size(in_channels, out_channels, patch_size)
-
-
-def segresmamba_of(trainer: str) -> Builder:
-    """A builder of the SegResMamba that ``trainer`` trains (its ToM directions), planned as
-    :func:`build_segresmamba` plans it."""
+def segresmamba_with(tom_directions: Sequence[str] = DIRECTIONS) -> Builder:
+    """A builder of SegResMamba with the ToM scanning ``tom_directions`` (empty: no ToM), its
+    strides planned for the patch (:meth:`SegResMamba.for_patch_size`)."""
 
     def build(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-        from nnunetv2_segresmamba import trainers
         from nnunetv2_segresmamba.networks.segresmamba import SegResMamba
 
-        directions = getattr(trainers, trainer).tom_directions
-        return SegResMamba.for_patch_size(in_channels, out_channels, patch_size, tom_directions=directions)
+        return SegResMamba.for_patch_size(in_channels, out_channels, patch_size, tom_directions=tom_directions)
 
     return build
 
@@ -115,6 +110,7 @@ class Member:
     paper: PaperFigures | None = None  # None for the ablations
     group: str = COMPARISON
     spatial_dims: tuple[int, ...] = BOTH  # (2, 3): nnU-Net's 2d and 3D configurations; (3,): 3D only
+    tom_directions: tuple[str, ...] | None = None  # a SegResMamba's ToM scans (operators.directions); else None
 
     def build(self, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
         """The network for ``patch_size`` (2D or 3D as it has 2 or 3 axes); ValueError when the
@@ -124,9 +120,16 @@ class Member:
         return self.builder(in_channels, out_channels, patch_size)
 
 
+def segresmamba_member(trainer: str, network: str, tom_directions: Sequence[str] = DIRECTIONS,
+                       paper: PaperFigures | None = None, group: str = ABLATION) -> Member:
+    """A member that trains SegResMamba with the ToM scanning ``tom_directions``."""
+    directions = tuple(tom_directions)
+    return Member(trainer, network, segresmamba_with(directions), None, paper, group, tom_directions=directions)
+
+
 FAMILY: tuple[Member, ...] = (
-    Member("nnUNetTrainerSegResMamba", "SegResMamba", build_segresmamba, None,
-           PaperFigures(params_m=119.98, fvcore_macs_g=188.42, train_memory_gb=5.10, inference_s=0.0841)),
+    segresmamba_member("nnUNetTrainerSegResMamba", "SegResMamba", group=COMPARISON, paper=PaperFigures(
+        params_m=119.98, fvcore_macs_g=188.42, train_memory_gb=5.10, inference_s=0.0841)),
     Member("nnUNetTrainerSegMamba", "SegMamba", build_segmamba, 16,
            PaperFigures(params_m=67.36, fvcore_macs_g=1443.96, train_memory_gb=13.51, inference_s=0.1693),
            spatial_dims=ONLY_3D),
@@ -136,13 +139,11 @@ FAMILY: tuple[Member, ...] = (
            PaperFigures(params_m=93.01, fvcore_macs_g=177.44, train_memory_gb=3.08, inference_s=0.0531)),
     Member("nnUNetTrainerComparisonNnUNet", "nnU-Net", build_nnunet, 32,
            PaperFigures(params_m=31.19, fvcore_macs_g=480.06, inference_s=0.1668)),  # no Table 8 figure
-    Member("nnUNetTrainerSegResMambaNoToM", "SegResMamba-NoToM",
-           segresmamba_of("nnUNetTrainerSegResMambaNoToM"), group=ABLATION),
-    Member("nnUNetTrainerSegResMambaForwardToM", "SegResMamba-ForwardToM",
-           segresmamba_of("nnUNetTrainerSegResMambaForwardToM"), group=ABLATION),
-    Member("nnUNetTrainerSegResMambaForwardReverseToM", "SegResMamba-ForwardReverseToM",
-           segresmamba_of("nnUNetTrainerSegResMambaForwardReverseToM"), group=ABLATION),
-    Member("nnUNetTrainerSegResMamba_nnUNetRecipe", "SegResMamba-nnUNetRecipe", build_segresmamba, group=ABLATION),
+    segresmamba_member("nnUNetTrainerSegResMambaNoToM", "SegResMamba-NoToM", ()),
+    segresmamba_member("nnUNetTrainerSegResMambaForwardToM", "SegResMamba-ForwardToM", (FORWARD_SUFFIX,)),
+    segresmamba_member("nnUNetTrainerSegResMambaForwardReverseToM", "SegResMamba-ForwardReverseToM",
+                       (FORWARD_SUFFIX, REVERSE_SUFFIX)),
+    segresmamba_member("nnUNetTrainerSegResMamba_nnUNetRecipe", "SegResMamba-nnUNetRecipe"),
     Member("nnUNetTrainerComparisonNnUNet_paperRecipe", "nnU-Net-paperRecipe", build_nnunet, 32, group=ABLATION),
 )
 

@@ -120,10 +120,61 @@ def chance_dice(label_dir, classes):
     return float(np.mean([2 * p / (1 + p) for p in fractions]))
 
 
-def test_2d_configuration_is_refused_by_segmamba_with_advice(workspace):
-    with pytest.raises(RuntimeError, match="Use a 3D configuration"):
-        run_command(["nnUNetv2_train", DID, "2d", "0", "-tr", "nnUNetTrainerSegMamba_smoke", "-device", "cpu"],
-                    workspace.env, quiet=True)
+def test_a_resumed_seeded_run_draws_other_batches_than_epoch_0(workspace, monkeypatch, tmp_path):
+    """``--c`` sets the epoch before nnU-Net makes the loaders (``on_train_start``): a seeded run
+    resumed at epoch 1 must not replay epoch 0's batches, and a fresh one draws the same again."""
+    from nnunetv2_segresmamba.trainers import nnUNetTrainerSegResMamba_smoke
+
+    for name, path in {**workspace.env, "nnUNet_results": str(tmp_path)}.items():
+        monkeypatch.setenv(name, path)
+    preprocessed = os.path.join(workspace.path("nnUNet_preprocessed"), SPEC.folder_name)
+    plans, dataset = (json.load(open(os.path.join(preprocessed, f))) for f in ("nnUNetPlans.json", "dataset.json"))
+
+    def first_batch(epoch):
+        trainer = nnUNetTrainerSegResMamba_smoke(plans, "3d_fullres", 0, dataset, device=torch.device("cpu"))
+        trainer.initialize()
+        trainer.current_epoch = epoch  # as load_checkpoint sets it
+        train_loader, _ = trainer.get_dataloaders()
+        return next(train_loader)["data"]
+
+    assert torch.equal(first_batch(0), first_batch(0))
+    assert not torch.equal(first_batch(0), first_batch(1))
+
+
+FINE_TUNE = SyntheticSpec(dataset_id=992, name="FineTune", num_train=5, num_test=1, shape=(16, 48, 48),
+                          spacing=(2.0, 1.0, 1.0), num_classes=1, num_channels=2, seed=1)
+
+
+def test_fine_tuning_on_another_dataset_with_pretrained_weights(workspace, trained, tmp_path):
+    """nnU-Net's -pretrained_weights from SPEC's trained fold into a dataset with another patch
+    ((16, 48, 48), strided as SPEC's) and other classes: every tensor but the output layer is
+    SPEC's, moved by the two AdamW steps of lr 1e-4 only; then the fine-tuned model predicts."""
+    make_dataset(workspace.path("nnUNet_raw"), FINE_TUNE)
+    did = str(FINE_TUNE.dataset_id)
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "-np", "2"], workspace.env, quiet=True)
+    pretrained = os.path.join(fold_dir(workspace), "checkpoint_final.pth")
+    trainer = "nnUNetTrainerSegResMamba_pipeline"  # SmallWidths, as TRAINER; 1 epoch x 2 iterations
+    run_command(["nnUNetv2_train", did, "3d_fullres", "0", "-tr", trainer, "-device", "cpu", "-pretrained_weights",
+                 pretrained], workspace.env, quiet=True)
+    run = os.path.join(workspace.path("nnUNet_results"), FINE_TUNE.folder_name, f"{trainer}__nnUNetPlans__3d_fullres")
+    source = torch.load(pretrained, weights_only=True)
+    tuned = torch.load(os.path.join(run, "fold_0", "checkpoint_final.pth"), weights_only=True)
+    assert tuned["architecture"]["arch_kwargs"]["patch_size"] == [16, 48, 48]
+    assert source["architecture"]["arch_kwargs"]["patch_size"] == [16, 32, 32]
+    for name, weight in tuned["network_weights"].items():
+        if ".seg_layers." in name:  # FINE_TUNE's 2 outputs, SPEC's 3: not transferred
+            assert weight.shape[1 if "weight" in name else 0] == 2, name
+            continue
+        moved = (weight - source["network_weights"][name]).abs().max().item()
+        assert moved < 1e-3, f"{name} moved by {moved}: not SPEC's weights"
+
+    raw = os.path.join(workspace.path("nnUNet_raw"), FINE_TUNE.folder_name)
+    run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", str(tmp_path / "out"), "-d", did,
+                 "-c", "3d_fullres", "-f", "0", "-tr", trainer, *CPU_PREDICT], workspace.env, quiet=True)
+    import SimpleITK as sitk
+
+    predictions = sorted(glob.glob(str(tmp_path / "out" / "*.nii.gz")))
+    assert len(predictions) == 1 and sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == (16, 48, 48)
 
 
 def test_missing_results_folder_variable_is_explained(workspace):
@@ -199,14 +250,14 @@ def predict(workspace, tmp_path, results=None, images=None):
 
 def test_predict_refuses_a_patch_edited_in_the_runs_plans(workspace, trained, tmp_path):
     def edit(plans):
-        assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["patch_size"] == [16, 32, 32]
-        plans["configurations"]["3d_fullres"]["patch_size"] = [16, 32, 48]
+        assert plans["configurations"]["3d_fullres"]["patch_size"] == [16, 32, 32]
+        plans["configurations"]["3d_fullres"]["patch_size"] = [16, 32, 36]
         return plans
 
-    results, copy = copied_run(workspace, tmp_path, edit_plans=edit)
-    with pytest.raises(RuntimeError, match=r"'patch_size' \[16, 32, 48\] differs") as error:
+    results, _ = copied_run(workspace, tmp_path, edit_plans=edit)
+    with pytest.raises(RuntimeError, match=r"Patch size \[16, 32, 36\] is not served.*e\.g\. \[16, 32, 40\]") as error:
         predict(workspace, tmp_path, results)
-    assert str(copy / "plans.json") in str(error.value).replace("\n", "")
+    assert "the run's plans.json for nnUNetv2_predict" in str(error.value).replace("\n", "")
 
 
 def test_predict_from_a_truncated_checkpoint_names_it(workspace, trained, tmp_path):
@@ -277,8 +328,9 @@ def test_sweep_trains_2d_and_3d_and_reports_them_side_by_side(workspace, swept):
     assert "| trainer | network | Dice 2d | Dice 3d_fullres |" in side_by_side
     row = next(line for line in side_by_side.splitlines() if line.startswith(f"| {TRAINER} |"))
     assert f"{float(rows['2d']['dice_mean']):.4f}" in row and f"{float(rows['3d_fullres']['dice_mean']):.4f}" in row
-    with open(os.path.join(os.path.dirname(fold_dir(workspace, configuration="2d")), "plans.json")) as f:
-        kwargs = json.load(f)["configurations"]["2d"]["architecture"]["arch_kwargs"]
+    checkpoint = torch.load(os.path.join(fold_dir(workspace, configuration="2d"), "checkpoint_final.pth"),
+                            weights_only=True)
+    kwargs = checkpoint["architecture"]["arch_kwargs"]
     assert kwargs["spatial_dims"] == 2 and all(len(s) == 2 for s in kwargs["stage_strides"] + kwargs["block_strides"])
 
 
@@ -357,7 +409,6 @@ def test_cascade_trains_and_predicts_through_the_cli(workspace, cascade, tmp_pat
         configurations = json.load(f)["configurations"]
     lowres = configurations["3d_lowres"]
     assert lowres["next_stage"] == "3d_cascade_fullres" and lowres["patch_size"] == [8, 16, 16]
-    assert lowres["architecture"]["arch_kwargs"]["patch_size"] == [8, 16, 16]
     next_stage = os.listdir(os.path.join(lowres_run, "predicted_next_stage", "3d_cascade_fullres"))
     assert len({name.split(".")[0] for name in next_stage}) == SPEC.num_train, \
         "the lowres stage did not predict every training case for the next stage"

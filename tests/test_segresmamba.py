@@ -1,12 +1,13 @@
 """SegResMamba: shapes at odd sizes, per-axis strides, bf16 autocast, errors, weight portability."""
 
+import tempfile
+
 import pytest
 import torch
 
 from nnunetv2_segresmamba.networks import SegResMamba
 from nnunetv2_segresmamba.networks.segresmamba import (
     check_patch_size,
-    legacy_plan_strides,
     plan_pools,
     strides_from_pools,
 )
@@ -20,7 +21,8 @@ def small_net(in_channels=1, out_channels=3, **kwargs):
 
 
 def test_default_constructor_is_the_paper_network():
-    net = SegResMamba(in_channels=1, out_channels=14)
+    with torch.device("meta"):
+        net = SegResMamba(in_channels=1, out_channels=14)
     params = sum(p.numel() for p in net.parameters())
     assert params == 73_548_350, f"parameter count changed: {params}"
     assert net.size_divisor == (32, 32, 32)
@@ -50,12 +52,6 @@ def test_strides_follow_nnunet_pooling_in_plane_first():
 def test_isotropic_128_is_the_paper_network():
     stage, block = strides_from_pools(plan_pools((128, 128, 128)))
     assert stage == block == [(2, 2, 2)] * 4
-
-
-def test_legacy_strides_are_those_older_runs_were_trained_with():
-    stage, block = legacy_plan_strides((40, 224, 192))
-    assert stage == [(2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)]
-    assert block == [(2, 2, 2), (2, 2, 2), (1, 2, 2), (1, 2, 2)]
 
 
 def test_planned_strides_need_no_padding_for_nnunet_patches():
@@ -122,7 +118,8 @@ def test_the_pure_and_fused_paths_share_weights_and_agree(fused):
     "patch,divisor,match",
     [((64, 64), (1, 1, 1), "spatial_dims=2"), ((64, 64, 64, 2), (1, 1, 1, 1), "2D or 3D network"),
      ((24, 64, 64), (16, 32, 32), "multiple of"), ((1, 1, 1), (1, 1, 1), "single voxel"),
-     ((16, 32, 32), (16, 32, 32), "single voxel")],
+     ((16, 32, 32), (16, 32, 32), r"keep 2 voxels.*e\.g\. \[32, 64, 64\]"),
+     ((64, 32, 32), (32, 32, 32), r"e\.g\. \[64, 64, 64\]")],
 )
 def test_unusable_patch_sizes_say_what_to_change_in_the_plans(patch, divisor, match):
     with pytest.raises(ValueError, match=match) as error:
@@ -147,9 +144,10 @@ def test_bad_arguments_raise():
 def test_2d_network_has_the_3d_parameter_names():
     """Every tensor has the 3D network's name; convolution kernels lose one axis, the ToM's tensors
     (which do not depend on the dimensionality) keep their shapes."""
-    net3, net2 = SegResMamba(1, 14), SegResMamba(1, 14, spatial_dims=2)
-    shapes3 = {k: v.shape for k, v in net3.state_dict().items() if k != "_extra_state"}
-    shapes2 = {k: v.shape for k, v in net2.state_dict().items() if k != "_extra_state"}
+    with torch.device("meta"):
+        net3, net2 = SegResMamba(1, 14), SegResMamba(1, 14, spatial_dims=2)
+    shapes3 = {k: v.shape for k, v in net3.state_dict().items()}
+    shapes2 = {k: v.shape for k, v in net2.state_dict().items()}
     assert shapes2.keys() == shapes3.keys()
     for name, shape in shapes3.items():
         if ".mamba." in name or len(shape) < 3:  # the ToM, biases, norms
@@ -195,14 +193,40 @@ def test_2d_inter_row_scan_is_a_forward_scan_down_the_columns():
     torch.testing.assert_close(inter_row(x), forward(x.transpose(-1, -2)).transpose(-1, -2))
 
 
-def test_checkpoints_from_before_2d_load_as_3d():
-    """Their stored architecture has no spatial_dims: they are 3D."""
-    net = small_net()
-    weights = net.state_dict()
-    weights["_extra_state"] = {"arch_kwargs": {k: v for k, v in net.arch_kwargs.items() if k != "spatial_dims"}}
-    net.load_state_dict(weights)
-    with pytest.raises(ValueError, match="spatial_dims: checkpoint 3, plans 2"):
-        small_net(spatial_dims=2).load_state_dict(weights, strict=False)
+def test_the_deepest_map_rule_is_one_for_padding_and_patch_checks():
+    from nnunetv2_segresmamba.networks.blocks import pad_to_multiple, padded_size
+
+    assert padded_size((64, 32, 32), (32, 32, 32)) == [64, 64, 64]
+    assert padded_size((1, 1, 2), (1, 1, 1)) == [1, 1, 2]  # unpooled axes stay thin
+    assert padded_size((5, 33, 16), (1, 16, 16)) == [5, 48, 32]
+    assert pad_to_multiple(torch.zeros(1, 1, 5, 33, 16), (1, 16, 16)).shape == (1, 1, 5, 48, 32)
+    check_patch_size((5, 48, 32), (1, 16, 16))  # what the padding makes is served
+    with pytest.raises(ValueError, match="e.g. \\[5, 48, 32\\]"):
+        check_patch_size((5, 33, 16), (1, 16, 16))
+
+
+def test_the_output_layer_is_named_as_nnunets_so_pretrained_weights_skip_it():
+    """nnU-Net's ``load_pretrained_weights`` (``nnUNetv2_train -pretrained_weights``) transfers
+    every tensor but those under ``.seg_layers.``: SegResMamba's head, whose shape follows the
+    classes. A tensor whose shape another plan changes is named."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    torch.manual_seed(0)
+    source = small_net(out_channels=3)
+    assert [k for k in source.state_dict() if ".seg_layers." in k] == ["head.seg_layers.weight",
+                                                                          "head.seg_layers.bias"]
+    target = small_net(out_channels=5)
+    head = target.head.seg_layers.weight.detach().clone()
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save({"network_weights": source.state_dict()}, f"{folder}/checkpoint.pth")
+        load_pretrained_weights(target, f"{folder}/checkpoint.pth")
+        for name, tensor in target.state_dict().items():
+            expected = head if name == "head.seg_layers.weight" else source.state_dict()[name]
+            if name != "head.seg_layers.bias":
+                assert torch.equal(tensor, expected), name
+        other_strides = small_net(out_channels=3, stage_strides=[(2, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)])
+        with pytest.raises(AssertionError, match="key downsamplings.0.3.weight is not the same"):
+            load_pretrained_weights(other_strides, f"{folder}/checkpoint.pth")
 
 
 def test_2d_bad_inputs_say_what_to_do():

@@ -84,45 +84,52 @@ def test_optimizers_are_fused_where_torch_has_the_kernels():
     assert not unfused.defaults["fused"] and unfused.defaults["lr"] == 1e-2
 
 
-def test_strides_equal_nnunets_pooling_and_travel_in_the_plans(planned, monkeypatch):
-    _, plans = planned
-    pools = [tuple(p) for p in plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["strides"]]
-    assert pools[1] == (1, 2, 2)  # nnU-Net pools the 0.8 mm axes first
-    trainer = initialized("nnUNetTrainerSegResMamba", planned, monkeypatch)
-    kwargs = trainer.configuration_manager.configuration["architecture"]["arch_kwargs"]
-    assert trainer.plans_manager.plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] \
-        == "nnunetv2_segresmamba.networks.segresmamba.SegResMamba"
-    halvings = [tuple(s) for s in kwargs["stage_strides"]] + [tuple(kwargs["block_strides"][-1])]
-    assert halvings == (pools[1:] + [(1, 1, 1)] * 5)[:5]  # stem, 3 downsamplings, deepest block = nnU-Net's pools
-    assert [tuple(s) for s in kwargs["block_strides"][:3]] == pools[2:5]
-    assert kwargs["patch_size"] == plans["configurations"]["3d_fullres"]["patch_size"]
-    assert trainer.network.arch_kwargs == kwargs
-    assert trainer.network.state_dict()["_extra_state"] == {"arch_kwargs": kwargs}  # and so in every checkpoint
+ANISOTROPIC_STRIDES = {  # SegResMamba's strides for nnU-Net's pools (1,1,1), (1,2,2), (2,2,2), (2,2,2), (1,2,2)
+    "stage_strides": [[1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
+    "block_strides": [[2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 1, 1]],
+}
 
 
-def test_a_checkpoint_of_another_architecture_is_refused_naming_the_plans(planned, monkeypatch):
-    trainer = initialized("nnUNetTrainerSegResMamba", planned, monkeypatch)
-    weights = trainer.network.state_dict()
-    weights["_extra_state"] = {"arch_kwargs": {**weights["_extra_state"]["arch_kwargs"], "patch_size": [20, 64, 64]}}
-    with pytest.raises(ValueError, match=r"patch_size: checkpoint \[20, 64, 64\]") as error:
-        trainer.network.load_state_dict(weights)
-    assert "Dataset993_Aniso" in str(error.value) and "plans.json" in str(error.value)
-
-
-def test_runs_from_before_the_stored_architecture_still_load(planned, monkeypatch):
-    """Their plans.json holds nnU-Net's architecture and their checkpoints no ``_extra_state``."""
+def test_the_network_built_from_stock_plans_is_the_one_trained(planned, monkeypatch):
+    """nnU-Net's plans of a 3 x 0.8 x 0.8 mm dataset, as a notebook or nnUNetv2_predict reads
+    them, build the network that training builds, strided in-plane first; the run's plans keep
+    nnU-Net's architecture, so they still answer ``pool_op_kernel_sizes``."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunetv2_segresmamba.networks.segresmamba import legacy_plan_strides
-
-    _, plans = planned  # as nnU-Net planned them, as the run's plans.json of an older run holds them
+    _, plans = planned
+    assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["strides"] == [
+        [1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
+    trainer = initialized("nnUNetTrainerSegResMamba", planned, monkeypatch)
     manager = PlansManager(plans)
-    legacy = trainers.nnUNetTrainerSegResMamba.build_network_architecture(
+    stock = trainers.nnUNetTrainerSegResMamba.build_network_architecture(
         manager, manager.get_configuration("3d_fullres"), 1, 2, False)
-    stage, block = legacy_plan_strides(plans["configurations"]["3d_fullres"]["patch_size"])
-    assert legacy.arch_kwargs["stage_strides"] == [list(s) for s in stage] and legacy.arch_kwargs["patch_size"] is None
-    old_checkpoint = {k: v for k, v in legacy.state_dict().items() if k != "_extra_state"}
-    legacy.load_state_dict(old_checkpoint, strict=True)
+    assert trainer.network.arch_kwargs == stock.arch_kwargs == {
+        "feature_sizes": [48, 96, 192, 384], **ANISOTROPIC_STRIDES, "tom_directions": ["", "_b", "_s"],
+        "patch_size": [20, 96, 80], "spatial_dims": 3}
+    assert stock.state_dict().keys() == trainer.network.state_dict().keys()
+    assert all(stock.state_dict()[k].shape == v.shape for k, v in trainer.network.state_dict().items())
+    assert trainer.network.size_divisor == (4, 16, 16)
+    assert trainer.configuration_manager.pool_op_kernel_sizes == plans["configurations"]["3d_fullres"][
+        "architecture"]["arch_kwargs"]["strides"]
+    assert trainer.plans_manager.plans["configurations"]["3d_fullres"]["architecture"] == \
+        plans["configurations"]["3d_fullres"]["architecture"]  # what nnU-Net writes as the run's plans.json
+
+
+def test_checkpoints_carry_the_architecture_and_refuse_another(planned, monkeypatch, tmp_path):
+    trainer = initialized("nnUNetTrainerSegResMamba_smoke", planned, monkeypatch)
+    path = str(tmp_path / "checkpoint.pth")
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)  # as nnU-Net's -pretrained_weights reads it
+    assert checkpoint["architecture"] == {"network_class_name": "nnunetv2_segresmamba.networks.segresmamba.SegResMamba",
+                                          "arch_kwargs": trainer.network.arch_kwargs}
+    assert all(isinstance(v, torch.Tensor) for v in checkpoint["network_weights"].values())
+    assert not os.path.exists(path + ".partial")
+    trainer.load_checkpoint(path)
+    checkpoint["architecture"]["arch_kwargs"]["block_strides"] = [[2, 2, 2]] * 4
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match=r"block_strides: checkpoint \[\[2, 2, 2\].*plans \[\[2, 2, 2\], \[2, 2, 2\], "
+                                         r"\[1, 2, 2\], \[1, 1, 1\]\].*Nothing was loaded"):
+        trainer.load_checkpoint(path)
 
 
 @pytest.mark.parametrize("trainer_name,directions", [
@@ -165,34 +172,14 @@ def test_inputs_with_other_channel_counts_are_refused_before_the_network(planned
         trainer.network(torch.zeros(1, 2, 4, 8, 8))
 
 
-def test_an_optimizer_state_with_one_group_resumes_in_the_two_groups():
-    """Runs saved before the weight-decay groups keep their AdamW moments at --c."""
-    from nnunetv2_segresmamba.operators import TriOrientedMamba
-    from nnunetv2_segresmamba.trainers.base import parameter_groups, regroup_optimizer_state
-
-    torch.manual_seed(0)
-    layer = TriOrientedMamba(8, d_state=4)
-    old = torch.optim.AdamW(layer.parameters(), lr=1e-3, weight_decay=1e-5)
-    layer(torch.randn(1, 6, 8), num_slices=2).sum().backward()
-    old.step()
-    new = torch.optim.AdamW(parameter_groups(layer, 1e-5), lr=1e-3, weight_decay=1e-5)
-    new.load_state_dict(regroup_optimizer_state(old.state_dict(), new.param_groups, list(layer.parameters())))
-    assert [g["weight_decay"] for g in new.param_groups] == [1e-5, 0.0]
-    for parameter in layer.parameters():
-        torch.testing.assert_close(new.state[parameter]["exp_avg"], old.state[parameter]["exp_avg"])
-
-
 def test_2d_configuration_trains_the_2d_segresmamba_strided_by_the_2d_plan(planned, monkeypatch):
-    from nnunetv2_segresmamba.networks.segresmamba import strides_from_pools
-
     _, plans = planned
     planned_2d = plans["configurations"]["2d"]
+    assert planned_2d["architecture"]["arch_kwargs"]["strides"] == [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2]]
     trainer = initialized("nnUNetTrainerSegResMamba", planned, monkeypatch, configuration="2d")
-    kwargs = trainer.plans_manager.plans["configurations"]["2d"]["architecture"]["arch_kwargs"]
-    stage, block = strides_from_pools(planned_2d["architecture"]["arch_kwargs"]["strides"])
-    assert kwargs["spatial_dims"] == 2 and kwargs["patch_size"] == planned_2d["patch_size"]
-    assert kwargs["stage_strides"] == [list(s) for s in stage] and kwargs["block_strides"] == [list(s) for s in block]
-    assert trainer.network.arch_kwargs == kwargs and trainer.network.spatial_dims == 2
+    kwargs = trainer.network.arch_kwargs
+    assert kwargs["spatial_dims"] == 2 and kwargs["patch_size"] == planned_2d["patch_size"] == [96, 80]
+    assert kwargs["stage_strides"] == [[2, 2]] * 4 and kwargs["block_strides"] == [[2, 2]] * 3 + [[1, 1]]
     out = trainer.network(torch.randn(2, 1, *planned_2d["patch_size"]))
     assert out.shape == (2, 2, *planned_2d["patch_size"])
 

@@ -59,20 +59,16 @@ def activate() -> None:
 
 def explain_unreadable_checkpoint(error: BaseException, traceback) -> None:
     """If ``error`` is nnU-Net's predictor failing to read a checkpoint, prints to stderr which
-    file it is and what to do (:func:`nnunetv2_segresmamba.trainers.base.read_checkpoint_error`)."""
-    import pickle
-    import zipfile
+    file it is and what to do (:func:`nnunetv2_segresmamba.tools.checkpoints.unreadable_checkpoint_error`)."""
+    from nnunetv2_segresmamba.tools.checkpoints import is_unreadable, unreadable_checkpoint_error
 
-    unreadable = isinstance(error, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile)) or (
-        isinstance(error, RuntimeError) and "PytorchStreamReader" in str(error))
+    unreadable = is_unreadable(error)
     while traceback is not None and unreadable:
         frame = traceback.tb_frame
         names = frame.f_locals
         if frame.f_code.co_name == "initialize_from_trained_model_folder" and "checkpoint_name" in names:
-            from nnunetv2_segresmamba.trainers.base import read_checkpoint_error
-
             path = os.path.join(names["model_training_output_dir"], f"fold_{names['f']}", names["checkpoint_name"])
-            print(f"\n{read_checkpoint_error(path, error)}", file=sys.stderr)
+            print(f"\n{unreadable_checkpoint_error(path, error)}", file=sys.stderr)
             return
         traceback = traceback.tb_next
 

@@ -122,10 +122,17 @@ class AdditiveUpBlock(nn.Module):
         return self.refine(self.upsample(self.reduce(x)) + skip)
 
 
+def padded_size(size: Sequence[int], divisor: Sequence[int]) -> list[int]:
+    """The size a network pads each axis to: the next multiple of the axis's divisor (the
+    product of its strides), and where the network pools the axis (divisor > 1) at least twice
+    the divisor, so that its deepest feature map keeps 2 voxels (InstanceNorm needs more than
+    one). The one rule of the deepest map, for padding, patch checks and patch rounding."""
+    return [max(math.ceil(s / d), 2 if d > 1 else 1) * d for s, d in zip(size, divisor)]
+
+
 def pad_to_multiple(x: Tensor, divisor: Sequence[int]) -> Tensor:
-    """Zero-pads the end of each spatial axis to a multiple of its divisor, at least twice it
-    (so the deepest feature map keeps 2 voxels per axis: InstanceNorm needs more than one)."""
-    extra = [max(math.ceil(s / d), 2) * d - s for s, d in zip(x.shape[2:], divisor)]
+    """Zero-pads the end of each spatial axis to its :func:`padded_size`."""
+    extra = [p - s for p, s in zip(padded_size(x.shape[2:], divisor), x.shape[2:])]
     if not any(extra):
         return x
     return F.pad(x, [p for e in reversed(extra) for p in (0, e)])

@@ -34,6 +34,7 @@ from nnunetv2_segresmamba.networks.blocks import (
     crop_to,
     layers,
     pad_to_multiple,
+    padded_size,
     transposed_conv_in_relu,
 )
 from nnunetv2_segresmamba.operators.directions import DIRECTIONS, check_directions
@@ -81,14 +82,13 @@ def strides_from_pools(pool_op_kernel_sizes: Sequence[Sequence[int]]) -> tuple[S
 def arch_kwargs_for_plan(pool_op_kernel_sizes: Sequence[Sequence[int]], patch_size: Sequence[int],
                          tom_directions: Sequence[str] = DIRECTIONS,
                          feature_sizes: Sequence[int] = PAPER_FEATURE_SIZES) -> dict:
-    """The SegResMamba arguments (JSON-ready, as nnU-Net's plans store ``arch_kwargs``) for a
-    configuration of nnU-Net's plans: strides from :func:`strides_from_pools`, the patch, the
-    ToM's directions, the widths and the dimensionality (the patch's).
-    ``SegResMamba(in_channels, out_channels, **kwargs)``."""
+    """The SegResMamba arguments for a configuration of nnU-Net's plans: strides from
+    :func:`strides_from_pools`, the patch, the ToM's directions, the widths and the
+    dimensionality (the patch's). ``SegResMamba(in_channels, out_channels, **kwargs)``; the
+    network's :attr:`SegResMamba.arch_kwargs` are the same, in JSON form."""
     stage_strides, block_strides = strides_from_pools(pool_op_kernel_sizes)
-    return {"feature_sizes": [int(w) for w in feature_sizes], "stage_strides": [list(s) for s in stage_strides],
-            "block_strides": [list(s) for s in block_strides], "tom_directions": list(tom_directions),
-            "patch_size": [int(s) for s in patch_size], "spatial_dims": len(patch_size)}
+    return {"feature_sizes": feature_sizes, "stage_strides": stage_strides, "block_strides": block_strides,
+            "tom_directions": tom_directions, "patch_size": patch_size, "spatial_dims": len(patch_size)}
 
 
 def plan_pools(patch_size: Sequence[int], spacing: Sequence[float] | None = None) -> list[tuple[int, ...]]:
@@ -98,23 +98,6 @@ def plan_pools(patch_size: Sequence[int], spacing: Sequence[float] | None = None
 
     spacing = [1.0] * len(patch_size) if spacing is None else list(spacing)
     return [tuple(p) for p in get_pool_and_conv_props(spacing, list(patch_size), 4, 999999)[1]]
-
-
-def legacy_plan_strides(patch_size: Sequence[int]) -> tuple[Strides, Strides]:
-    """The strides of runs trained before the architecture was stored in the run's plans.json
-    (every axis halved while it is even and at least 4). Used only to predict with those runs."""
-    stage_strides, block_strides = [], []
-    sizes = list(patch_size)
-    for _ in range(NUM_STAGES):
-        stage = _halving_strides(sizes)
-        sizes = [size // s for size, s in zip(sizes, stage)]
-        stage_strides.append(stage)
-        block_strides.append(_halving_strides(sizes))
-    return stage_strides, block_strides
-
-
-def _halving_strides(sizes: Sequence[int]) -> tuple[int, ...]:
-    return tuple(2 if size % 2 == 0 and size >= 4 else 1 for size in sizes)
 
 
 class ConvMambaMixedBlock(nn.Module):
@@ -157,6 +140,21 @@ def downsampling(in_channels: int, out_channels: int, stride: Stride, spatial_di
     )
 
 
+class SegmentationHead(nn.Module):
+    """ConvTranspose with kernel = stride = the stem's, from the first stage's width to the
+    outputs at full resolution: ``(B, C, *spatial) -> (B, out_channels, *spatial * stride)``.
+    Named ``seg_layers`` as nnU-Net names its output layers, which ``-pretrained_weights``
+    leaves out."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: Stride, spatial_dims: int = 3):
+        super().__init__()
+        stride = tuple(stride)
+        self.seg_layers = layers(spatial_dims).conv_transpose(in_channels, out_channels, stride, stride=stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.seg_layers(x)
+
+
 class SegResMamba(nn.Module):
     """SegResMamba for 3D (the paper) or 2D segmentation.
 
@@ -171,23 +169,23 @@ class SegResMamba(nn.Module):
         tom_directions: the ToM's scans, a subset of ("", "_b", "_s") (forward, reverse,
             inter-slice; all three in the paper). Empty: every ToM is identity (NoToM ablation).
         patch_size: the (D, H, W) (2D: (H, W)) patch the network is trained on, or None. When
-            given, it is checked against the strides (:func:`check_patch_size`) and becomes part
-            of the architecture, so that a checkpoint refuses to load for another patch.
+            given, it is checked against the strides (:func:`check_patch_size`).
         spatial_dims: 3 (the paper) or 2: Conv2d, InstanceNorm2d and bilinear upsampling,
             strides of two axes, and the ToM's inter-slice scan running across rows (see the
             module's docstring). Parameter names are the same in both.
 
     Shapes: ``forward(x (B, in_channels, D, H, W)) -> logits (B, out_channels, D, H, W)``;
     in 2D ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
-    Each axis is zero-padded at its end to a multiple of :attr:`size_divisor` (and to at
-    least twice it, so the deepest map keeps 2 voxels per axis) and the logits are cropped
-    back. The paper's strides (the default) have divisor 32, so they suit inputs of 64, 96,
-    128, ...; :meth:`for_patch_size` plans strides as nnU-Net pools such a patch.
+    Each axis is zero-padded at its end as :func:`~.blocks.padded_size` says (a multiple of
+    :attr:`size_divisor`, with 2 voxels left in the deepest map on every pooled axis) and the
+    logits are cropped back. The paper's strides (the default) have divisor 32, so they suit
+    inputs of 64, 96, 128, ...; :meth:`for_patch_size` plans strides as nnU-Net pools such a
+    patch.
 
-    :attr:`arch_kwargs` (JSON-ready; ``backend`` is a runtime choice, not architecture) goes
-    into the run's plans.json and, through ``state_dict()["_extra_state"]``, into every
-    checkpoint; loading a checkpoint of another architecture raises a ValueError that names
-    :attr:`arch_source`. Checkpoints without that entry (older runs) load as before.
+    :attr:`arch_kwargs` are the arguments above in JSON form (``backend`` is a runtime choice,
+    not architecture); the trainers store them in every checkpoint, beside the weights. The
+    output layer is ``head.seg_layers``, a name that nnU-Net's ``-pretrained_weights`` does not
+    transfer, so a network fine-tunes on a dataset with other classes.
     """
 
     def __init__(
@@ -215,13 +213,12 @@ class SegResMamba(nn.Module):
         self.size_divisor = _size_divisor(stage_strides, block_strides)
         if patch_size is not None:
             check_patch_size(patch_size, self.size_divisor)
-        widths = list(feature_sizes)
+        widths = [int(w) for w in feature_sizes]
         self.arch_kwargs = {
             "feature_sizes": widths, "stage_strides": [list(s) for s in stage_strides],
             "block_strides": [list(s) for s in block_strides], "tom_directions": list(tom_directions),
             "patch_size": None if patch_size is None else [int(s) for s in patch_size], "spatial_dims": spatial_dims,
-        }  # the keys and form of arch_kwargs_for_plan
-        self.arch_source = "the arguments this SegResMamba was built with"
+        }
 
         self.stem = ops.conv(in_channels, widths[0], 7, stride=stage_strides[0], padding=3)
         self.downsamplings = nn.ModuleList(
@@ -236,8 +233,7 @@ class SegResMamba(nn.Module):
             AdditiveUpBlock(widths[i], widths[i - 1], stage_strides[i], spatial_dims)
             for i in reversed(range(1, NUM_STAGES))
         )
-        self.head = ops.conv_transpose(widths[0], out_channels, stage_strides[0], stride=stage_strides[0])
-        self.register_load_state_dict_pre_hook(_accept_checkpoints_without_architecture)
+        self.head = SegmentationHead(widths[0], out_channels, stage_strides[0], spatial_dims)
 
     @classmethod
     def for_patch_size(cls, in_channels: int, out_channels: int, patch_size: Sequence[int],
@@ -252,20 +248,6 @@ class SegResMamba(nn.Module):
                              f"got {list(spacing)}")
         planned = arch_kwargs_for_plan(plan_pools(patch_size, spacing), patch_size)
         return cls(in_channels, out_channels, **{**planned, **kwargs})
-
-    def get_extra_state(self) -> dict:
-        return {"arch_kwargs": self.arch_kwargs}
-
-    def set_extra_state(self, state: dict) -> None:
-        trained = {"spatial_dims": 3, **state["arch_kwargs"]}  # checkpoints from before 2D are 3D
-        differ = sorted(k for k in {**trained, **self.arch_kwargs} if trained.get(k) != self.arch_kwargs.get(k))
-        if differ:
-            raise ValueError(
-                "This checkpoint is a different SegResMamba from the one its plans build: "
-                + "; ".join(f"{k}: checkpoint {trained.get(k)}, plans {self.arch_kwargs.get(k)}" for k in differ)
-                + f". Fix {self.arch_source} to the checkpoint's values (use the plans.json saved next to the "
-                "checkpoint's fold_X folder), or predict with the checkpoint these plans were trained with."
-            )
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != self.spatial_dims + 2:
@@ -285,20 +267,15 @@ class SegResMamba(nn.Module):
         return crop_to(self.head(x), size)
 
 
-def _accept_checkpoints_without_architecture(module: SegResMamba, state_dict: dict, prefix: str, *args) -> None:
-    """Checkpoints written before the architecture was stored have no ``_extra_state``: they
-    load into the network that the (legacy) plans build, as they did then."""
-    state_dict.setdefault(prefix + "_extra_state", module.get_extra_state())
-
-
 def check_patch_size(patch_size: Sequence[int], size_divisor: Sequence[int]) -> None:
     """Raises a ValueError that says what to change in the plans if strides with
     ``size_divisor`` (see :attr:`SegResMamba.size_divisor`) cannot serve ``patch_size``.
 
-    Served: a patch with as many axes as the divisor (2 or 3) whose every axis is a multiple of
-    its divisor (no padding) and whose deepest feature map holds at least 2 voxels
-    (InstanceNorm needs more than one value). Thin axes are fine: an axis that nnU-Net does not
-    pool has divisor 1, down to 1 voxel.
+    Served: a patch with as many axes as the divisor (2 or 3) that the forward pass does not
+    pad (:func:`~.blocks.padded_size`): every axis a multiple of its divisor, with 2 voxels left
+    in the deepest feature map on every pooled axis, and more than one voxel there in all
+    (InstanceNorm). Thin axes are fine: an axis that nnU-Net does not pool has divisor 1, down
+    to 1 voxel.
     """
     if len(patch_size) not in SPATIAL_DIMS:
         raise ValueError(
@@ -311,14 +288,17 @@ def check_patch_size(patch_size: Sequence[int], size_divisor: Sequence[int]) -> 
                          f"{len(size_divisor)}D; build it with spatial_dims={len(patch_size)} "
                          "(SegResMamba.for_patch_size does).")
     where = ("Change 'patch_size' or 'pool_op_kernel_sizes' (under 'architecture' -> 'arch_kwargs' -> "
-             "'strides') of this configuration in nnUNetPlans.json under nnUNet_preprocessed/DATASET, "
-             "or re-plan with nnUNetv2_plan_experiment, whose plans always fit.")
-    if any(s < 1 or s % d for s, d in zip(patch_size, size_divisor)):
+             "'strides') of this configuration in its plans (nnUNet_preprocessed/DATASET/PLANS.json for "
+             "nnUNetv2_train, the run's plans.json for nnUNetv2_predict), or re-plan with "
+             "nnUNetv2_plan_experiment, whose plans always fit.")
+    served = padded_size([max(1, int(s)) for s in patch_size], size_divisor)
+    if list(patch_size) != served:
         raise ValueError(f"Patch size {list(patch_size)} is not served by SegResMamba's strides: each axis must be "
-                         f"a multiple of {list(size_divisor)} (the product of its pooling). {where}")
+                         f"a multiple of {list(size_divisor)} (the product of its pooling) and keep 2 voxels in the "
+                         f"deepest feature map where it is pooled, e.g. {served}; or pool one axis less. {where}")
     if math.prod(s // d for s, d in zip(patch_size, size_divisor)) < 2:
         raise ValueError(f"Patch size {list(patch_size)} pooled by {list(size_divisor)} leaves a single voxel in the "
-                         f"deepest feature map, where InstanceNorm needs two. Pool one axis less. {where}")
+                         f"deepest feature map, where InstanceNorm needs two. {where}")
 
 
 def _checked_strides(strides: Sequence[Stride] | None, name: str, spatial_dims: int) -> list[tuple[int, ...]]:

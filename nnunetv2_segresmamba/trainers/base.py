@@ -5,9 +5,7 @@ rounding, and recipes set as class attributes."""
 from __future__ import annotations
 
 import os
-import pickle
 import random
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -22,7 +20,9 @@ from nnunetv2.utilities.helpers import softmax_helper_dim1
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch.optim.lr_scheduler import _LRScheduler
 
+from nnunetv2_segresmamba.networks.blocks import padded_size
 from nnunetv2_segresmamba.registry import BOTH
+from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
 from nnunetv2_segresmamba.trainers.schedules import CosineAnnealingScheduler
 from nnunetv2_segresmamba.trainers.tracking import energy_record, energy_tracker_from_env, write_run_metrics
@@ -86,9 +86,6 @@ class ComparisonTrainerBase(nnUNetTrainer):
         configuration_manager = PlansManager(plans).get_configuration(configuration)
         require_supported_configuration(configuration_manager.patch_size, configuration, type(self).__name__,
                                         self.supported_spatial_dims)
-        architecture = self.architecture_for_plans(configuration_manager)
-        if architecture is not None:  # nnU-Net saves these plans as the run's plans.json, read at predict
-            plans["configurations"][configuration]["architecture"] = architecture
         super().__init__(plans, configuration, fold, dataset_json, device)
         if planned != list(self.configuration_manager.patch_size):
             self.print_to_log_file(f"patch size {planned} rounded to {self.configuration_manager.patch_size} "
@@ -101,13 +98,6 @@ class ComparisonTrainerBase(nnUNetTrainer):
         self.weight_decay = self.recipe_weight_decay
         self.enable_deep_supervision = self.deep_supervision
 
-    @classmethod
-    def architecture_for_plans(cls, configuration_manager: ConfigurationManager) -> dict | None:
-        """The configuration's ``architecture`` (nnU-Net 2.8's ``network_class_name``,
-        ``arch_kwargs``, ``_kw_requires_import``) to store in the run's plans.json, or None to keep
-        the planned one. Networks whose arguments are not all in the plans override this."""
-        return None
-
     def initialize(self) -> None:
         """nnU-Net's, with the random generators seeded first when :attr:`seed` is set."""
         if self.seed is not None and not self.was_initialized:
@@ -116,9 +106,12 @@ class ComparisonTrainerBase(nnUNetTrainer):
 
     def get_dataloaders(self):
         """nnU-Net's loaders. A seeded run samples and augments its batches in this process, since
-        nnU-Net's worker processes draw unseeded."""
+        nnU-Net's worker processes draw unseeded. A run resumed at epoch k (``--c``) reseeds with
+        ``seed + k`` first, so that it does not replay the batches of epoch 0."""
         if self.seed is None:
             return super().get_dataloaders()
+        if self.current_epoch:
+            seed_everything(self.seed + self.current_epoch)
         with environment_variable("nnUNet_n_proc_DA", "0"):
             return super().get_dataloaders()
 
@@ -151,39 +144,48 @@ class ComparisonTrainerBase(nnUNetTrainer):
 
     build_network = staticmethod(nnUNetTrainer.build_network_architecture)  # from the plans; subclasses override
 
-    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        """nnU-Net's, with an error that names the file and says what to do if it cannot be read."""
-        if isinstance(filename_or_checkpoint, str) and not zipfile.is_zipfile(filename_or_checkpoint):
-            raise read_checkpoint_error(filename_or_checkpoint, zipfile.BadZipFile("not a zip archive"))
-        try:
-            super().load_checkpoint(filename_or_checkpoint)
-        except ValueError as error:  # nnU-Net loads everything else before the optimizer state
-            if "parameter groups" not in str(error) or not isinstance(filename_or_checkpoint, str):
-                raise
-            self._load_single_group_optimizer_state(filename_or_checkpoint)
-        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as error:
-            raise read_checkpoint_error(str(filename_or_checkpoint), error) from error
-        except RuntimeError as error:
-            if "PytorchStreamReader" not in str(error):
-                raise
-            raise read_checkpoint_error(str(filename_or_checkpoint), error) from error
-
-    def _load_single_group_optimizer_state(self, filename: str) -> None:
-        """The optimizer (and grad scaler) state of a run saved before the weight-decay groups."""
-        checkpoint = torch.load(filename, map_location=self.device, weights_only=False)
+    def architecture(self) -> dict:
+        """What a checkpoint records of its network, beside ``network_weights``: the class and,
+        for networks that have them (SegResMamba), the arguments it was built with."""
         network = self.network.module if self.is_ddp else self.network
-        self.optimizer.load_state_dict(regroup_optimizer_state(
-            checkpoint["optimizer_state"], self.optimizer.param_groups, list(network.parameters())))
-        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
-            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+        network = getattr(network, "_orig_mod", network)  # torch.compile's wrapper
+        return {"network_class_name": f"{type(network).__module__}.{type(network).__qualname__}",
+                "arch_kwargs": getattr(network, "arch_kwargs", None)}
 
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's, written to a temporary file first and then renamed, so that a run killed
-        while saving leaves the previous checkpoint intact instead of a truncated one."""
+        """nnU-Net's checkpoint with the network's :meth:`architecture` beside its weights, written
+        to a temporary file first and then renamed, so that a run killed while saving leaves the
+        previous checkpoint intact instead of a truncated one."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)  # nothing to write (nnU-Net logs why)
+        network = self.network.module if self.is_ddp else self.network
+        checkpoint = {
+            "network_weights": getattr(network, "_orig_mod", network).state_dict(),
+            "architecture": self.architecture(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+        }  # nnU-Net 2.8's keys, and "architecture"
         partial = filename + ".partial"
-        super().save_checkpoint(partial)
-        if os.path.exists(partial):
-            os.replace(partial, filename)
+        torch.save(checkpoint, partial)
+        os.replace(partial, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: str) -> None:
+        """nnU-Net's (``--c``, ``--val``), after checking that the checkpoint holds the network
+        these plans build. A file that cannot be read is named, with what to do. Takes a path:
+        nnU-Net 2.8.1's own ``load_checkpoint`` fails on a dict."""
+        if not isinstance(filename_or_checkpoint, str):
+            raise TypeError(f"load_checkpoint takes the path of a checkpoint file, got {type(filename_or_checkpoint)}")
+        saved = load_checkpoint_file(filename_or_checkpoint, self.device, mmap=True)  # read lazily, for the check
+        if not self.was_initialized:
+            self.initialize()
+        require_same_architecture(saved.get("architecture"), self.architecture(), filename_or_checkpoint)
+        super().load_checkpoint(filename_or_checkpoint)
 
     def _do_i_compile(self) -> bool:
         return False  # torch.compile is not measured to work with the Mamba scans
@@ -299,25 +301,6 @@ def parameter_groups(network: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def regroup_optimizer_state(state: dict, groups: list[dict], parameters: list[nn.Parameter]) -> dict:
-    """An optimizer state saved with one parameter group (runs from before
-    :func:`parameter_groups`) split like ``groups``, so ``--c`` resumes such runs; any other
-    state is returned as it is. ``parameters`` is the network's parameter order of that group."""
-    if len(state["param_groups"]) != 1 or len(groups) == 1:
-        return state
-    old_index = {id(p): i for i, p in enumerate(p for p in parameters if p.requires_grad)}
-    new_state, new_groups, k = {}, [], 0
-    for group in groups:
-        indices = []
-        for parameter in group["params"]:
-            if old_index[id(parameter)] in state["state"]:
-                new_state[k] = state["state"][old_index[id(parameter)]]
-            indices.append(k)
-            k += 1
-        new_groups.append({**state["param_groups"][0], "params": indices, "weight_decay": group["weight_decay"]})
-    return {"state": new_state, "param_groups": new_groups}
-
-
 def network_from_builder(builder: Callable[[int, int, Sequence[int]], nn.Module]) -> staticmethod:
     """A ``build_network`` (nnU-Net 2.8's ``build_network_architecture`` signature) that calls
     ``builder(in_channels, out_channels, patch_size)``. No deep supervision: the flag is ignored."""
@@ -347,29 +330,39 @@ def require_input_channels(network: nn.Module, num_input_channels: int) -> None:
     network.register_forward_pre_hook(check)
 
 
-def read_checkpoint_error(path: str, error: BaseException) -> RuntimeError:
-    """The error for a checkpoint file that cannot be read, saying what to do."""
-    folder = os.path.dirname(path)
-    return RuntimeError(
-        f"{path} is not a readable checkpoint (truncated or corrupt: {type(error).__name__}: {error}). Nothing was "
-        f"changed. Move it aside, e.g. mv {path} {path}.corrupt: nnUNetv2_train --c then resumes from the next "
-        f"checkpoint it finds in {folder} (checkpoint_final, checkpoint_latest, checkpoint_best, in that order) "
-        "or starts over, and nnUNetv2_predict -chk picks another checkpoint."
+def require_same_architecture(saved: dict | None, built: dict, path: str) -> None:
+    """ValueError, naming what differs and what to do, unless a checkpoint's ``architecture``
+    (``saved``; None in checkpoints that record none, such as nnU-Net's own) is ``built``, the
+    :meth:`ComparisonTrainerBase.architecture` of the network built now."""
+    if saved is None or saved == built:
+        return
+    saved, built = _flat_architecture(saved), _flat_architecture(built)
+    details = "; ".join(f"{key}: checkpoint {saved.get(key)}, plans {built.get(key)}"
+                        for key in sorted({**saved, **built}) if saved.get(key) != built.get(key))
+    raise ValueError(
+        f"{path} holds another network than these plans build ({details}). Nothing was loaded. The plans were "
+        "changed after training: restore the run's plans.json (the checkpoint's 'init_args' hold the plans it was "
+        "trained with), or train anew with the new plans."
     )
+
+
+def _flat_architecture(architecture: dict) -> dict:
+    return {"network_class_name": architecture.get("network_class_name"), **(architecture.get("arch_kwargs") or {})}
 
 
 def round_patch_in_plans(plans: dict, configuration: str, divisor: int | None) -> list[int]:
     """Rounds the configuration's patch size in ``plans`` (in place) to the nearest multiples of
-    ``divisor``, at least twice ``divisor`` (the deepest feature map keeps 2 voxels per axis, as
-    InstanceNorm needs). nnU-Net saves these plans into the run's output folder, so
-    ``nnUNetv2_predict`` uses the same patch. Returns the patch size as planned."""
+    ``divisor`` that the network takes unpadded (:func:`~nnunetv2_segresmamba.networks.blocks.padded_size`).
+    nnU-Net saves these plans into the run's output folder, so ``nnUNetv2_predict`` uses the
+    same patch. Returns the patch size as planned."""
     configurations = plans["configurations"]
     config = configurations[configuration]
     while "patch_size" not in config and "inherits_from" in config:
         config = configurations[config["inherits_from"]]
     planned = list(config["patch_size"])
     if divisor:
-        rounded = [max(2 * divisor, int(s / divisor + 0.5) * divisor) for s in planned]
+        nearest = [max(1, int(s / divisor + 0.5)) * divisor for s in planned]
+        rounded = padded_size(nearest, [divisor] * len(planned))
         plans["configurations"][configuration]["patch_size"] = rounded
     return planned
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import torch.nn as nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunetv2_segresmamba.networks.segresmamba import SegResMamba, arch_kwargs_for_plan, legacy_plan_strides
-from nnunetv2_segresmamba.operators.directions import DIRECTIONS
+from nnunetv2_segresmamba.networks.segresmamba import PAPER_FEATURE_SIZES, SegResMamba, arch_kwargs_for_plan
+from nnunetv2_segresmamba.registry import network
 from nnunetv2_segresmamba.trainers.base import (
     AblationSmokeSchedule,
     ComparisonTrainerBase,
@@ -17,8 +15,6 @@ from nnunetv2_segresmamba.trainers.base import (
     SmokeSchedule,
     TwoEpochs,
 )
-
-SEGRESMAMBA_CLASS = f"{SegResMamba.__module__}.{SegResMamba.__name__}"
 
 
 class nnUNetTrainerSegResMamba(PaperRecipe, ComparisonTrainerBase):
@@ -33,75 +29,49 @@ class nnUNetTrainerSegResMamba(PaperRecipe, ComparisonTrainerBase):
       size, augmentation and sliding-window inference are used unchanged.
     - network: 2D or 3D as the configuration's patch (``2d``: the 2D SegResMamba; ``3d_fullres``,
       ``3d_lowres``, ``3d_cascade_fullres``: the paper's 3D network, in the cascade with the
-      previous stage's one-hot segmentation as extra input channels, as nnU-Net gives them);
-      strides from the plan's ``pool_op_kernel_sizes``
-      (:func:`nnunetv2_segresmamba.networks.segresmamba.strides_from_pools`), written with
-      the patch and the ToM's directions into the run's plans.json (``architecture`` ->
-      ``arch_kwargs``) and into every checkpoint, so that prediction rebuilds this network.
+      previous stage's one-hot segmentation as extra input channels, as nnU-Net gives them),
+      built from the plan's ``pool_op_kernel_sizes`` and patch alone
+      (:func:`nnunetv2_segresmamba.networks.segresmamba.arch_kwargs_for_plan`), so that the
+      preprocessed plans, the run's plans.json and every checkpoint (its ``architecture``
+      entry) give the same network.
     - torch.compile: off.
     """
 
-    tom_directions: tuple[str, ...] = DIRECTIONS  # the ToM's scans; () replaces every ToM by identity
-
-    @classmethod
-    def architecture_for_plans(cls, configuration_manager: ConfigurationManager) -> dict:
-        return {
-            "network_class_name": SEGRESMAMBA_CLASS,
-            "arch_kwargs": arch_kwargs_for_plan(configuration_manager.pool_op_kernel_sizes,
-                                                configuration_manager.patch_size, cls.tom_directions),
-            "_kw_requires_import": [],
-        }
+    tom_directions: tuple[str, ...] = network("SegResMamba").tom_directions  # (): every ToM replaced by identity
+    feature_sizes: tuple[int, ...] = PAPER_FEATURE_SIZES
 
     @classmethod
     def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        """The SegResMamba that the configuration's ``architecture`` describes. Runs trained
-        before the architecture was stored get the strides they were trained with from the
-        patch. No deep supervision: the flag is ignored."""
-        architecture = configuration_manager.configuration["architecture"]
-        where = plans_files(plans_manager, configuration_manager, cls.__name__)
-        if architecture["network_class_name"] != SEGRESMAMBA_CLASS:  # a run from before
-            stage_strides, block_strides = legacy_plan_strides(configuration_manager.patch_size)
-            network = SegResMamba(num_input_channels, num_output_channels, stage_strides=stage_strides,
-                                  block_strides=block_strides, spatial_dims=len(configuration_manager.patch_size))
-        else:
-            kwargs = architecture["arch_kwargs"]
-            if list(kwargs["patch_size"]) != list(configuration_manager.patch_size):
-                raise ValueError(
-                    f"'patch_size' {list(configuration_manager.patch_size)} differs from the patch this SegResMamba "
-                    f"was trained on, 'architecture' -> 'arch_kwargs' -> 'patch_size' {kwargs['patch_size']}, in "
-                    f"{where}. Set 'patch_size' back to {kwargs['patch_size']}; to use another patch, train with it."
-                )
-            network = SegResMamba(num_input_channels, num_output_channels, **kwargs)
-        network.arch_source = f"'architecture' -> 'arch_kwargs' in {where}"
-        return network
+                      num_input_channels: int, num_output_channels: int,
+                      enable_deep_supervision: bool = True) -> nn.Module:
+        """The SegResMamba of the configuration's pools and patch. No deep supervision: the flag
+        is ignored."""
+        kwargs = arch_kwargs_for_plan(configuration_manager.pool_op_kernel_sizes, configuration_manager.patch_size,
+                                      cls.tom_directions, cls.feature_sizes)
+        return SegResMamba(num_input_channels, num_output_channels, **kwargs)
 
 
-def plans_files(plans_manager: PlansManager, configuration_manager: ConfigurationManager, trainer: str) -> str:
-    """Where the plans of this configuration live: the run's plans.json (read by
-    ``nnUNetv2_predict``) or nnU-Net's preprocessed plans (read by ``nnUNetv2_train``)."""
-    plans = plans_manager.plans
-    configuration = next((name for name in plans["configurations"] if
-                          plans_manager.get_configuration(name).configuration == configuration_manager.configuration),
-                         "CONFIGURATION")
-    dataset, name = plans_manager.dataset_name, plans_manager.plans_name
-    run = os.path.join(os.environ.get("nnUNet_results", "$nnUNet_results"), dataset,
-                       f"{trainer}__{name}__{configuration}", "plans.json")
-    preprocessed = os.path.join(os.environ.get("nnUNet_preprocessed", "$nnUNet_preprocessed"), dataset, f"{name}.json")
-    return (f"configuration '{configuration}' of {run} (at nnUNetv2_predict; "
-            f"at nnUNetv2_train, including --c: {preprocessed})")
+class SmallWidths:
+    """Mixin: SegResMamba at a third of the paper's widths (16, 32, 64, 128), for the smoke and
+    pipeline runs, which check the pipeline and that it learns, not the network's capacity."""
+
+    feature_sizes = (16, 32, 64, 128)
+
+
+class SmallAblationSmoke(SmallWidths, AblationSmokeSchedule):
+    """Mixin: the :class:`SmallWidths` network for 1 epoch x 2 iterations, the cheapest run that
+    trains, validates, saves and predicts through the CLI."""
 
 
 class nnUNetTrainerSegResMamba_2epochs(TwoEpochs, nnUNetTrainerSegResMamba):
     pass
 
 
-class nnUNetTrainerSegResMamba_smoke(SmokeSchedule, nnUNetTrainerSegResMamba):
-    """Minutes on a CPU and still learning: 3 epochs x 12 iterations, 2 validation iterations,
-    lr 1e-3 and Dice + cross-entropy, so that so few AdamW steps learn the synthetic dataset
-    every time (with Dice alone, small structures sometimes never got started). Used by the
-    demo and tests."""
+class nnUNetTrainerSegResMamba_smoke(SmallWidths, SmokeSchedule, nnUNetTrainerSegResMamba):
+    """A minute on a CPU and still learning: the :class:`SmallWidths` network, 3 epochs x 12
+    iterations, 2 validation iterations, lr 1e-3 and Dice + cross-entropy, so that so few AdamW
+    steps learn the synthetic dataset every time (with Dice alone, small structures sometimes
+    never got started). Used by the tests."""
 
     comparison_num_epochs = 3
     comparison_iterations_per_epoch = 12
@@ -110,16 +80,18 @@ class nnUNetTrainerSegResMamba_smoke(SmokeSchedule, nnUNetTrainerSegResMamba):
     loss_name = "dice_ce"
 
 
-class nnUNetTrainerSegResMamba_pipeline(AblationSmokeSchedule, nnUNetTrainerSegResMamba):
+class nnUNetTrainerSegResMamba_pipeline(SmallAblationSmoke, nnUNetTrainerSegResMamba):
     """1 epoch x 2 iterations, the cheapest run that trains, validates, saves and predicts through
     the CLI: for checks of nnU-Net's pipeline around a network that the ``_smoke`` runs already
     train (the cascade's two stages in the end-to-end tests)."""
 
 
 class nnUNetTrainerSegResMamba_demo(nnUNetTrainerSegResMamba_smoke):
-    """The demo's run: the smoke recipe, seeded, for 5 epochs x 24 iterations, enough to learn
-    the synthetic dataset (mean Dice above 0.7 on its held-out cases) in a few CPU minutes."""
+    """The demo's run: the paper's network with the smoke recipe, seeded, for 5 epochs x 24
+    iterations, enough to learn the synthetic dataset (mean Dice above 0.7 on its held-out
+    cases) in a few CPU minutes."""
 
+    feature_sizes = PAPER_FEATURE_SIZES
     comparison_num_epochs = 5
     comparison_iterations_per_epoch = 24
 
@@ -128,19 +100,19 @@ class nnUNetTrainerSegResMambaNoToM(nnUNetTrainerSegResMamba):
     """Ablation: every ToM (MambaLayer) replaced by identity, everything else the same; the
     control that nnU-Net Revisited ran for U-Mamba ("No-Mamba Base")."""
 
-    tom_directions = ()
+    tom_directions = network("SegResMamba-NoToM").tom_directions
 
 
 class nnUNetTrainerSegResMambaForwardToM(nnUNetTrainerSegResMamba):
     """Ablation: the ToM scans forward only (no reverse, no inter-slice scan)."""
 
-    tom_directions = ("",)
+    tom_directions = network("SegResMamba-ForwardToM").tom_directions
 
 
 class nnUNetTrainerSegResMambaForwardReverseToM(nnUNetTrainerSegResMamba):
     """Ablation: the ToM scans forward and reverse, without the inter-slice scan."""
 
-    tom_directions = ("", "_b")
+    tom_directions = network("SegResMamba-ForwardReverseToM").tom_directions
 
 
 class nnUNetTrainerSegResMamba_nnUNetRecipe(NnUNetRecipe, nnUNetTrainerSegResMamba):
@@ -148,17 +120,17 @@ class nnUNetTrainerSegResMamba_nnUNetRecipe(NnUNetRecipe, nnUNetTrainerSegResMam
     recipe of the family's nnU-Net sibling; SegResMamba has no deep supervision."""
 
 
-class nnUNetTrainerSegResMambaNoToM_smoke(AblationSmokeSchedule, nnUNetTrainerSegResMambaNoToM):
+class nnUNetTrainerSegResMambaNoToM_smoke(SmallAblationSmoke, nnUNetTrainerSegResMambaNoToM):
     pass
 
 
-class nnUNetTrainerSegResMambaForwardToM_smoke(AblationSmokeSchedule, nnUNetTrainerSegResMambaForwardToM):
+class nnUNetTrainerSegResMambaForwardToM_smoke(SmallAblationSmoke, nnUNetTrainerSegResMambaForwardToM):
     pass
 
 
-class nnUNetTrainerSegResMambaForwardReverseToM_smoke(AblationSmokeSchedule, nnUNetTrainerSegResMambaForwardReverseToM):
+class nnUNetTrainerSegResMambaForwardReverseToM_smoke(SmallAblationSmoke, nnUNetTrainerSegResMambaForwardReverseToM):
     pass
 
 
-class nnUNetTrainerSegResMamba_nnUNetRecipe_smoke(AblationSmokeSchedule, nnUNetTrainerSegResMamba_nnUNetRecipe):
+class nnUNetTrainerSegResMamba_nnUNetRecipe_smoke(SmallAblationSmoke, nnUNetTrainerSegResMamba_nnUNetRecipe):
     pass
