@@ -8,7 +8,9 @@
 3. ``networks``: training step, peak memory and inference at 128^3, batch 1, fp32 and AMP, for
    SegResMamba, SegMamba, SwinUNETR and nnU-Net's default network;
 4. ``train``: the demo through the stock CLI on the GPU: ``nnUNetv2_train`` with AMP for
-   5 x 24 steps, then predict and evaluate; every logged loss must be finite (``train.log``).
+   5 x 24 steps, then predict and evaluate; every logged loss must be finite (``train.log``),
+   and ``nnUNetv2_predict``, in inference mode, must have run the fused kernels (Triton, or
+   mamba_ssm where it loads), as the backends' path log says (``paths.jsonl``).
 
 Parts 2 and 3 share ``efficiency.json``/``efficiency.md`` with the targets of issue 9;
 ``gpu_check.json``/``gpu_check.md`` say what each part did. Each part first checks the
@@ -140,17 +142,33 @@ def run_networks(out: Path) -> dict:
 
 def run_train(out: Path) -> dict:
     from nnunetv2_segresmamba.discovery import activate
+    from nnunetv2_segresmamba.operators.backends import PATH_LOG_VAR
     from nnunetv2_segresmamba.tools.demo import run_demo
 
     activate()  # nnUNet_extTrainer for the CLI's processes, where no .pth hook was installed
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = run_demo(os.path.join(tmp, "demo"), device="cuda")
-        logs = sorted(Path(tmp).rglob("training_log_*.txt"))
-        log = logs[-1].read_text() if logs else ""
+    paths_log = out / "paths.jsonl"
+    paths_log.unlink(missing_ok=True)
+    os.environ[PATH_LOG_VAR] = str(paths_log)  # the CLI's processes log the ToM paths they choose
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = run_demo(os.path.join(tmp, "demo"), device="cuda")
+            logs = sorted(Path(tmp).rglob("training_log_*.txt"))
+            log = logs[-1].read_text() if logs else ""
+    finally:
+        del os.environ[PATH_LOG_VAR]
     (out / "train.log").write_text(log)
     losses = [float(v) for v in re.findall(r"train_loss (\S+)", log)]
-    return {"ok": bool(losses) and all(math.isfinite(v) for v in losses), "train_losses": losses,
+    predict_paths = fused_paths_at_predict(paths_log)
+    return {"ok": bool(losses) and all(math.isfinite(v) for v in losses) and predict_paths <= {"triton", "cuda"}
+            and bool(predict_paths), "train_losses": losses, "predict_paths": sorted(predict_paths),
             "mean_dice": {k: v["Dice"] for k, v in summary["mean"].items()}}
+
+
+def fused_paths_at_predict(paths_log: Path) -> set[str]:
+    """The ToM paths that nnUNetv2_predict chose on the GPU under inference mode."""
+    records = [json.loads(line) for line in paths_log.read_text().splitlines()] if paths_log.exists() else []
+    return {r["path"] for r in records
+            if r["process"] == "nnUNetv2_predict" and r["device"].startswith("cuda") and r["inference_mode"]}
 
 
 PARTS = (

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from benchmarks.efficiency import Settings, run
 from benchmarks.report import markdown, optimizer_state_mib, targets
@@ -117,3 +118,22 @@ def batch1_fp32_results(networks: list[dict], steps: list[dict]) -> dict:
                          "in_channels": 1, "classes": 2, "repeats": 1},
             "machine": {"cpu": "x", "cores": 2, "torch": "t"}, "command": "c", "operators": [],
             "networks": networks, "steps": steps}
+
+
+def test_the_gpu_check_reads_which_paths_predict_ran_from_the_path_log(tmp_path, monkeypatch):
+    """gpu_check's train part passes only if nnUNetv2_predict ran the fused kernels on the GPU in
+    inference mode: what a CLI process appends to the backends' path log, read back."""
+    from benchmarks.gpu_check import fused_paths_at_predict
+    from nnunetv2_segresmamba.operators import backends
+
+    log = tmp_path / "paths.jsonl"
+    monkeypatch.setenv(backends.PATH_LOG_VAR, str(log))
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/nnUNetv2_predict"])
+    backends._log_path.cache_clear()
+    x = torch.randn(1, 4, 8)
+    with torch.inference_mode():
+        backends.resolve_path("pure", x)
+    assert fused_paths_at_predict(log) == set()  # on the CPU: not the GPU's fast path
+    log.write_text(log.read_text().replace('"device": "cpu"', '"device": "cuda:0"'))
+    assert fused_paths_at_predict(log) == {"pure"}  # the slow path on the GPU: the check fails on it
+    backends._log_path.cache_clear()

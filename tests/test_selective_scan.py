@@ -135,3 +135,40 @@ def _peak_traced_bytes(fn, grad=False):
     with torch.set_grad_enabled(grad), Tracker() as tracker:
         fn()
     return tracker.peak
+
+
+def test_concurrent_cpu_scans_restore_the_process_thread_count():
+    """The pure CPU scan runs its callers on one intra-op thread. A thread that enters while
+    another is inside finds a count of 1; when both have left, this thread and a thread started
+    afterwards must both have the count of before."""
+    import threading
+
+    from nnunetv2_segresmamba.operators.selective_scan import ONE_INTRA_OP_THREAD
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    second_inside, first_left = threading.Event(), threading.Event()
+
+    def second():
+        with ONE_INTRA_OP_THREAD:
+            second_inside.set()
+            first_left.wait(10)
+
+    def count_in_a_new_thread():
+        counts = []
+        thread = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))
+        thread.start()
+        thread.join(10)
+        return counts[0]
+
+    try:
+        thread = threading.Thread(target=second)
+        with ONE_INTRA_OP_THREAD:
+            thread.start()
+            assert second_inside.wait(10)
+        first_left.set()
+        thread.join(10)
+        assert torch.get_num_threads() == 2
+        assert count_in_a_new_thread() == 2
+    finally:
+        torch.set_num_threads(previous)

@@ -10,10 +10,18 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
-from nnunetv2_segresmamba.operators import TriOrientedMamba, backends
+from nnunetv2_segresmamba.operators import TriOrientedMamba, backends, tom
+from nnunetv2_segresmamba.operators.directions import FORWARD, INTER_SLICE, REVERSE
 from nnunetv2_segresmamba.operators.selective_scan import selective_scan
-from tests.reference import assert_outputs_and_gradients_match, reference_fused_scan, scan_inputs
+from tests.reference import (
+    assert_outputs_and_gradients_match,
+    backends_to_test,
+    device_of,
+    reference_fused_scan,
+    scan_inputs,
+)
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled Triton kernels need a CUDA GPU")
 
@@ -49,6 +57,143 @@ def test_kernels_that_fail_at_their_first_launch_warn_once_and_are_not_used():
             assert not backends.triton_works("meta")  # cached: no second warning
     finally:
         backends.triton_works.cache_clear()
+
+
+@pytest.fixture
+def fresh_probe():
+    """triton_works without the answers of earlier tests, and without its answers afterwards."""
+    backends.triton_works.cache_clear()
+    yield
+    backends.triton_works.cache_clear()
+
+
+needs_triton = pytest.mark.parametrize("backend", backends_to_test("triton"))
+
+
+@needs_triton
+@pytest.mark.parametrize("context", [torch.inference_mode, torch.no_grad], ids=["inference_mode", "no_grad"])
+def test_the_probe_finds_the_kernels_working_without_autograd(fresh_probe, backend, context):
+    """As nnU-Net's predictor asks it: under torch.inference_mode(); the probe's backward pass
+    must not make the kernels look broken there."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with context():
+            assert backends.triton_works(device_of(backend), d_state=4, d_conv=4)
+
+
+@needs_triton
+def test_the_probe_compiles_the_layers_configuration(fresh_probe, backend, monkeypatch):
+    """Its state size, conv width and chunk size are those the layer launches, once per device
+    and configuration."""
+    from nnunetv2_segresmamba.operators import triton_tom
+
+    launched = []
+    run = triton_tom.Launch.run
+    monkeypatch.setattr(triton_tom.Launch, "run", lambda launch: launched.append(launch) or run(launch))
+    device = device_of(backend)
+    assert backends.triton_works(device, d_state=5, d_conv=3)
+    scans = [launch.arguments for launch in launched if launch.kernel.startswith("scan")]
+    convs = [launch.arguments for launch in launched if launch.kernel.startswith("conv")]
+    assert {a["BLOCK_N"] for a in scans} == {8} and {a["sizes"].states for a in scans} == {5}
+    assert {a["CHUNK"] for a in scans} == {triton_tom.default_chunk_size(torch.device(device))}
+    assert {a["WIDTH"] for a in convs} == {3}
+    assert {a["KEEP_STATES"] for a in scans if "KEEP_STATES" in a} == {False, True}
+    count = len(launched)
+    assert backends.triton_works(device, d_state=5, d_conv=3) and len(launched) == count  # cached
+
+
+def test_the_layer_asks_for_a_path_with_its_state_size_and_conv_width(monkeypatch):
+    asked = []
+    monkeypatch.setattr(tom, "resolve_path", lambda *args: asked.append(args) or "pure")
+    TriOrientedMamba(8, d_state=6, d_conv=3)(torch.randn(1, 8, 8), num_slices=2)
+    assert [(backend, d_state, d_conv) for backend, _, d_state, d_conv in asked] == [("auto", 6, 3)]
+
+
+class ProbingNetwork(nn.Module):
+    """A ToM between two 1x1x1 convs, which asks the Triton probe inside its forward, where
+    nnU-Net's predictor runs it, and runs its ToM with the Triton kernels."""
+
+    def __init__(self, in_channels: int = 1, width: int = 4, classes: int = 2):
+        super().__init__()
+        self.stem, self.head = nn.Conv3d(in_channels, width, 1), nn.Conv3d(width, classes, 1)
+        self.tom = TriOrientedMamba(width, d_state=4, backend="triton")
+        self.asked: list[tuple[bool, bool]] = []  # (inference mode on, the probe's answer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, D, H, W) -> (B, classes, D, H, W)
+        works = backends.triton_works(str(x.device), self.tom.d_state, self.tom.d_conv)
+        self.asked.append((torch.is_inference_mode_enabled(), works))
+        features = self.stem(x)
+        tokens = features.flatten(2).transpose(1, 2)  # (B, L, width)
+        out = self.tom(tokens, num_slices=x.shape[2]).transpose(1, 2).reshape(features.shape)
+        return self.head(out)
+
+
+@needs_triton
+def test_the_probe_finds_the_kernels_working_inside_nnunets_predictor(fresh_probe, backend):
+    pytest.importorskip("nnunetv2")
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    patch = [2, 4, 4]
+    plans = PlansManager({"dataset_name": "Dataset999_Probe", "plans_name": "nnUNetPlans",
+                          "configurations": {"3d_fullres": {"patch_size": patch, "architecture": {}}}})
+    network = ProbingNetwork()
+    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device(device_of(backend)), allow_tqdm=False)
+    predictor.manual_initialization(network, plans, plans.get_configuration("3d_fullres"), None,
+                                    {"labels": {"background": 0, "a": 1}}, "ProbingTrainer", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        logits = predictor.predict_sliding_window_return_logits(torch.randn(1, *patch))
+    assert network.asked == [(True, True)]  # asked once, in inference mode, and the kernels work
+    assert logits.shape == (2, *patch) and torch.isfinite(logits).all()
+
+
+def test_the_chosen_paths_are_logged_once_each_where_asked(monkeypatch, tmp_path):
+    log = tmp_path / "paths.jsonl"
+    monkeypatch.setenv(backends.PATH_LOG_VAR, str(log))
+    backends._log_path.cache_clear()
+    x = torch.randn(1, 4, 8)
+    for _ in range(2):
+        backends.resolve_path("pure", x, d_state=16)
+    with torch.inference_mode():
+        backends.resolve_path("pure", x, d_state=16)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["path"], r["device"], r["d_state"], r["inference_mode"]) for r in records] == \
+        [("pure", "cpu", 16, False), ("pure", "cpu", 16, True)]
+    assert records[0]["pid"] == os.getpid() and records[0]["process"] == os.path.basename(sys.argv[0])
+
+
+def test_the_triton_modules_do_not_import_the_backend_choice():
+    """backends imports triton_tom, never the other way round."""
+    code = ("import sys; import nnunetv2_segresmamba.operators.triton_tom; "
+            "assert 'nnunetv2_segresmamba.operators.backends' not in sys.modules, 'backends was imported'")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@needs_triton
+def test_the_a_gradient_holds_where_the_drive_dwarfs_the_decayed_state(backend):
+    """Decays of ~1e-5 and inputs of ~1e3: the state entering a step is ~1e3, its decayed share
+    ~1e-2, the step's drive ~1e3. The A gradient, G_t a_t h_{t-1} delta_t summed, needs that
+    share to fp32 precision, which h_t - drive_t loses (~1e-2 relative); float64 reference."""
+    from nnunetv2_segresmamba.operators import triton_tom
+
+    kinds, num_slices = (FORWARD, REVERSE, INTER_SLICE), 4
+    inputs = scan_inputs(1, 3, 32, 4, states=4, seed=3)
+    with torch.no_grad():
+        inputs["u"].mul_(0.1).add_(1.0).mul_(1e3)
+        inputs["delta"].fill_(0.5)  # softplus(0.5 + bias) around 1
+        inputs["delta_bias"].mul_(0.1)
+        inputs["A"].fill_(-12.0).sub_(torch.rand_like(inputs["A"]))
+    weights = torch.randn(1, 32, 4, dtype=torch.float64)
+    exact = {k: v.detach().double().requires_grad_() for k, v in inputs.items()}
+    expected = reference_fused_scan(**exact, kinds=kinds, num_slices=num_slices)
+    (grad_A_expected,) = torch.autograd.grad((expected * weights).sum(), exact["A"])
+    ours_inputs = {k: v.to(device_of(backend)) for k, v in inputs.items()}
+    ours = triton_tom.fused_scan(**ours_inputs, kinds=kinds, num_slices=num_slices, chunk_size=8)
+    (grad_A,) = torch.autograd.grad((ours * weights.to(ours)).sum(), ours_inputs["A"])
+    torch.testing.assert_close(grad_A.double().cpu(), grad_A_expected, rtol=1e-4, atol=1e-7)
 
 
 def test_a_scan_function_is_refused_with_the_fused_backends():

@@ -12,12 +12,18 @@ Compiled paths are loaded lazily, on the first forward that needs them. A broken
 ABI "undefined symbol"), a missing numba, or Triton kernels that fail at their first launch
 on this GPU (an old GPU, "no kernel image is available") give one warning and the next path.
 All paths use the same parameters, so a checkpoint trained with one predicts with any other.
+
+With the environment variable ``NNUNETV2_SEGRESMAMBA_PATH_LOG`` set to a file, every process
+appends to it one JSON line per distinct choice (process, backend, device, state size, path,
+whether inference mode was on): how a check tells which kernels a CLI run used.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
@@ -25,6 +31,9 @@ from typing import NamedTuple, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from nnunetv2_segresmamba.operators import triton_tom
+from nnunetv2_segresmamba.operators.triton_tom import TRITON_DEVICE_HINT, triton_runs_on
 
 BACKENDS = ("auto", "pure", "numba", "cuda", "triton")
 NUMBA_HINT = "The CPU scan is several times slower without it: pip install numba (wheels for Linux, macOS, Windows)."
@@ -34,8 +43,7 @@ INSTALL_HINT = (
     "pip install 'nnunetv2-segresmamba[cuda]' (mamba-ssm and causal-conv1d)."
 )
 TRITON_HINT = "Triton comes with CUDA builds of torch (pip install torch); on other builds: pip install triton."
-TRITON_DEVICE_HINT = ("The Triton ToM runs on CUDA tensors; on the CPU only in Triton's interpreter, for tests "
-                      "(TRITON_INTERPRET=1, set before triton is first imported).")
+PATH_LOG_VAR = "NNUNETV2_SEGRESMAMBA_PATH_LOG"
 
 
 class CudaKernels(NamedTuple):
@@ -73,35 +81,23 @@ def load_cuda_kernels() -> CudaKernels | None:
                          quiet_if_absent=("mamba_ssm", "causal_conv1d"))
 
 
-def _load_triton_kernels():
-    from nnunetv2_segresmamba.operators.triton_tom import load_kernels
-
-    return load_kernels()
-
-
 @functools.lru_cache(maxsize=1)
 def triton_loads() -> bool:
     """Whether triton imports (warned once if it is installed but broken)."""
-    return _load_or_warn(_load_triton_kernels, "triton", TRITON_HINT, quiet_if_absent=("triton",)) is not None
-
-
-def triton_runs_on(device: torch.device) -> bool:
-    """Whether the Triton kernels run on ``device``: CUDA, or the CPU in Triton's interpreter."""
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    return device.type == "cuda" or (device.type == "cpu" and interpreting)
+    return _load_or_warn(triton_tom.load_kernels, "triton", TRITON_HINT, quiet_if_absent=("triton",)) is not None
 
 
 @functools.cache
-def triton_works(device: str) -> bool:
-    """Whether the Triton ToM compiles and runs on ``device``: a tiny forward and backward,
-    once per device. Any failure (an old GPU, "no kernel image is available", a compiler
-    error) gives one warning and False."""
+def triton_works(device: str, d_state: int = 16, d_conv: int = 4) -> bool:
+    """Whether the Triton ToM compiles and runs on ``device`` for a layer of state size
+    ``d_state`` and conv width ``d_conv``: every kernel once, without autograd and with a
+    backward pass (:func:`triton_tom.probe`, which runs outside inference mode, so it answers
+    the same under nnU-Net's predictor). Once per (device, d_state, d_conv). Any failure (an
+    old GPU, "no kernel image is available", a compiler error) gives one warning and False."""
     if not triton_loads():
         return False
-    from nnunetv2_segresmamba.operators.triton_tom import probe
-
     try:
-        probe(device)
+        triton_tom.probe(device, d_state, d_conv)
         return True
     except Exception as err:  # noqa: BLE001 - whatever breaks the first launch, the pure path still works
         warnings.warn(f"the Triton ToM kernels failed at their first launch on {device} ({type(err).__name__}: "
@@ -123,8 +119,17 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def resolve_path(backend: str, x: Tensor) -> str:
-    """The implementation that runs ``x``: "cuda", "triton", "numba" or "pure"."""
+def resolve_path(backend: str, x: Tensor, d_state: int = 16, d_conv: int = 4) -> str:
+    """The implementation that runs ``x`` in a ToM of state size ``d_state`` and conv width
+    ``d_conv``: "cuda", "triton", "numba" or "pure" (logged where PATH_LOG_VAR says)."""
+    path = _resolve_path(backend, x, d_state, d_conv)
+    log = os.environ.get(PATH_LOG_VAR)
+    if log:
+        _log_path(log, backend, str(x.device), d_state, path, torch.is_inference_mode_enabled())
+    return path
+
+
+def _resolve_path(backend: str, x: Tensor, d_state: int, d_conv: int) -> str:
     if backend == "pure":
         return "pure"
     if backend == "cuda":
@@ -136,8 +141,17 @@ def resolve_path(backend: str, x: Tensor) -> str:
     if x.is_cuda:
         if load_cuda_kernels() is not None:
             return "cuda"
-        return "triton" if triton_works(str(x.device)) else _slow_gpu_path()
+        return "triton" if triton_works(str(x.device), d_state, d_conv) else _slow_gpu_path()
     return "numba" if x.device.type == "cpu" and numba_available() else "pure"
+
+
+@functools.cache
+def _log_path(log: str, backend: str, device: str, d_state: int, path: str, inference_mode: bool) -> None:
+    """Appends one JSON line to the file ``log``, once per process and distinct arguments."""
+    record = {"process": os.path.basename(sys.argv[0]), "pid": os.getpid(), "backend": backend, "device": device,
+              "d_state": d_state, "path": path, "inference_mode": inference_mode}
+    with open(log, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _explicit_cuda(x: Tensor) -> str:

@@ -6,6 +6,11 @@ scans reads and writes position j(k) (:func:`numba_kernels.position`), so no fli
 restacked copy of a (B, L, E) tensor is made. The directions' outputs are summed before the
 gate. Autograd keeps the inputs and the state entering every ``chunk_size`` steps, as the
 pure path does, and the backward pass recomputes one chunk at a time.
+
+The outputs and gradients are the same bits on any number of threads: the channel blocks of
+the work items depend on the channel count alone (:func:`channel_blocks`), since where a block
+ends decides which channels its vectorized loops leave to scalar code, and the backward's
+per-block partial sums make the B and C gradients.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import Tensor
 
 CHUNK_SIZE = 64  # steps between saved states; the backward's per-thread buffers grow with it
 MIN_BLOCK = 16  # channels per work item at least, so the inner loops vectorize
+MAX_BLOCKS = 16  # channel blocks per batch element: work for 16+ threads at batch 2 (E >= 256)
 MAX_BACKWARD_BLOCKS = 8  # bounds the backward's per-block partial sums of the B and C gradients
 
 
@@ -39,21 +45,18 @@ def _kernels_on_torch_threads() -> ModuleType:
 
 
 def _np(t: Tensor):
-    """A numpy view of a float32 CPU tensor (strides kept), or of an int64 tuple."""
+    """A numpy view of a float32 CPU tensor (strides kept)."""
     return t.detach().numpy()
 
 
-def _kinds(kinds: Sequence[int]):
-    return torch.tensor(list(kinds), dtype=torch.int64).numpy()
+def _directions(kernels: ModuleType, kinds: Sequence[int], num_slices: int):
+    return kernels.Directions(kinds=torch.tensor(list(kinds), dtype=torch.int64).numpy(), num_slices=num_slices)
 
 
-def _blocks(batch: int, channels: int, most: int | None = None) -> int:
-    """Channel blocks per batch element: two work items per thread where the channels allow."""
-    import numba
-
-    wanted = math.ceil(2 * numba.get_num_threads() / batch)
-    blocks = max(1, min(wanted, channels // MIN_BLOCK))
-    return blocks if most is None else min(blocks, most)
+def channel_blocks(channels: int, most: int = MAX_BLOCKS) -> int:
+    """Channel blocks per batch element: as many as the channels allow (``MIN_BLOCK`` each), up
+    to ``most``, whatever the thread count."""
+    return max(1, min(most, channels // MIN_BLOCK))
 
 
 class _DirectionalConv(torch.autograd.Function):
@@ -62,8 +65,8 @@ class _DirectionalConv(torch.autograd.Function):
         kernels = _kernels_on_torch_threads()
         batch, length, channels = x.shape
         out = x.new_empty(batch, len(kinds), length, channels)
-        kernels.conv_forward(_np(x), _np(weight), _np(bias), _kinds(kinds), num_slices, _blocks(batch, channels),
-                             out.numpy())
+        inputs = kernels.ConvInputs(x=_np(x), weight=_np(weight), bias=_np(bias))
+        kernels.conv_forward(inputs, _directions(kernels, kinds, num_slices), channel_blocks(channels), out.numpy())
         ctx.save_for_backward(x, weight, bias)
         ctx.kinds, ctx.num_slices = kinds, num_slices
         return out
@@ -75,9 +78,10 @@ class _DirectionalConv(torch.autograd.Function):
         batch, _, channels = x.shape
         grad_x = x.new_zeros(x.shape)
         grad_weight, grad_bias = x.new_zeros(batch, *weight.shape), x.new_zeros(batch, *bias.shape)
-        kernels.conv_backward(_np(x), _np(weight), _np(bias), _kinds(ctx.kinds), ctx.num_slices,
-                              _blocks(batch, channels), _np(grad_out.contiguous()), grad_x.numpy(),
-                              grad_weight.numpy(), grad_bias.numpy())
+        inputs = kernels.ConvInputs(x=_np(x), weight=_np(weight), bias=_np(bias))
+        grads = kernels.ConvGrads(x=grad_x.numpy(), weight=grad_weight.numpy(), bias=grad_bias.numpy())
+        kernels.conv_backward(inputs, _directions(kernels, ctx.kinds, ctx.num_slices), channel_blocks(channels),
+                              _np(grad_out.contiguous()), grads)
         return grad_x, grad_weight.sum(0), grad_bias.sum(0), None, None
 
 
@@ -88,13 +92,18 @@ def directional_conv(x: Tensor, weight: Tensor, bias: Tensor, kinds: Sequence[in
         x: (B, L, E), fp32; any strides (e.g. the first half of ``in_proj``'s output).
         weight: (K, W, E), one depthwise kernel per direction, contiguous.
         bias: (K, E).
-        kinds: K direction kinds (``numba_kernels.FORWARD``, ``REVERSE``, ``INTER_SLICE``).
+        kinds: K direction kinds (``operators.directions.FORWARD``, ``REVERSE``, ``INTER_SLICE``).
         num_slices: S of the inter-slice order; L must be a multiple of it.
 
     Returns:
         (B, K, L, E): direction k's output at each sequence position.
     """
     return _DirectionalConv.apply(x, weight, bias, tuple(kinds), num_slices)
+
+
+def _scan_inputs(kernels: ModuleType, u, delta, A, B, C, D, delta_bias, z):
+    return kernels.ScanInputs(u=_np(u), delta=_np(delta), A=_np(A), B=_np(B), C=_np(C), D=_np(D),
+                              delta_bias=_np(delta_bias), z=_np(z))
 
 
 class _FusedScan(torch.autograd.Function):
@@ -105,8 +114,9 @@ class _FusedScan(torch.autograd.Function):
         y, y_ungated = u.new_empty(batch, length, channels), u.new_empty(batch, length, channels)
         chunks = math.ceil(length / chunk_size) if keep_states else 0
         entering = u.new_empty(batch, directions, chunks, A.shape[1], channels)
-        kernels.scan_forward(*(_np(t) for t in (u, delta, A, B, C, D, delta_bias, z)), _kinds(kinds), num_slices,
-                             chunk_size, _blocks(batch, channels), y.numpy(), y_ungated.numpy(), entering.numpy())
+        outputs = kernels.ScanOutputs(y=y.numpy(), y_ungated=y_ungated.numpy(), entering=entering.numpy())
+        kernels.scan_forward(_scan_inputs(kernels, u, delta, A, B, C, D, delta_bias, z),
+                             _directions(kernels, kinds, num_slices), chunk_size, channel_blocks(channels), outputs)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, z, entering, y_ungated)
         ctx.kinds, ctx.num_slices, ctx.chunk_size = kinds, num_slices, chunk_size
         return y
@@ -115,16 +125,18 @@ class _FusedScan(torch.autograd.Function):
     def backward(ctx, grad_y):
         u, delta, A, B, C, D, delta_bias, z, entering, y_ungated = ctx.saved_tensors
         kernels = _kernels_on_torch_threads()
-        batch, directions, length, channels = u.shape
-        blocks = _blocks(batch, channels, MAX_BACKWARD_BLOCKS)
+        batch = u.shape[0]
+        blocks = channel_blocks(u.shape[3], MAX_BACKWARD_BLOCKS)
         grad_u, grad_delta, grad_z = torch.empty_like(u), torch.empty_like(delta), u.new_empty(z.shape)
         grad_A, grad_D = u.new_zeros(batch, *A.shape), u.new_zeros(batch, *D.shape)
         grad_B = u.new_empty(batch, blocks, *B.shape[1:])
         grad_C = u.new_empty(batch, blocks, *C.shape[1:])
-        inputs = (u, delta, A, B, C, D, delta_bias, z)
-        outputs = (grad_u, grad_delta, grad_z, grad_A, grad_D, grad_B, grad_C)
-        kernels.scan_backward(*(_np(t) for t in inputs), _kinds(ctx.kinds), ctx.num_slices, ctx.chunk_size, blocks,
-                              _np(entering), _np(y_ungated), _np(grad_y.contiguous()), *(t.numpy() for t in outputs))
+        grads = kernels.ScanGrads(u=grad_u.numpy(), delta=grad_delta.numpy(), z=grad_z.numpy(), A_parts=grad_A.numpy(),
+                                  D_parts=grad_D.numpy(), B_parts=grad_B.numpy(), C_parts=grad_C.numpy())
+        kernels.scan_backward(_scan_inputs(kernels, u, delta, A, B, C, D, delta_bias, z),
+                              _directions(kernels, ctx.kinds, ctx.num_slices), ctx.chunk_size, blocks,
+                              kernels.ScanSaved(entering=_np(entering), y_ungated=_np(y_ungated)),
+                              _np(grad_y.contiguous()), grads)
         return (grad_u, grad_delta, grad_A.sum(0), grad_B.sum(1), grad_C.sum(1), grad_D.sum(0),
                 grad_delta.sum(dim=(0, 2)), grad_z, None, None, None, None)
 

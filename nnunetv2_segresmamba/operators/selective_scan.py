@@ -24,6 +24,7 @@ path (``operators.numba_tom``), is parallel and flushes on every thread.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -87,21 +88,46 @@ def selective_scan(
     return y.to(u.dtype)
 
 
+class _OneIntraOpThread:
+    """Runs its callers on one intra-op thread. Each restores, on leaving, the count the process
+    had before the first of them entered: with OpenMP the count is per thread, and a thread
+    started meanwhile takes the last count set anywhere, so restoring what it found there would
+    leave it, and every thread started after, on one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._before = 1
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._inside == 0:
+                self._before = torch.get_num_threads()
+            self._inside += 1
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._inside -= 1
+            torch.set_num_threads(self._before)
+
+
+ONE_INTRA_OP_THREAD = _OneIntraOpThread()
+
+
 @contextlib.contextmanager
 def _single_flushing_thread(device: torch.device) -> Iterator[None]:
-    """On a CPU: one intra-op thread that flushes denormals; both settings restored afterwards."""
+    """On a CPU: one intra-op thread, and this thread flushes denormals; both restored afterwards."""
     if device.type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
     was_flushing = bool((torch.tensor([1e-39]) * 1.0).item() == 0.0)  # torch has no getter
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(was_flushing)
-        torch.set_num_threads(threads)
+    with ONE_INTRA_OP_THREAD:
+        torch.set_flush_denormal(True)
+        try:
+            yield
+        finally:
+            torch.set_flush_denormal(was_flushing)
 
 
 def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:

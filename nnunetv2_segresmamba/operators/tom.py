@@ -147,7 +147,7 @@ class TriOrientedMamba(nn.Module):
         if num_slices < 1 or length % num_slices:
             raise ValueError(f"sequence length {length} is not a multiple of num_slices={num_slices}")
         xz = self.in_proj(hidden_states)  # (B, L, 2E)
-        path = resolve_path(self.backend, xz)
+        path = resolve_path(self.backend, xz, self.d_state, self.d_conv)
         if path in FUSED_PATHS:
             return self.out_proj(self._fused_scans(xz, num_slices, fused_module(path)))
         kernels = load_cuda_kernels() if path == "cuda" else None

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nnunetv2_segresmamba.operators.backends import TRITON_DEVICE_HINT, triton_runs_on
+from nnunetv2_segresmamba.operators.directions import FORWARD, INTER_SLICE, REVERSE
 
 CHUNK_SIZE = 64  # steps per associative scan and between the states kept for the backward pass
 # Triton's interpreter combines a scan's elements one by one, so its time grows with the
@@ -39,6 +41,14 @@ INTERPRETER_CHUNK_SIZE = 16
 CUDA_BLOCK_E, INTERPRETER_BLOCK_E = 1, 4
 CONV_BLOCK_L, CONV_BLOCK_E = 32, 32  # 64 steps spill in the weight-gradient kernel (255 registers)
 NUM_WARPS = 4
+TRITON_DEVICE_HINT = ("The Triton ToM runs on CUDA tensors; on the CPU only in Triton's interpreter, for tests "
+                      "(TRITON_INTERPRET=1, set before triton is first imported).")
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """Whether the Triton kernels run on ``device``: CUDA, or the CPU in Triton's interpreter."""
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return device.type == "cuda" or (device.type == "cpu" and interpreting)
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,6 +57,18 @@ def load_kernels() -> ModuleType:
     from nnunetv2_segresmamba.operators import triton_kernels
 
     return triton_kernels
+
+
+class Launch(NamedTuple):
+    """One kernel launch: the kernel's name in ``triton_kernels``, its grid, and every argument
+    by keyword (tensors in the kernels' named groups, compile-time arguments included)."""
+
+    kernel: str
+    grid: tuple[int, ...]
+    arguments: dict[str, Any]
+
+    def run(self) -> None:
+        getattr(load_kernels(), self.kernel)[self.grid](**self.arguments)
 
 
 def _kinds(kinds: Sequence[int], device: torch.device) -> Tensor:
@@ -71,43 +93,94 @@ def conv_meta(width: int) -> dict:
 
 
 def scan_meta(chunk_size: int, states: int, device: torch.device) -> dict:
-    """The compile-time arguments of the scan kernels (CUDA_BLOCK_E says why one channel on a GPU)."""
-    return {"CHUNK": chunk_size, "BLOCK_E": CUDA_BLOCK_E if device.type == "cuda" else INTERPRETER_BLOCK_E,
+    """The compile-time arguments of the scan kernels: INTERPRETER_BLOCK_E channels per program
+    on the CPU (Triton's interpreter), else CUDA_BLOCK_E (which says why)."""
+    return {"CHUNK": chunk_size, "BLOCK_E": INTERPRETER_BLOCK_E if device.type == "cpu" else CUDA_BLOCK_E,
             "BLOCK_N": 1 << max(0, math.ceil(math.log2(states))), "num_warps": NUM_WARPS}
+
+
+# ---------------------------------------------------------------- the launches, for the autograd
+# functions below and for the ahead-of-time compile of tests/triton_compile.py
+
+
+def _conv_sizes(conv, num_slices: int):
+    """``triton_kernels.ConvSizes`` of conv, a ``triton_kernels.ConvTensors``."""
+    _, length, channels = conv.x.shape
+    return load_kernels().ConvSizes(x_stride_b=conv.x.stride(0), x_stride_l=conv.x.stride(1), length=length,
+                                    channels=channels, num_slices=num_slices, directions=conv.weight.shape[0])
+
+
+def _conv_arguments(conv, num_slices: int) -> dict[str, Any]:
+    return {"conv": conv, "sizes": _conv_sizes(conv, num_slices), **conv_meta(conv.weight.shape[1])}
+
+
+def _conv_grid(conv) -> tuple[int, int, int]:
+    """(B * K, L blocks, E blocks)."""
+    batch, length, channels = conv.x.shape
+    return batch * conv.weight.shape[0], _cdiv(length, CONV_BLOCK_L), _cdiv(channels, CONV_BLOCK_E)
+
+
+def conv_forward_launch(conv, out: Tensor, num_slices: int) -> Launch:
+    """conv: ``triton_kernels.ConvTensors``; out (B, K, L, E)."""
+    return Launch("conv_forward", _conv_grid(conv), {**_conv_arguments(conv, num_slices), "out_ptr": out})
+
+
+def conv_backward_launches(conv, grads, num_slices: int) -> tuple[Launch, Launch]:
+    """The weight-gradient launch, then the input-gradient one; grads: ``triton_kernels.ConvGrads``."""
+    grid, arguments = _conv_grid(conv), {**_conv_arguments(conv, num_slices), "grads": grads}
+    return (Launch("conv_backward_weights", grid, arguments),
+            Launch("conv_backward_input", (conv.x.shape[0], *grid[1:]), arguments))
+
+
+def _scan_arguments(scan, num_slices: int, chunk_size: int) -> dict[str, Any]:
+    """The sizes and compile-time arguments of scan, a ``triton_kernels.ScanTensors``."""
+    _, directions, length, channels = scan.u.shape
+    sizes = load_kernels().ScanSizes(length=length, channels=channels, states=scan.A.shape[1], num_slices=num_slices,
+                                     directions=directions, chunks=_cdiv(length, chunk_size))
+    return {"scan": scan, "sizes": sizes, **scan_meta(chunk_size, sizes.states, scan.u.device)}
+
+
+def scan_forward_launch(scan, out, num_slices: int, chunk_size: int, keep_states: bool) -> Launch:
+    """scan: ``triton_kernels.ScanTensors``; out: ``triton_kernels.ScanOutputs``."""
+    arguments = {**_scan_arguments(scan, num_slices, chunk_size), "out": out, "KEEP_STATES": keep_states}
+    return Launch("scan_forward", (scan.u.shape[0], _cdiv(scan.u.shape[3], arguments["BLOCK_E"])), arguments)
+
+
+def scan_backward_launch(scan, entering: Tensor, grads, num_slices: int, chunk_size: int) -> Launch:
+    """entering (B, K, chunks, N, E) from the forward; grads: ``triton_kernels.ScanGrads``."""
+    arguments = {**_scan_arguments(scan, num_slices, chunk_size), "entering_ptr": entering, "grads": grads}
+    batch, directions, _, channels = scan.u.shape
+    return Launch("scan_backward", (batch, _cdiv(channels, arguments["BLOCK_E"]), directions), arguments)
+
+
+# ---------------------------------------------------------------- autograd
 
 
 class _DirectionalConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, kinds, num_slices):
-        kernels = load_kernels()
+        conv = load_kernels().ConvTensors(x=x, weight=weight, bias=bias, kinds=_kinds(kinds, x.device))
         batch, length, channels = x.shape
-        directions, width, _ = weight.shape
-        out = x.new_empty(batch, directions, length, channels)
-        kinds_t = _kinds(kinds, x.device)
-        grid = (batch * directions, _cdiv(length, CONV_BLOCK_L), _cdiv(channels, CONV_BLOCK_E))
-        kernels.conv_forward[grid](x, x.stride(0), x.stride(1), weight, bias, kinds_t, out,
-                                   length, channels, num_slices, directions, **conv_meta(width))
-        ctx.save_for_backward(x, weight, bias, kinds_t)
+        out = x.new_empty(batch, weight.shape[0], length, channels)
+        conv_forward_launch(conv, out, num_slices).run()
+        ctx.save_for_backward(*conv)
         ctx.num_slices = num_slices
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, bias, kinds_t = ctx.saved_tensors
         kernels = load_kernels()
-        batch, length, channels = x.shape
-        directions, width, _ = weight.shape
-        grid = (batch * directions, _cdiv(length, CONV_BLOCK_L), _cdiv(channels, CONV_BLOCK_E))
-        grad_pre = torch.empty_like(grad_out)
-        grad_weight = x.new_empty(batch, grid[1], directions, width, channels)  # per block of steps
-        grad_bias = x.new_empty(batch, grid[1], directions, channels)
-        kernels.conv_backward_weights[grid](x, x.stride(0), x.stride(1), weight, bias, kinds_t,
-                                            grad_out.contiguous(), grad_pre, grad_weight, grad_bias,
-                                            length, channels, ctx.num_slices, directions, **conv_meta(width))
-        grad_x = x.new_empty(batch, length, channels)
-        kernels.conv_backward_input[(batch, grid[1], grid[2])](grad_pre, weight, kinds_t, grad_x, length, channels,
-                                                               ctx.num_slices, directions, **conv_meta(width))
-        return grad_x, grad_weight.sum(dim=(0, 1)), grad_bias.sum(dim=(0, 1)), None, None
+        conv = kernels.ConvTensors(*ctx.saved_tensors)
+        batch, length, channels = conv.x.shape
+        blocks = _cdiv(length, CONV_BLOCK_L)
+        directions, width, _ = conv.weight.shape
+        grads = kernels.ConvGrads(out=grad_out.contiguous(), pre=torch.empty_like(grad_out),
+                                  weight=conv.x.new_empty(batch, blocks, directions, width, channels),
+                                  bias=conv.x.new_empty(batch, blocks, directions, channels),
+                                  x=conv.x.new_empty(batch, length, channels))
+        for launch in conv_backward_launches(conv, grads, ctx.num_slices):
+            launch.run()
+        return grads.x, grads.weight.sum(dim=(0, 1)), grads.bias.sum(dim=(0, 1)), None, None
 
 
 def directional_conv(x: Tensor, weight: Tensor, bias: Tensor, kinds: Sequence[int], num_slices: int) -> Tensor:
@@ -123,36 +196,34 @@ class _FusedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, kinds, num_slices, chunk_size, keep_states):
         kernels = load_kernels()
+        scan = kernels.ScanTensors(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias,
+                                   kinds=_kinds(kinds, u.device))
         batch, directions, length, channels = u.shape
-        states = A.shape[1]
-        chunks = _cdiv(length, chunk_size)
-        y = u.new_zeros(batch, length, channels)
-        entering = u.new_empty(batch, directions, chunks if keep_states else 0, states, channels)
-        kinds_t = _kinds(kinds, u.device)
-        meta = scan_meta(chunk_size, states, u.device)
-        kernels.scan_forward[(batch, _cdiv(channels, meta["BLOCK_E"]))](
-            u, delta, A, B, C, D, delta_bias, kinds_t, y, entering,
-            length, channels, states, num_slices, directions, chunks, KEEP_STATES=keep_states, **meta)
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, kinds_t, entering)
+        chunks = _cdiv(length, chunk_size) if keep_states else 0
+        out = kernels.ScanOutputs(y=u.new_zeros(batch, length, channels),
+                                  entering=u.new_empty(batch, directions, chunks, A.shape[1], channels))
+        scan_forward_launch(scan, out, num_slices, chunk_size, keep_states).run()
+        ctx.save_for_backward(*scan, out.entering)
         ctx.num_slices, ctx.chunk_size = num_slices, chunk_size
-        return y
+        return out.y
 
     @staticmethod
     def backward(ctx, grad_y):
-        u, delta, A, B, C, D, delta_bias, kinds_t, entering = ctx.saved_tensors
         kernels = load_kernels()
-        batch, directions, length, channels = u.shape
-        states = A.shape[1]
-        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
-        grad_A, grad_D = u.new_empty(batch, *A.shape), u.new_empty(batch, *D.shape)
-        grad_B, grad_C = torch.zeros_like(B), torch.zeros_like(C)
-        meta = scan_meta(ctx.chunk_size, states, u.device)
-        kernels.scan_backward[(batch, _cdiv(channels, meta["BLOCK_E"]), directions)](
-            u, delta, A, B, C, D, delta_bias, kinds_t, entering, grad_y.contiguous(),
-            grad_u, grad_delta, grad_A, grad_D, grad_B, grad_C,
-            length, channels, states, ctx.num_slices, directions, entering.shape[2], **meta)
-        return (grad_u, grad_delta, grad_A.sum(0), grad_B, grad_C, grad_D.sum(0), grad_delta.sum(dim=(0, 2)),
+        *saved, entering = ctx.saved_tensors
+        scan = kernels.ScanTensors(*saved)
+        batch = scan.u.shape[0]
+        grads = kernels.ScanGrads(y=grad_y.contiguous(), u=torch.empty_like(scan.u), delta=torch.empty_like(scan.delta),
+                                  A=scan.u.new_empty(batch, *scan.A.shape), D=scan.u.new_empty(batch, *scan.D.shape),
+                                  B=torch.zeros_like(scan.B), C=torch.zeros_like(scan.C))
+        scan_backward_launch(scan, entering, grads, ctx.num_slices, ctx.chunk_size).run()
+        return (grads.u, grads.delta, grads.A.sum(0), grads.B, grads.C, grads.D.sum(0), grads.delta.sum(dim=(0, 2)),
                 None, None, None, None)
+
+
+def default_chunk_size(device: torch.device) -> int:
+    """The chunk size :func:`fused_scan` uses on ``device`` unless told otherwise."""
+    return INTERPRETER_CHUNK_SIZE if device.type == "cpu" else CHUNK_SIZE
 
 
 def fused_scan(
@@ -173,7 +244,7 @@ def fused_scan(
     -> (B, L, E). ``chunk_size`` (a power of two) is the steps per associative scan; None:
     CHUNK_SIZE on a GPU, INTERPRETER_CHUNK_SIZE in Triton's interpreter."""
     if chunk_size is None:
-        chunk_size = CHUNK_SIZE if u.is_cuda else INTERPRETER_CHUNK_SIZE
+        chunk_size = default_chunk_size(u.device)
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
     inputs = [t.contiguous() for t in (u, delta, A, B, C, D, delta_bias)]
@@ -184,16 +255,33 @@ def fused_scan(
     return y * F.silu(z)
 
 
-def probe(device: str) -> None:
-    """One tiny forward and backward of both kernels on ``device``; raises whatever fails."""
-    kinds, length, channels, states = (0, 1, 2), 8, 4, 2
+def probe(device: str, states: int = 16, width: int = 4) -> None:
+    """Runs every kernel once on ``device`` at a layer's compile-time arguments (``states`` N,
+    conv ``width``, the default chunk size): a forward without autograd, as at inference, then
+    a forward and backward. Raises whatever fails.
+
+    Autograd is on and inference mode off inside, whatever the caller's: nnU-Net's predictor
+    runs the network under ``torch.inference_mode()``.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        _probe(torch.device(device), states, width)
+
+
+def _probe(device: torch.device, states: int, width: int) -> None:
+    # sizes divisible by 16, as a network's are, for Triton's integer specialisation
+    kinds, length, channels, num_slices = (FORWARD, REVERSE, INTER_SLICE), 16, 16, 16
     x = torch.randn(1, length, channels, device=device, requires_grad=True)
-    conv = directional_conv(x, torch.randn(3, 4, channels, device=device), torch.randn(3, channels, device=device),
-                            kinds, num_slices=2)
+    conv_weight, conv_bias = torch.randn(3, width, channels, device=device), torch.randn(3, channels, device=device)
     A = -torch.rand(3, states, channels, device=device)
     B, C = (torch.randn(1, 3, length, states, device=device) for _ in range(2))
-    D, bias = torch.ones(3, channels, device=device), torch.zeros(3, channels, device=device)
-    y = fused_scan(conv, conv, A, B, C, D, bias, x, kinds, num_slices=2)
-    y.sum().backward()
+    D, delta_bias = torch.ones(3, channels, device=device), torch.zeros(3, channels, device=device)
+
+    def tom() -> Tensor:  # (1, L, E)
+        u = directional_conv(x, conv_weight, conv_bias, kinds, num_slices)
+        return fused_scan(u, u, A, B, C, D, delta_bias, x, kinds, num_slices)
+
+    with torch.no_grad():
+        tom()
+    tom().sum().backward()
     if not torch.isfinite(x.grad).all():
         raise RuntimeError("the probe's gradients are not finite")
