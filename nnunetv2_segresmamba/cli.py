@@ -69,7 +69,8 @@ def _add_cascade(args: argparse.Namespace) -> None:
 
     plans = add_lowres_configuration(args.dataset, args.factor, args.plans)
     lowres = plans["configurations"][LOWRES]
-    print(f"{LOWRES}: spacing {lowres['spacing']}, patch {lowres['patch_size']}; {CASCADE} inherits 3d_fullres.\n"
+    spacing = [round(float(s), 3) for s in lowres["spacing"]]
+    print(f"{LOWRES}: spacing {spacing}, patch {list(lowres['patch_size'])}; {CASCADE} inherits 3d_fullres.\n"
           f"Next: nnUNetv2_preprocess -d {args.dataset} -c {LOWRES} -p {args.plans}, then train {LOWRES} (every "
           f"fold, or fold all) before {CASCADE} with the same -tr.")
 
@@ -181,11 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     cascade = sub.add_parser("add-cascade", help="add 3d_lowres and 3d_cascade_fullres to a planned dataset",
                              description="For datasets too small for nnU-Net to plan a cascade: plans 3d_lowres with "
-                                         "nnU-Net's planner at a coarser spacing and adds 3d_cascade_fullres, in "
-                                         "nnUNet_preprocessed/DATASET/PLANS.json.")
+                                         "the planner that made the plans, at a spacing coarsened as nnU-Net's planner "
+                                         "coarsens it (the finest axes first, then all together), and adds "
+                                         "3d_cascade_fullres, in nnUNet_preprocessed/DATASET/PLANS.json.")
     cascade.add_argument("-d", "--dataset", required=True, help="dataset id or name, planned already")
     cascade.add_argument("--factor", type=float, default=2.0,
-                         help="lowres spacing = factor x the 3d_fullres spacing (default %(default)s)")
+                         help="the lowres median image has factor^3 fewer voxels than the 3d_fullres one; "
+                              "where no axis is more than twice finer than another, the spacing is factor x the "
+                              "3d_fullres one (default %(default)s)")
     cascade.add_argument("-p", "--plans", default="nnUNetPlans")
     cascade.set_defaults(func=_add_cascade)
     _add_sweep_parsers(sub)

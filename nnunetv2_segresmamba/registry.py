@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 FORWARD_SUFFIX, REVERSE_SUFFIX = DIRECTIONS[FORWARD], DIRECTIONS[REVERSE]
-Builder = Callable[[int, int, Sequence[int]], "nn.Module"]
+Builder = Callable[..., "nn.Module"]  # (in_channels, out_channels, patch_size, **width overrides) -> network
 
 
 def segresmamba_with(tom_directions: Sequence[str] = DIRECTIONS) -> Builder:
@@ -38,31 +38,34 @@ def segresmamba_with(tom_directions: Sequence[str] = DIRECTIONS) -> Builder:
     return build
 
 
-def build_segmamba(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    """SegMamba as published; its patch must be a multiple of 16 (stem and three stride-2
+def build_segmamba(in_channels: int, out_channels: int, patch_size: Sequence[int], **widths) -> nn.Module:
+    """SegMamba as published (``widths``: SegMamba's ``feature_sizes``, ``hidden_size``, for
+    smaller smoke runs); its patch must be a multiple of 16 (stem and three stride-2
     downsamplings), checked by :meth:`Member.build`."""
     from nnunetv2_segresmamba.networks.segmamba import SegMamba
 
-    return SegMamba(in_channels, out_channels)
+    return SegMamba(in_channels, out_channels, **widths)
 
 
-def build_swinunetr(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    """MONAI's SwinUNETR, feature size 48, 2D or 3D as the patch; its patch must be a multiple
-    of 32 (five stride-2 stages), checked by :meth:`Member.build`."""
+def build_swinunetr(in_channels: int, out_channels: int, patch_size: Sequence[int],
+                    feature_size: int = 48) -> nn.Module:
+    """MONAI's SwinUNETR, feature size 48 (the paper's), 2D or 3D as the patch; its patch must
+    be a multiple of 32 (five stride-2 stages), checked by :meth:`Member.build`."""
     from monai.networks.nets import SwinUNETR
 
-    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=48,
+    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size,
                      spatial_dims=len(patch_size))
 
 
-def build_unetr(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    """MONAI's UNETR (ViT-B/16, ``img_size`` = the patch), 2D or 3D as the patch; its patch must
-    be a multiple of 16 (the ViT patch), checked by :meth:`Member.build`."""
+def build_unetr(in_channels: int, out_channels: int, patch_size: Sequence[int], hidden_size: int = 768,
+                mlp_dim: int = 3072, num_heads: int = 12) -> nn.Module:
+    """MONAI's UNETR (ViT-B/16 by default, ``img_size`` = the patch), 2D or 3D as the patch; its
+    patch must be a multiple of 16 (the ViT patch), checked by :meth:`Member.build`."""
     from monai.networks.nets import UNETR
 
     return UNETR(in_channels=in_channels, out_channels=out_channels, img_size=tuple(patch_size), feature_size=16,
-                 hidden_size=768, mlp_dim=3072, num_heads=12, proj_type="perceptron", norm_name="instance",
-                 res_block=True, dropout_rate=0.0, spatial_dims=len(patch_size))
+                 hidden_size=hidden_size, mlp_dim=mlp_dim, num_heads=num_heads, proj_type="perceptron",
+                 norm_name="instance", res_block=True, dropout_rate=0.0, spatial_dims=len(patch_size))
 
 
 def build_nnunet(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
@@ -112,12 +115,13 @@ class Member:
     spatial_dims: tuple[int, ...] = BOTH  # (2, 3): nnU-Net's 2d and 3D configurations; (3,): 3D only
     tom_directions: tuple[str, ...] | None = None  # a SegResMamba's ToM scans (operators.directions); else None
 
-    def build(self, in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-        """The network for ``patch_size`` (2D or 3D as it has 2 or 3 axes); ValueError when the
-        patch breaks :attr:`spatial_dims` or :attr:`patch_divisor`."""
+    def build(self, in_channels: int, out_channels: int, patch_size: Sequence[int], **widths) -> nn.Module:
+        """The network for ``patch_size`` (2D or 3D as it has 2 or 3 axes), at the builder's
+        default widths unless ``widths`` overrides them; ValueError when the patch breaks
+        :attr:`spatial_dims` or :attr:`patch_divisor`."""
         require_spatial_dims(patch_size, self.spatial_dims, self.network)
         require_divisible(patch_size, self.patch_divisor, self.network)
-        return self.builder(in_channels, out_channels, patch_size)
+        return self.builder(in_channels, out_channels, patch_size, **widths)
 
 
 def segresmamba_member(trainer: str, network: str, tom_directions: Sequence[str] = DIRECTIONS,

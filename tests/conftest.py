@@ -1,9 +1,24 @@
 """Where no GPU is present, Triton kernels run in Triton's CPU interpreter. The variable must
-be set before Triton compiles anything, hence here."""
+be set before Triton compiles anything, hence here. nnU-Net's pools of export and evaluation
+workers get one process each (its default, 8 spawned processes that each import torch, costs
+more on 2 cores than the tiny cases they export). And the planned dataset that several modules
+share."""
 
 import os
 
+os.environ.setdefault("nnUNet_def_n_proc", "1")  # read when nnunetv2.configuration is imported
+
+import pytest
 import torch
+
+from tests.workspaces import plan_anisotropic
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def anisotropic_workspace(tmp_path_factory):
+    """tests.workspaces.ANISOTROPIC, fingerprinted and planned by nnU-Net (default planner); a
+    module that changes its files works on a copy."""
+    return plan_anisotropic(str(tmp_path_factory.mktemp("anisotropic")))

@@ -22,9 +22,16 @@ MEASURED_PARAMS = {  # 128^3, 1 -> 14 channels
 }
 
 
+def on_meta_where_it_builds(m):
+    """The meta device (no memory, no init), except for MONAI's SwinUNETR, whose __init__ reads a
+    tensor's value."""
+    return torch.device("cpu" if m.network == "SwinUNETR" else "meta")
+
+
 @pytest.mark.parametrize("m", FAMILY, ids=lambda m: m.network)
 def test_parameter_counts_at_128(m):
-    params = sum(p.numel() for p in m.build(1, 14, (128, 128, 128)).parameters())
+    with on_meta_where_it_builds(m):
+        params = sum(p.numel() for p in m.build(1, 14, (128, 128, 128)).parameters())
     assert params == MEASURED_PARAMS[m.network]
     if m.paper is not None and m.network != "SegResMamba":
         assert params / 1e6 == pytest.approx(m.paper.params_m, rel=2e-3)
@@ -103,26 +110,45 @@ def test_segmamba_is_3d_only():
         network("SegMamba").build(1, 2, (64, 64))
 
 
-def test_trainers_take_their_patch_rule_from_the_registry():
+SMOKE_PARAMS = {  # 2 -> 3 channels, at the patch each trains with in test_e2e.py
+    "nnUNetTrainerSegMamba_smoke": ([32, 32, 32], 7_602_195),  # widths 16-128, hidden 256: 67.4M in full
+    "nnUNetTrainerSwinUNETR_smoke": ([64, 64, 64], 4_078_509),  # feature size 12: 62.2M at 48
+    "nnUNetTrainerUNETR_smoke": ([32, 32, 32], 9_732_595),  # ViT of width 192: 93.0M at 768
+}
+
+
+@pytest.mark.parametrize("trainer", SMOKE_PARAMS)
+def test_smoke_trainers_build_small_networks_through_build_network(trainer):
+    from types import SimpleNamespace
+
     from nnunetv2_segresmamba import trainers
 
-    for name in ("SegMamba", "SwinUNETR", "UNETR"):
-        m = network(name)
-        assert getattr(trainers, m.trainer).patch_divisor == getattr(trainers, f"{m.trainer}_smoke").patch_divisor
-        assert getattr(trainers, m.trainer).patch_divisor == m.patch_divisor
-    assert [network(n).patch_divisor for n in ("SegMamba", "SwinUNETR", "UNETR")] == [16, 32, 16]
+    patch, expected = SMOKE_PARAMS[trainer]
+    trainer_class = getattr(trainers, trainer)
+    with on_meta_where_it_builds(member(trainer)):
+        net = trainer_class.build_network(None, SimpleNamespace(patch_size=patch), 2, 3, False)
+    assert sum(p.numel() for p in net.parameters()) == expected
+
+
+def test_trainers_patch_rules():
+    from nnunetv2_segresmamba import trainers
+
+    divisors = {"nnUNetTrainerSegMamba": 16, "nnUNetTrainerSwinUNETR": 32, "nnUNetTrainerUNETR": 16}
+    for trainer, divisor in divisors.items():
+        assert getattr(trainers, trainer).patch_divisor == divisor, trainer
+        assert getattr(trainers, f"{trainer}_smoke").patch_divisor == divisor, trainer
     # nnU-Net's trainers plan their own network and keep the planned patch; SegResMamba plans its strides
     assert trainers.nnUNetTrainerComparisonNnUNet.patch_divisor is None
     assert trainers.nnUNetTrainerSegResMamba.patch_divisor is None and network("SegResMamba").patch_divisor is None
 
 
-def test_trainers_take_their_configurations_from_the_registry():
+def test_only_segmamba_trainers_refuse_2d():
     from nnunetv2_segresmamba import trainers
 
     for m in FAMILY:
+        expected = (3,) if m.network == "SegMamba" else (2, 3)
         for trainer in (m.trainer, f"{m.trainer}_smoke"):
-            assert getattr(trainers, trainer).supported_spatial_dims == m.spatial_dims, trainer
-    assert [m.network for m in FAMILY if m.spatial_dims != (2, 3)] == ["SegMamba"]
+            assert getattr(trainers, trainer).supported_spatial_dims == expected, trainer
 
 
 def test_groups_keep_the_five_as_the_default_and_every_trainer_exists():

@@ -8,23 +8,17 @@ import pytest
 import torch
 
 from nnunetv2_segresmamba import trainers
-from nnunetv2_segresmamba.tools.pipeline import Workspace, run_command
-from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, dataset_json, make_dataset
-
-ANISOTROPIC = SyntheticSpec(dataset_id=993, name="Aniso", num_train=2, num_test=0, shape=(20, 96, 80),
-                            spacing=(3.0, 0.8, 0.8), num_classes=1)
+from nnunetv2_segresmamba.tools.synthetic import dataset_json
+from tests.workspaces import ANISOTROPIC
 
 
 @pytest.fixture(scope="module")
-def planned(tmp_path_factory):
+def planned(anisotropic_workspace):
     """(workspace, plans) after nnU-Net's fingerprint and experiment planning (no preprocessing)."""
-    ws = Workspace(str(tmp_path_factory.mktemp("planned")))
-    make_dataset(ws.path("nnUNet_raw"), ANISOTROPIC)
-    run_command(["nnUNetv2_extract_fingerprint", "-d", str(ANISOTROPIC.dataset_id), "-np", "1"], ws.env, quiet=True)
-    run_command(["nnUNetv2_plan_experiment", "-d", str(ANISOTROPIC.dataset_id)], ws.env, quiet=True)
+    ws = anisotropic_workspace
     folder = os.path.join(ws.path("nnUNet_preprocessed"), ANISOTROPIC.folder_name)
     for configuration in ("3d_fullres", "2d"):  # initialize() infers the data format from the preprocessed files
-        os.makedirs(os.path.join(folder, f"nnUNetPlans_{configuration}"))
+        os.makedirs(os.path.join(folder, f"nnUNetPlans_{configuration}"), exist_ok=True)
         open(os.path.join(folder, f"nnUNetPlans_{configuration}", "case.b2nd"), "w").close()
     with open(os.path.join(folder, "nnUNetPlans.json")) as f:
         return ws, json.load(f)
@@ -119,7 +113,7 @@ def test_checkpoints_carry_the_architecture_and_refuse_another(planned, monkeypa
     trainer = initialized("nnUNetTrainerSegResMamba_smoke", planned, monkeypatch)
     path = str(tmp_path / "checkpoint.pth")
     trainer.save_checkpoint(path)
-    checkpoint = torch.load(path, weights_only=True)  # as nnU-Net's -pretrained_weights reads it
+    checkpoint = torch.load(path, weights_only=True)  # the architecture adds only plain types
     assert checkpoint["architecture"] == {"network_class_name": "nnunetv2_segresmamba.networks.segresmamba.SegResMamba",
                                           "arch_kwargs": trainer.network.arch_kwargs}
     assert all(isinstance(v, torch.Tensor) for v in checkpoint["network_weights"].values())

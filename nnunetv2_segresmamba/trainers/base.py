@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -21,7 +21,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunetv2_segresmamba.networks.blocks import padded_size
-from nnunetv2_segresmamba.registry import BOTH
+from nnunetv2_segresmamba.registry import BOTH, Member
 from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
 from nnunetv2_segresmamba.trainers.schedules import CosineAnnealingScheduler
@@ -78,6 +78,7 @@ class ComparisonTrainerBase(nnUNetTrainer):
     patch_divisor: int | None = None  # round the planned patch to multiples of this (saved in plans.json)
     supported_spatial_dims: tuple[int, ...] = BOTH  # 2: nnU-Net's 2d configuration; 3: 3d_fullres, lowres, cascade
     seed: int | None = None  # seeds the network's initialisation and the batches; None: unseeded, as nnU-Net
+    network_widths: dict = {}  # overrides of the registry builder's widths (smaller networks for smoke runs)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
@@ -301,16 +302,18 @@ def parameter_groups(network: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def network_from_builder(builder: Callable[[int, int, Sequence[int]], nn.Module]) -> staticmethod:
-    """A ``build_network`` (nnU-Net 2.8's ``build_network_architecture`` signature) that calls
-    ``builder(in_channels, out_channels, patch_size)``. No deep supervision: the flag is ignored."""
+def network_of(member: Member) -> classmethod:
+    """A ``build_network`` (nnU-Net 2.8's ``build_network_architecture`` signature) that builds
+    the registry ``member``'s network for the configuration's patch, with the trainer's
+    ``network_widths``. No deep supervision: the flag is ignored."""
 
-    def build_network(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+    def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                       num_input_channels: int, num_output_channels: int,
                       enable_deep_supervision: bool = True) -> nn.Module:
-        return builder(num_input_channels, num_output_channels, configuration_manager.patch_size)
+        return member.build(num_input_channels, num_output_channels, configuration_manager.patch_size,
+                            **cls.network_widths)
 
-    return staticmethod(build_network)
+    return classmethod(build_network)
 
 
 def require_input_channels(network: nn.Module, num_input_channels: int) -> None:

@@ -16,7 +16,7 @@ from nnunetv2_segresmamba.trainers.base import (
     PaperRecipe,
     SmokeSchedule,
     TwoEpochs,
-    network_from_builder,
+    network_of,
 )
 
 SEGMAMBA, SWINUNETR, UNETR = network("SegMamba"), network("SwinUNETR"), network("UNETR")
@@ -35,7 +35,7 @@ class nnUNetTrainerSegMamba(NnUNetRecipe, ComparisonTrainerBase):
     loss_name = "ce"
     patch_divisor = SEGMAMBA.patch_divisor
     supported_spatial_dims = SEGMAMBA.spatial_dims  # 3D only: refuses 2d with advice
-    build_network = network_from_builder(SEGMAMBA.build)
+    build_network = network_of(SEGMAMBA)
 
 
 class nnUNetTrainerSwinUNETR(NnUNetRecipe, ComparisonTrainerBase):
@@ -53,7 +53,7 @@ class nnUNetTrainerSwinUNETR(NnUNetRecipe, ComparisonTrainerBase):
     recipe_weight_decay = 1e-5
     lr_schedule = "cosine"
     patch_divisor = SWINUNETR.patch_divisor
-    build_network = network_from_builder(SWINUNETR.build)
+    build_network = network_of(SWINUNETR)
 
 
 class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
@@ -62,7 +62,7 @@ class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
     multiples of 16 (the ViT patch)."""
 
     patch_divisor = UNETR.patch_divisor
-    build_network = network_from_builder(UNETR.build)
+    build_network = network_of(UNETR)
 
 
 class nnUNetTrainerComparisonNnUNet(NnUNetRecipe, ComparisonTrainerBase):
@@ -83,7 +83,7 @@ class nnUNetTrainerSegMamba_2epochs(TwoEpochs, nnUNetTrainerSegMamba):
 
 
 class nnUNetTrainerSegMamba_smoke(SmokeSchedule, nnUNetTrainerSegMamba):
-    pass
+    network_widths = {"feature_sizes": (16, 32, 64, 128), "hidden_size": 256}  # a third of the paper's
 
 
 class nnUNetTrainerSwinUNETR_2epochs(TwoEpochs, nnUNetTrainerSwinUNETR):
@@ -91,7 +91,7 @@ class nnUNetTrainerSwinUNETR_2epochs(TwoEpochs, nnUNetTrainerSwinUNETR):
 
 
 class nnUNetTrainerSwinUNETR_smoke(SmokeSchedule, nnUNetTrainerSwinUNETR):
-    pass
+    network_widths = {"feature_size": 12}  # a quarter of the paper's
 
 
 class nnUNetTrainerUNETR_2epochs(TwoEpochs, nnUNetTrainerUNETR):
@@ -99,7 +99,7 @@ class nnUNetTrainerUNETR_2epochs(TwoEpochs, nnUNetTrainerUNETR):
 
 
 class nnUNetTrainerUNETR_smoke(SmokeSchedule, nnUNetTrainerUNETR):
-    pass
+    network_widths = {"hidden_size": 192, "mlp_dim": 768, "num_heads": 3}  # a quarter of ViT-B's
 
 
 class nnUNetTrainerComparisonNnUNet_2epochs(TwoEpochs, nnUNetTrainerComparisonNnUNet):
