@@ -509,7 +509,7 @@ def scan_forward(inputs, directions, chunk, blocks, outputs):
     for item in nb.prange(items):
         failed[item] = not _scan_forward_flushed(inputs, directions, chunk, blocks, outputs, item)
     if failed.any():
-        raise RuntimeError("scan_forward: a work item raised (its buffers could not be allocated?)")
+        raise RuntimeError("scan_forward: a work item raised (numba gives no detail from a parallel work item)")
 
 
 @jit
@@ -625,4 +625,4 @@ def scan_backward(inputs, directions, chunk, blocks, saved, grad_y, grads):
     for item in nb.prange(items):
         failed[item] = not _scan_backward_flushed(inputs, directions, chunk, blocks, saved, grad_y, grads, item)
     if failed.any():
-        raise RuntimeError("scan_backward: a work item raised (its buffers could not be allocated?)")
+        raise RuntimeError("scan_backward: a work item raised (numba gives no detail from a parallel work item)")

@@ -7,10 +7,10 @@ restacked copy of a (B, L, E) tensor is made. The directions' outputs are summed
 gate. Autograd keeps the inputs and the state entering every ``chunk_size`` steps, as the
 pure path does, and the backward pass recomputes one chunk at a time.
 
-The outputs and gradients are the same bits on any number of threads: the channel blocks of
-the work items depend on the channel count alone (:func:`channel_blocks`), since where a block
-ends decides which channels its vectorized loops leave to scalar code, and the backward's
-per-block partial sums make the B and C gradients.
+The outputs and gradients are the same bits on any number of threads, because the channel
+blocks of the work items depend on the channel count alone (:func:`channel_blocks`): where a
+block ends decides which channels its vectorized loops leave to scalar code, and the B and C
+gradients are sums of per-block parts.
 """
 
 from __future__ import annotations

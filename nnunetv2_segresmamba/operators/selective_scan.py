@@ -89,10 +89,12 @@ def selective_scan(
 
 
 class _OneIntraOpThread:
-    """Runs its callers on one intra-op thread. Each restores, on leaving, the count the process
-    had before the first of them entered: with OpenMP the count is per thread, and a thread
-    started meanwhile takes the last count set anywhere, so restoring what it found there would
-    leave it, and every thread started after, on one."""
+    """Runs its callers on one intra-op thread. torch's count is partly per thread (OpenMP's)
+    and partly process-wide (the count a thread started later takes), so each caller restores,
+    on leaving, the count from before the first caller entered: restoring what it found itself
+    would leave a caller that entered while another was inside, and every thread started after
+    it, on one. A caller still inside when another leaves may then scan on more threads: slower
+    on denormals, the same results."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 import numpy as np
 
 LOWRES, CASCADE, FULLRES = "3d_lowres", "3d_cascade_fullres", "3d_fullres"
-DEFAULT_PLANNER = "ExperimentPlanner"
 # ExperimentPlanner.plan_experiment: the spacing grows by 3% a step, and an axis counts as fine
 # while the coarsest axis is more than twice its spacing
 SPACING_STEP = 1.03
@@ -87,8 +86,8 @@ def add_lowres_configuration(dataset: str | int, factor: float = 2.0, plans_name
     fullres = plans["configurations"].get(FULLRES)
     if fullres is None:
         raise ValueError(f"{plans_file} has no {FULLRES} configuration (a 2D dataset?); a cascade needs 3D images")
-    planner = planner_class(plans.get("experiment_planner_used", DEFAULT_PLANNER))(
-        name, preprocessor_name=fullres.get("preprocessor_name", "DefaultPreprocessor"), plans_name=plans_name)
+    planner = planner_class(plans["experiment_planner_used"])(name, preprocessor_name=fullres["preprocessor_name"],
+                                                              plans_name=plans_name)
     plans["configurations"][LOWRES] = {**_plan_lowres(planner, fullres, factor), "batch_dice": False,
                                        "next_stage": CASCADE}
     plans["configurations"][CASCADE] = {"inherits_from": FULLRES, "previous_stage": LOWRES}

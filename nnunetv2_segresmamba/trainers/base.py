@@ -78,7 +78,7 @@ class ComparisonTrainerBase(nnUNetTrainer):
     patch_divisor: int | None = None  # round the planned patch to multiples of this (saved in plans.json)
     supported_spatial_dims: tuple[int, ...] = BOTH  # 2: nnU-Net's 2d configuration; 3: 3d_fullres, lowres, cascade
     seed: int | None = None  # seeds the network's initialisation and the batches; None: unseeded, as nnU-Net
-    network_widths: dict = {}  # overrides of the registry builder's widths (smaller networks for smoke runs)
+    network_widths: dict = {}  # overrides of the network's default widths (smaller networks for smoke runs)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
@@ -182,7 +182,7 @@ class ComparisonTrainerBase(nnUNetTrainer):
         nnU-Net 2.8.1's own ``load_checkpoint`` fails on a dict."""
         if not isinstance(filename_or_checkpoint, str):
             raise TypeError(f"load_checkpoint takes the path of a checkpoint file, got {type(filename_or_checkpoint)}")
-        saved = load_checkpoint_file(filename_or_checkpoint, self.device, mmap=True)  # read lazily, for the check
+        saved = load_checkpoint_file(filename_or_checkpoint, "cpu", mmap=True)  # tensors left on disk: for the check
         if not self.was_initialized:
             self.initialize()
         require_same_architecture(saved.get("architecture"), self.architecture(), filename_or_checkpoint)
@@ -261,6 +261,9 @@ def environment_variable(name: str, value: str) -> Iterator[None]:
             os.environ[name] = previous
 
 
+SMOKE_FEATURE_SIZES = (16, 32, 64, 128)  # SegResMamba's and SegMamba's stage widths in smoke runs: a third
+
+
 class TwoEpochs:
     """Mixin: two epochs of the full iteration count, a quick check on a real dataset."""
 
@@ -278,9 +281,11 @@ class SmokeSchedule:
     seed = 0
 
 
-class AblationSmokeSchedule(SmokeSchedule):
+class QuickSmokeSchedule(SmokeSchedule):
     """Mixin: the cheapest run that still trains, validates, saves and predicts through the CLI:
-    1 epoch x 2 iterations. For the ablations, whose networks the full smoke runs already cover."""
+    1 epoch x 2 iterations. For the networks whose learning other smoke runs cover (the
+    ablations), and for those whose patches of 32^3 and up make each CPU step slow (SegMamba,
+    SwinUNETR, UNETR)."""
 
     comparison_num_epochs = 1
     comparison_iterations_per_epoch = 2

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from nnunetv2_segresmamba.registry import network
 from nnunetv2_segresmamba.trainers.base import (
-    AblationSmokeSchedule,
+    SMOKE_FEATURE_SIZES,
     ComparisonTrainerBase,
     NnUNetRecipe,
     PaperRecipe,
+    QuickSmokeSchedule,
     SmokeSchedule,
     TwoEpochs,
     network_of,
@@ -82,15 +83,15 @@ class nnUNetTrainerSegMamba_2epochs(TwoEpochs, nnUNetTrainerSegMamba):
     pass
 
 
-class nnUNetTrainerSegMamba_smoke(SmokeSchedule, nnUNetTrainerSegMamba):
-    network_widths = {"feature_sizes": (16, 32, 64, 128), "hidden_size": 256}  # a third of the paper's
+class nnUNetTrainerSegMamba_smoke(QuickSmokeSchedule, nnUNetTrainerSegMamba):
+    network_widths = {"feature_sizes": SMOKE_FEATURE_SIZES, "hidden_size": 256}  # a third of the paper's
 
 
 class nnUNetTrainerSwinUNETR_2epochs(TwoEpochs, nnUNetTrainerSwinUNETR):
     pass
 
 
-class nnUNetTrainerSwinUNETR_smoke(SmokeSchedule, nnUNetTrainerSwinUNETR):
+class nnUNetTrainerSwinUNETR_smoke(QuickSmokeSchedule, nnUNetTrainerSwinUNETR):
     network_widths = {"feature_size": 12}  # a quarter of the paper's
 
 
@@ -98,7 +99,7 @@ class nnUNetTrainerUNETR_2epochs(TwoEpochs, nnUNetTrainerUNETR):
     pass
 
 
-class nnUNetTrainerUNETR_smoke(SmokeSchedule, nnUNetTrainerUNETR):
+class nnUNetTrainerUNETR_smoke(QuickSmokeSchedule, nnUNetTrainerUNETR):
     network_widths = {"hidden_size": 192, "mlp_dim": 768, "num_heads": 3}  # a quarter of ViT-B's
 
 
@@ -110,5 +111,5 @@ class nnUNetTrainerComparisonNnUNet_smoke(SmokeSchedule, nnUNetTrainerComparison
     pass
 
 
-class nnUNetTrainerComparisonNnUNet_paperRecipe_smoke(AblationSmokeSchedule, nnUNetTrainerComparisonNnUNet_paperRecipe):
+class nnUNetTrainerComparisonNnUNet_paperRecipe_smoke(QuickSmokeSchedule, nnUNetTrainerComparisonNnUNet_paperRecipe):
     pass

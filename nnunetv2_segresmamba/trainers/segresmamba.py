@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch.nn as nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunetv2_segresmamba.networks.segresmamba import PAPER_FEATURE_SIZES, SegResMamba, arch_kwargs_for_plan
+from nnunetv2_segresmamba.networks.segresmamba import SegResMamba, arch_kwargs_for_plan
 from nnunetv2_segresmamba.registry import network
 from nnunetv2_segresmamba.trainers.base import (
-    AblationSmokeSchedule,
+    SMOKE_FEATURE_SIZES,
     ComparisonTrainerBase,
     NnUNetRecipe,
     PaperRecipe,
+    QuickSmokeSchedule,
     SmokeSchedule,
     TwoEpochs,
 )
@@ -38,7 +39,6 @@ class nnUNetTrainerSegResMamba(PaperRecipe, ComparisonTrainerBase):
     """
 
     tom_directions: tuple[str, ...] = network("SegResMamba").tom_directions  # (): every ToM replaced by identity
-    feature_sizes: tuple[int, ...] = PAPER_FEATURE_SIZES
 
     @classmethod
     def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -47,18 +47,18 @@ class nnUNetTrainerSegResMamba(PaperRecipe, ComparisonTrainerBase):
         """The SegResMamba of the configuration's pools and patch. No deep supervision: the flag
         is ignored."""
         kwargs = arch_kwargs_for_plan(configuration_manager.pool_op_kernel_sizes, configuration_manager.patch_size,
-                                      cls.tom_directions, cls.feature_sizes)
+                                      cls.tom_directions, **cls.network_widths)
         return SegResMamba(num_input_channels, num_output_channels, **kwargs)
 
 
 class SmallWidths:
-    """Mixin: SegResMamba at a third of the paper's widths (16, 32, 64, 128), for the smoke and
-    pipeline runs, which check the pipeline and that it learns, not the network's capacity."""
+    """Mixin: SegResMamba at a third of the paper's widths, for the smoke and pipeline runs,
+    which check the pipeline and that it learns, not the network's capacity."""
 
-    feature_sizes = (16, 32, 64, 128)
+    network_widths = {"feature_sizes": SMOKE_FEATURE_SIZES}
 
 
-class SmallAblationSmoke(SmallWidths, AblationSmokeSchedule):
+class SmallQuickSmoke(SmallWidths, QuickSmokeSchedule):
     """Mixin: the :class:`SmallWidths` network for 1 epoch x 2 iterations, the cheapest run that
     trains, validates, saves and predicts through the CLI."""
 
@@ -80,7 +80,7 @@ class nnUNetTrainerSegResMamba_smoke(SmallWidths, SmokeSchedule, nnUNetTrainerSe
     loss_name = "dice_ce"
 
 
-class nnUNetTrainerSegResMamba_pipeline(SmallAblationSmoke, nnUNetTrainerSegResMamba):
+class nnUNetTrainerSegResMamba_pipeline(SmallQuickSmoke, nnUNetTrainerSegResMamba):
     """1 epoch x 2 iterations, the cheapest run that trains, validates, saves and predicts through
     the CLI: for checks of nnU-Net's pipeline around a network that the ``_smoke`` runs already
     train (the cascade's two stages in the end-to-end tests)."""
@@ -91,7 +91,7 @@ class nnUNetTrainerSegResMamba_demo(nnUNetTrainerSegResMamba_smoke):
     iterations, enough to learn the synthetic dataset (mean Dice above 0.7 on its held-out
     cases) in a few CPU minutes."""
 
-    feature_sizes = PAPER_FEATURE_SIZES
+    network_widths = {}  # the paper's
     comparison_num_epochs = 5
     comparison_iterations_per_epoch = 24
 
@@ -120,17 +120,17 @@ class nnUNetTrainerSegResMamba_nnUNetRecipe(NnUNetRecipe, nnUNetTrainerSegResMam
     recipe of the family's nnU-Net sibling; SegResMamba has no deep supervision."""
 
 
-class nnUNetTrainerSegResMambaNoToM_smoke(SmallAblationSmoke, nnUNetTrainerSegResMambaNoToM):
+class nnUNetTrainerSegResMambaNoToM_smoke(SmallQuickSmoke, nnUNetTrainerSegResMambaNoToM):
     pass
 
 
-class nnUNetTrainerSegResMambaForwardToM_smoke(SmallAblationSmoke, nnUNetTrainerSegResMambaForwardToM):
+class nnUNetTrainerSegResMambaForwardToM_smoke(SmallQuickSmoke, nnUNetTrainerSegResMambaForwardToM):
     pass
 
 
-class nnUNetTrainerSegResMambaForwardReverseToM_smoke(SmallAblationSmoke, nnUNetTrainerSegResMambaForwardReverseToM):
+class nnUNetTrainerSegResMambaForwardReverseToM_smoke(SmallQuickSmoke, nnUNetTrainerSegResMambaForwardReverseToM):
     pass
 
 
-class nnUNetTrainerSegResMamba_nnUNetRecipe_smoke(SmallAblationSmoke, nnUNetTrainerSegResMamba_nnUNetRecipe):
+class nnUNetTrainerSegResMamba_nnUNetRecipe_smoke(SmallQuickSmoke, nnUNetTrainerSegResMamba_nnUNetRecipe):
     pass
