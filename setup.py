@@ -74,7 +74,7 @@ setup(
         "energy": ["codecarbon>=2.5"],
         "cluster": ["submitit>=1.5"],
         "benchmark": ["mambapy>=1.2", "matplotlib", "tqdm"],
-        "test": ["pytest>=8", "ruff>=0.5", "codecarbon>=2.5", "submitit>=1.5", "mambapy>=1.2", "matplotlib", "tqdm"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.5", "codecarbon>=2.5", "submitit>=1.5", "mambapy>=1.2", "matplotlib", "tqdm"],
     },
     entry_points={"console_scripts": ["nnunetv2_segresmamba=nnunetv2_segresmamba.cli:main"]},
     cmdclass=cmdclass,

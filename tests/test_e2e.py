@@ -1,11 +1,11 @@
 """End to end through the stock nnU-Net CLI, as subprocesses, on a tiny synthetic dataset.
 
 plan_and_preprocess -> train (killed after its first checkpoint) -> resume with --c ->
---val --npz -> predict -> evaluate, with a Dice that must beat chance. Then nnU-Net's whole
-flow: 2d and 3d_fullres folds through ``nnunetv2_segresmamba sweep`` and its report,
-find_best_configuration, prediction per configuration, the ensemble and the postprocessing its
-instructions say; and the cascade, 3d_lowres then 3d_cascade_fullres, on plans given a lowres
-configuration by ``nnunetv2_segresmamba add-cascade``.
+--val --npz -> predict -> evaluate, with a Dice that must beat chance; fine-tuning on another
+dataset with -pretrained_weights; bad inputs. Then nnU-Net's whole flow: 2d and 3d_fullres
+folds through ``nnunetv2_segresmamba sweep`` and its report, find_best_configuration,
+prediction per configuration, the ensemble and the postprocessing its instructions say. The
+family's other trainers and the cascade: test_e2e_family.py.
 """
 
 import csv
@@ -23,32 +23,28 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_segresmamba.tools.pipeline import Workspace, evaluate_folder, run_command
+from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
+from nnunetv2_segresmamba.tools.pipeline import evaluate_folder, run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
-from nnunetv2_segresmamba.trainers.tracking import CO2_COUNTRY_ENV
-from tests.workspaces import drop_checkpoints
+from tests.workspaces import CPU_PREDICT, drop_checkpoints, preprocess_e2e
+from tests.workspaces import E2E as SPEC
+from tests.workspaces import fold_dir as trainer_fold_dir
 
 pytestmark = pytest.mark.e2e
 
 TRAINER = "nnUNetTrainerSegResMamba_smoke"
-SPEC = SyntheticSpec(dataset_id=991, name="E2E", num_train=6, num_test=2, shape=(16, 32, 32),
-                     spacing=(2.0, 1.0, 1.0), num_classes=2, num_channels=2)
 DID = str(SPEC.dataset_id)
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    ws = Workspace(str(tmp_path_factory.mktemp("nnunet")))
-    make_dataset(ws.path("nnUNet_raw"), SPEC)
-    run_command(["nnUNetv2_plan_and_preprocess", "-d", DID, "-c", "3d_fullres", "-np", "2",
-                 "--verify_dataset_integrity"], ws.env, quiet=True)
+    ws = preprocess_e2e(str(tmp_path_factory.mktemp("nnunet")))
     yield ws
     drop_checkpoints(ws.root)
 
 
 def fold_dir(ws, trainer=TRAINER, configuration="3d_fullres", fold="0"):
-    return os.path.join(ws.path("nnUNet_results"), SPEC.folder_name, f"{trainer}__nnUNetPlans__{configuration}",
-                        f"fold_{fold}")
+    return trainer_fold_dir(ws, trainer, configuration, fold)
 
 
 @pytest.fixture(scope="module")
@@ -120,25 +116,35 @@ def chance_dice(label_dir, classes):
     return float(np.mean([2 * p / (1 + p) for p in fractions]))
 
 
-def test_a_resumed_seeded_run_draws_other_batches_than_epoch_0(workspace, monkeypatch, tmp_path):
-    """``--c`` sets the epoch before nnU-Net makes the loaders (``on_train_start``): a seeded run
-    resumed at epoch 1 must not replay epoch 0's batches, and a fresh one draws the same again."""
-    from nnunetv2_segresmamba.trainers import nnUNetTrainerSegResMamba_smoke
+FIRST_BATCHES = """
+import hashlib, json, os, sys, torch
+from nnunetv2_segresmamba.trainers import nnUNetTrainerSegResMamba_smoke
+plans, dataset = (json.load(open(os.path.join(sys.argv[1], f))) for f in ("nnUNetPlans.json", "dataset.json"))
+digests = []
+for epoch in map(int, sys.argv[2:]):
+    trainer = nnUNetTrainerSegResMamba_smoke({**plans, "continue_training": False}, "3d_fullres", 0, dataset,
+                                             device=torch.device("cpu"))
+    trainer.initialize()
+    trainer.current_epoch = epoch  # as load_checkpoint sets it
+    train_loader, _ = trainer.get_dataloaders()
+    digests.append(hashlib.sha256(next(train_loader)["data"].numpy().tobytes()).hexdigest())
+print(json.dumps(digests))
+"""
 
-    for name, path in {**workspace.env, "nnUNet_results": str(tmp_path)}.items():
-        monkeypatch.setenv(name, path)
+
+def test_a_resumed_seeded_run_draws_other_batches_than_epoch_0(workspace, tmp_path):
+    """``--c`` loads the checkpoint, and with it ``current_epoch``, before nnU-Net makes the loaders
+    (``on_train_start``); set as it sets it, a seeded run resumed at epoch 1 must not replay epoch
+    0's batches, and a fresh one draws the same again. In a process of its own, as a run's: the
+    draws of a seeded run are the same only in a process whose generators nothing else uses."""
     preprocessed = os.path.join(workspace.path("nnUNet_preprocessed"), SPEC.folder_name)
-    plans, dataset = (json.load(open(os.path.join(preprocessed, f))) for f in ("nnUNetPlans.json", "dataset.json"))
-
-    def first_batch(epoch):
-        trainer = nnUNetTrainerSegResMamba_smoke(plans, "3d_fullres", 0, dataset, device=torch.device("cpu"))
-        trainer.initialize()
-        trainer.current_epoch = epoch  # as load_checkpoint sets it
-        train_loader, _ = trainer.get_dataloaders()
-        return next(train_loader)["data"]
-
-    assert torch.equal(first_batch(0), first_batch(0))
-    assert not torch.equal(first_batch(0), first_batch(1))
+    env = {**os.environ, **workspace.env, "nnUNet_results": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", FIRST_BATCHES, preprocessed, "0", "0", "1"], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    epoch_0, again, epoch_1 = json.loads(result.stdout.strip().splitlines()[-1])
+    assert epoch_0 == again, "a seeded run drew other batches at epoch 0"
+    assert epoch_1 != epoch_0, "a run resumed at epoch 1 replays the batches of epoch 0"
 
 
 FINE_TUNE = SyntheticSpec(dataset_id=992, name="FineTune", num_train=5, num_test=1, shape=(16, 48, 48),
@@ -157,8 +163,8 @@ def test_fine_tuning_on_another_dataset_with_pretrained_weights(workspace, train
     run_command(["nnUNetv2_train", did, "3d_fullres", "0", "-tr", trainer, "-device", "cpu", "-pretrained_weights",
                  pretrained], workspace.env, quiet=True)
     run = os.path.join(workspace.path("nnUNet_results"), FINE_TUNE.folder_name, f"{trainer}__nnUNetPlans__3d_fullres")
-    source = torch.load(pretrained, weights_only=True)
-    tuned = torch.load(os.path.join(run, "fold_0", "checkpoint_final.pth"), weights_only=True)
+    source = load_checkpoint_file(pretrained, "cpu")
+    tuned = load_checkpoint_file(os.path.join(run, "fold_0", "checkpoint_final.pth"), "cpu")
     assert tuned["architecture"]["arch_kwargs"]["patch_size"] == [16, 48, 48]
     assert source["architecture"]["arch_kwargs"]["patch_size"] == [16, 32, 32]
     for name, weight in tuned["network_weights"].items():
@@ -177,49 +183,23 @@ def test_fine_tuning_on_another_dataset_with_pretrained_weights(workspace, train
     assert len(predictions) == 1 and sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == (16, 48, 48)
 
 
-def test_missing_results_folder_variable_is_explained(workspace):
-    env = {k: v for k, v in {**os.environ, **workspace.env}.items() if k != "nnUNet_results"}
-    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train"), DID, "3d_fullres", "0",
-                             "-tr", TRAINER, "-device", "cpu"], env=env, capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "export nnUNet_results=" in result.stdout + result.stderr
+def planned_trainer(workspace, monkeypatch, trainer_class, env):
+    """``trainer_class`` made as nnUNetv2_train makes it for SPEC's 3d_fullres fold 0, with ``env``."""
+    for name in workspace.env:
+        monkeypatch.delenv(name, raising=False)
+    for name, path in env.items():
+        monkeypatch.setenv(name, path)
+    preprocessed = os.path.join(workspace.path("nnUNet_preprocessed"), SPEC.folder_name)
+    plans, dataset = (json.load(open(os.path.join(preprocessed, f))) for f in ("nnUNetPlans.json", "dataset.json"))
+    return trainer_class({**plans, "continue_training": False}, "3d_fullres", 0, dataset, device=torch.device("cpu"))
 
 
-SIBLINGS = {  # smoke trainer -> (patch it must train with ((16, 32, 32) planned), epochs)
-    "nnUNetTrainerSegMamba_smoke": ([32, 32, 32], 2),
-    "nnUNetTrainerSwinUNETR_smoke": ([64, 64, 64], 2),
-    "nnUNetTrainerUNETR_smoke": ([32, 32, 32], 2),
-    "nnUNetTrainerComparisonNnUNet_smoke": ([16, 32, 32], 2),
-    # the ablations, 1 epoch x 2 iterations
-    "nnUNetTrainerSegResMambaNoToM_smoke": ([16, 32, 32], 1),
-    "nnUNetTrainerSegResMambaForwardToM_smoke": ([16, 32, 32], 1),
-    "nnUNetTrainerSegResMambaForwardReverseToM_smoke": ([16, 32, 32], 1),
-    "nnUNetTrainerSegResMamba_nnUNetRecipe_smoke": ([16, 32, 32], 1),
-    "nnUNetTrainerComparisonNnUNet_paperRecipe_smoke": ([16, 32, 32], 1),
-}
+def test_missing_results_folder_variable_is_explained(workspace, monkeypatch):
+    from nnunetv2_segresmamba.trainers import nnUNetTrainerSegResMamba_smoke
 
-
-@pytest.mark.parametrize("trainer", SIBLINGS)
-def test_sibling_trains_and_predicts_through_the_cli(workspace, trainer):
-    run_command(["nnUNetv2_train", DID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
-                {**workspace.env, CO2_COUNTRY_ENV: "DEU"}, quiet=True)
-    folder = os.path.dirname(fold_dir(workspace, trainer))
-    assert os.path.exists(os.path.join(folder, "fold_0", "checkpoint_final.pth"))
-    metrics = json.load(open(os.path.join(folder, "fold_0", "run_metrics.json")))
-    patch, epochs = SIBLINGS[trainer]
-    assert metrics["epochs"] == epochs and metrics["energy"]["energy_kwh"] > 0 and metrics["energy"]["country"] == "DEU"
-    with open(os.path.join(folder, "plans.json")) as f:
-        assert json.load(f)["configurations"]["3d_fullres"]["patch_size"] == patch
-
-    raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
-    out = os.path.join(workspace.root, f"predictions_{trainer}")
-    run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", out, "-d", DID, "-c", "3d_fullres",
-                 "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"], workspace.env, quiet=True)
-    import SimpleITK as sitk
-
-    predictions = sorted(glob.glob(os.path.join(out, "*.nii.gz")))
-    assert len(predictions) == SPEC.num_test
-    assert sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == tuple(SPEC.shape)
+    env = {k: v for k, v in workspace.env.items() if k != "nnUNet_results"}
+    with pytest.raises(OSError, match="export nnUNet_results="):
+        planned_trainer(workspace, monkeypatch, nnUNetTrainerSegResMamba_smoke, env)
 
 
 def copied_run(workspace, tmp_path, edit_plans=None, checkpoint_bytes=None):
@@ -248,15 +228,24 @@ def predict(workspace, tmp_path, results=None, images=None):
                 {**workspace.env, **({"nnUNet_results": results} if results else {})}, quiet=True)
 
 
-def test_predict_refuses_a_patch_edited_in_the_runs_plans(workspace, trained, tmp_path):
+def trained_predictor(run_folder):
+    """nnU-Net's predictor for fold 0 of ``run_folder``, initialised as nnUNetv2_predict does."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(run_folder), (0,), "checkpoint_final.pth")
+    return predictor
+
+
+def test_predict_refuses_a_runs_plans_patch_the_strides_cannot_serve(workspace, trained, tmp_path):
     def edit(plans):
         assert plans["configurations"]["3d_fullres"]["patch_size"] == [16, 32, 32]
         plans["configurations"]["3d_fullres"]["patch_size"] = [16, 32, 36]
         return plans
 
-    results, _ = copied_run(workspace, tmp_path, edit_plans=edit)
-    with pytest.raises(RuntimeError, match=r"Patch size \[16, 32, 36\] is not served.*e\.g\. \[16, 32, 40\]") as error:
-        predict(workspace, tmp_path, results)
+    _, copy = copied_run(workspace, tmp_path, edit_plans=edit)
+    with pytest.raises(ValueError, match=r"Patch size \[16, 32, 36\] is not served.*e\.g\. \[16, 32, 40\]") as error:
+        trained_predictor(copy)
     assert "the run's plans.json for nnUNetv2_predict" in str(error.value).replace("\n", "")
 
 
@@ -269,12 +258,11 @@ def test_predict_from_a_truncated_checkpoint_names_it(workspace, trained, tmp_pa
     assert str(copy / "fold_0" / "checkpoint_final.pth") in str(error.value).replace("\n", "")
 
 
-def test_predict_with_a_channel_missing_says_which_files(workspace, trained, tmp_path):
-    raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
-    for image in glob.glob(os.path.join(raw, "imagesTs", "*_0000.nii.gz")):  # SPEC has 2 channels
-        shutil.copy(image, tmp_path)
-    with pytest.raises(RuntimeError, match=r"trained on 2 input channel\(s\).* but got 1") as error:
-        predict(workspace, tmp_path, images=str(tmp_path))
+def test_predict_with_a_channel_missing_says_which_files(workspace, trained):
+    predictor = trained_predictor(os.path.dirname(fold_dir(workspace)))
+    one_channel = np.zeros((1, *SPEC.shape), dtype=np.float32)  # SPEC has 2 channels
+    with pytest.raises(ValueError, match=r"trained on 2 input channel\(s\).* but got 1") as error:
+        predictor.predict_single_npy_array(one_channel, {"spacing": list(SPEC.spacing)})
     assert "CASE_0000 to CASE_0001" in str(error.value)
 
 
@@ -283,7 +271,7 @@ def test_resume_from_a_truncated_checkpoint_names_it_and_keeps_it(workspace, tmp
     os.makedirs(folder)
     checkpoint = os.path.join(folder, "checkpoint_latest.pth")
     torch.save({"network_weights": {"w": torch.zeros(1000)}}, tmp_path / "whole.pth")
-    truncated = (tmp_path / "whole.pth").read_bytes()[:2000]  # as a kill during torch.save used to leave it
+    truncated = (tmp_path / "whole.pth").read_bytes()[:2000]  # as a kill during a plain torch.save leaves it
     open(checkpoint, "wb").write(truncated)
     with pytest.raises(RuntimeError, match="is not a readable checkpoint") as error:
         run_command(["nnUNetv2_train", DID, "3d_fullres", "1", "-tr", TRAINER, "-device", "cpu", "--c"],
@@ -296,7 +284,6 @@ def test_resume_from_a_truncated_checkpoint_names_it_and_keeps_it(workspace, tmp
 # nnU-Net's whole flow: 2d and 3d_fullres, find_best_configuration, ensemble, postprocessing
 
 CONFIGURATIONS = ("2d", "3d_fullres")
-CPU_PREDICT = ["-device", "cpu", "-npp", "1", "-nps", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -328,8 +315,8 @@ def test_sweep_trains_2d_and_3d_and_reports_them_side_by_side(workspace, swept):
     assert "| trainer | network | Dice 2d | Dice 3d_fullres |" in side_by_side
     row = next(line for line in side_by_side.splitlines() if line.startswith(f"| {TRAINER} |"))
     assert f"{float(rows['2d']['dice_mean']):.4f}" in row and f"{float(rows['3d_fullres']['dice_mean']):.4f}" in row
-    checkpoint = torch.load(os.path.join(fold_dir(workspace, configuration="2d"), "checkpoint_final.pth"),
-                            weights_only=True)
+    checkpoint = load_checkpoint_file(os.path.join(fold_dir(workspace, configuration="2d"), "checkpoint_final.pth"),
+                                      "cpu")
     kwargs = checkpoint["architecture"]["arch_kwargs"]
     assert kwargs["spatial_dims"] == 2 and all(len(s) == 2 for s in kwargs["stage_strides"] + kwargs["block_strides"])
 
@@ -385,48 +372,3 @@ def test_find_best_configuration_then_its_inference_instructions(workspace, swep
         dice, chance = dice_against_test_labels(workspace, folder)
         print(f"{folder}: mean Dice {dice:.3f}, chance {chance:.3f}")
         assert dice > chance + 0.1, f"{folder}: Dice {dice:.3f} is not above chance ({chance:.3f})"
-
-
-# the cascade: 3d_lowres, then 3d_cascade_fullres on its predictions
-
-CASCADE_TRAINER = "nnUNetTrainerSegResMamba_pipeline"  # 1 epoch x 2 iterations: the pipeline, not learning
-
-
-@pytest.fixture(scope="module")
-def cascade(workspace):
-    """A 3d_lowres configuration added to the plans and preprocessed, CASCADE_TRAINER's lowres fold
-    "all" (its validation predicts every training case for the next stage) and cascade fold 0."""
-    run_command(["nnunetv2_segresmamba", "add-cascade", "-d", DID], workspace.env, quiet=True)
-    run_command(["nnUNetv2_preprocess", "-d", DID, "-c", "3d_lowres", "-np", "2"], workspace.env, quiet=True)
-    for configuration, fold in (("3d_lowres", "all"), ("3d_cascade_fullres", "0")):
-        run_command(["nnUNetv2_train", DID, configuration, fold, "-tr", CASCADE_TRAINER, "-device", "cpu"],
-                    workspace.env, quiet=True)
-
-
-def test_cascade_trains_and_predicts_through_the_cli(workspace, cascade, tmp_path):
-    lowres_run = os.path.dirname(fold_dir(workspace, CASCADE_TRAINER, "3d_lowres"))
-    with open(os.path.join(lowres_run, "plans.json")) as f:
-        configurations = json.load(f)["configurations"]
-    lowres = configurations["3d_lowres"]
-    assert lowres["next_stage"] == "3d_cascade_fullres" and lowres["patch_size"] == [8, 16, 16]
-    next_stage = os.listdir(os.path.join(lowres_run, "predicted_next_stage", "3d_cascade_fullres"))
-    assert len({name.split(".")[0] for name in next_stage}) == SPEC.num_train, \
-        "the lowres stage did not predict every training case for the next stage"
-    cascade_fold = fold_dir(workspace, CASCADE_TRAINER, "3d_cascade_fullres")
-    assert os.path.isfile(os.path.join(cascade_fold, "checkpoint_final.pth"))
-    weights = torch.load(os.path.join(cascade_fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
-    assert weights["network_weights"]["stem.weight"].shape[1] == SPEC.num_channels + SPEC.num_classes  # + one-hot
-
-    images = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
-    run_command(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path / "lowres"), "-d", DID, "-c", "3d_lowres",
-                 "-f", "all", "-tr", CASCADE_TRAINER, *CPU_PREDICT], workspace.env, quiet=True)
-    run_command(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path / "cascade"), "-d", DID, "-c",
-                 "3d_cascade_fullres", "-f", "0", "-tr", CASCADE_TRAINER, "-prev_stage_predictions",
-                 str(tmp_path / "lowres"), *CPU_PREDICT], workspace.env, quiet=True)
-    import SimpleITK as sitk
-
-    predictions = sorted(glob.glob(str(tmp_path / "cascade" / "*.nii.gz")))
-    assert len(predictions) == SPEC.num_test
-    assert sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == tuple(SPEC.shape)
-    for run in (lowres_run, os.path.dirname(cascade_fold)):  # used by no other test: free their ~3 GB now
-        drop_checkpoints(run)

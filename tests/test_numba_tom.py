@@ -50,9 +50,9 @@ def _kernel_arguments(inputs, kinds, num_slices, chunk):
 
 @pytest.mark.parametrize("blocks", [7, 20, 161, 322])
 def test_every_channel_partition_covers_each_channel_once(blocks):
-    """E = 322 in 20 blocks: ceil(E / blocks) channels per block left trailing blocks empty or
-    of negative width. Each partition must write every channel, as one block does (up to the
-    rounding of vectorized versus scalar loops)."""
+    """E = 322 in up to 322 blocks (20: more blocks than ceil(E / 20)-channel pieces fill): each
+    partition writes every channel, as one block does (up to the rounding of vectorized versus
+    scalar loops)."""
     inputs = {k: v.detach() for k, v in scan_inputs(1, 2, 9, 322, states=3, seed=4).items()}
     scan_inputs_, directions, chunk, outputs = _kernel_arguments(inputs, (0, 2), 3, 4)
     load_kernels().scan_forward(scan_inputs_, directions, chunk, 1, outputs)

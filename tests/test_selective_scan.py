@@ -138,9 +138,9 @@ def _peak_traced_bytes(fn, grad=False):
 
 
 def test_concurrent_cpu_scans_restore_the_process_thread_count():
-    """The pure CPU scan runs its callers on one intra-op thread. A thread that enters while
-    another is inside finds a count of 1; when both have left, this thread and a thread started
-    afterwards must both have the count of before."""
+    """The pure CPU scan runs its callers on one intra-op thread. When two that overlapped have
+    left (the first before the second), this thread and a thread started afterwards must both
+    have the count of before."""
     import threading
 
     from nnunetv2_segresmamba.operators.selective_scan import ONE_INTRA_OP_THREAD

@@ -110,12 +110,17 @@ def test_the_network_built_from_stock_plans_is_the_one_trained(planned, monkeypa
 
 
 def test_checkpoints_carry_the_architecture_and_refuse_another(planned, monkeypatch, tmp_path):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
     trainer = initialized("nnUNetTrainerSegResMamba_smoke", planned, monkeypatch)
     path = str(tmp_path / "checkpoint.pth")
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=True)  # the architecture adds only plain types
-    assert checkpoint["architecture"] == {"network_class_name": "nnunetv2_segresmamba.networks.segresmamba.SegResMamba",
-                                          "arch_kwargs": trainer.network.arch_kwargs}
+    assert checkpoint["architecture"]["network_class_name"] == "nnunetv2_segresmamba.networks.segresmamba.SegResMamba"
+    assert list(checkpoint["architecture"]["arch_kwargs"]["feature_sizes"]) == [16, 32, 64, 128]  # the smoke's
+    stock = str(tmp_path / "stock.pth")
+    nnUNetTrainer.save_checkpoint(trainer, stock)  # nnU-Net's own, whose keys ours must keep
+    assert set(checkpoint) == set(torch.load(stock, weights_only=False)) | {"architecture"}
     assert all(isinstance(v, torch.Tensor) for v in checkpoint["network_weights"].values())
     assert not os.path.exists(path + ".partial")
     trainer.load_checkpoint(path)

@@ -7,6 +7,27 @@ import os
 from nnunetv2_segresmamba.tools.pipeline import Workspace, run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
 
+# the end-to-end modules' dataset: 2 channels, 2 classes, (2, 1, 1) mm
+E2E = SyntheticSpec(dataset_id=991, name="E2E", num_train=6, num_test=2, shape=(16, 32, 32), spacing=(2.0, 1.0, 1.0),
+                    num_classes=2, num_channels=2)
+CPU_PREDICT = ["-device", "cpu", "-npp", "1", "-nps", "1"]
+
+
+def preprocess_e2e(root: str) -> Workspace:
+    """E2E under ``root``, planned and preprocessed for 3d_fullres by nnU-Net."""
+    ws = Workspace(root)
+    make_dataset(ws.path("nnUNet_raw"), E2E)
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", str(E2E.dataset_id), "-c", "3d_fullres", "-np", "2",
+                 "--verify_dataset_integrity"], ws.env, quiet=True)
+    return ws
+
+
+def fold_dir(ws: Workspace, trainer: str, configuration: str = "3d_fullres", fold: str = "0",
+             spec: SyntheticSpec = E2E) -> str:
+    return os.path.join(ws.path("nnUNet_results"), spec.folder_name, f"{trainer}__nnUNetPlans__{configuration}",
+                        f"fold_{fold}")
+
+
 # as nnU-Net plans a (3, 0.8, 0.8) mm dataset: anisotropic pools, 2d and 3d_fullres
 ANISOTROPIC = SyntheticSpec(dataset_id=993, name="Aniso", num_train=2, num_test=0, shape=(20, 96, 80),
                             spacing=(3.0, 0.8, 0.8), num_classes=1)
