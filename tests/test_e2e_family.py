@@ -54,6 +54,8 @@ def train_smoke(workspace, trainer, epochs):
 
 @pytest.mark.parametrize("trainer", BASELINES)
 def test_baseline_trains_and_predicts_through_the_cli(workspace, trainer):
+    """Trains, validates, and predicts without test-time mirroring (8 forward passes a window;
+    the prediction with mirroring runs in test_e2e.py)."""
     patch, epochs = BASELINES[trainer]
     folder = train_smoke(workspace, trainer, epochs)
     with open(os.path.join(folder, "plans.json")) as f:
@@ -62,7 +64,7 @@ def test_baseline_trains_and_predicts_through_the_cli(workspace, trainer):
     raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
     out = os.path.join(workspace.root, f"predictions_{trainer}")
     run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", out, "-d", DID, "-c", "3d_fullres",
-                 "-f", "0", "-tr", trainer, *CPU_PREDICT], workspace.env, quiet=True)
+                 "-f", "0", "-tr", trainer, *CPU_PREDICT, "--disable_tta"], workspace.env, quiet=True)
     import SimpleITK as sitk
 
     predictions = sorted(glob.glob(os.path.join(out, "*.nii.gz")))
