@@ -283,12 +283,18 @@ class SmokeSchedule:
 
 class QuickSmokeSchedule(SmokeSchedule):
     """Mixin: the cheapest run that still trains, validates, saves and predicts through the CLI:
-    1 epoch x 2 iterations. For the networks whose learning other smoke runs cover (the
-    ablations), and for those whose patches of 32^3 and up make each CPU step slow (SegMamba,
-    SwinUNETR, UNETR)."""
+    1 epoch x 2 iterations, without mirroring (as nnU-Net's ``nnUNetTrainerNoMirroring``: one
+    forward pass a window at validation and prediction instead of 8). For the networks whose
+    learning other smoke runs cover (the ablations), and for those whose patches of 32^3 and up
+    make each CPU step slow (SegMamba, SwinUNETR, UNETR)."""
 
     comparison_num_epochs = 1
     comparison_iterations_per_epoch = 2
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch_size, None
 
 
 def parameter_groups(network: nn.Module, weight_decay: float) -> list[dict]:
