@@ -4,7 +4,7 @@ workers get one process each (its default, 8 spawned processes that each import 
 more on 2 cores than the tiny cases they export), and under pytest-xdist OpenMP's idle threads
 sleep instead of spinning (two trainings side by side on 2 cores, each with 2 threads: 18 s,
 against 21 s spinning, 33 s with one thread each, 32 s one after the other). And the planned
-dataset that several modules share."""
+datasets that several modules share."""
 
 import os
 
@@ -15,7 +15,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: the workers' processes
 import pytest
 import torch
 
-from tests.workspaces import plan_anisotropic
+from tests.workspaces import drop_checkpoints, plan_anisotropic, preprocess_e2e
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -26,3 +26,13 @@ def anisotropic_workspace(tmp_path_factory):
     """tests.workspaces.ANISOTROPIC, fingerprinted and planned by nnU-Net (default planner). Its
     plans are read, never rewritten: test_cascade.py adds its cascade on a copy."""
     return plan_anisotropic(str(tmp_path_factory.mktemp("anisotropic")))
+
+
+@pytest.fixture(scope="module")
+def e2e_workspace(tmp_path_factory):
+    """tests.workspaces.E2E, planned and preprocessed for 3d_fullres, once for each module that
+    asks (test_e2e.py and test_e2e_family.py, which pytest-xdist runs side by side); the
+    checkpoints its runs wrote are deleted when the module is done."""
+    ws = preprocess_e2e(str(tmp_path_factory.mktemp("e2e")))
+    yield ws
+    drop_checkpoints(ws.root)

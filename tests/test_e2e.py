@@ -26,7 +26,7 @@ import torch
 from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
 from nnunetv2_segresmamba.tools.pipeline import evaluate_folder, run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
-from tests.workspaces import CPU_PREDICT, drop_checkpoints, preprocess_e2e
+from tests.workspaces import CPU_PREDICT
 from tests.workspaces import E2E as SPEC
 from tests.workspaces import fold_dir as trainer_fold_dir
 
@@ -36,25 +36,19 @@ TRAINER = "nnUNetTrainerSegResMamba_smoke"
 DID = str(SPEC.dataset_id)
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    ws = preprocess_e2e(str(tmp_path_factory.mktemp("nnunet")))
-    yield ws
-    drop_checkpoints(ws.root)
-
-
 def fold_dir(ws, trainer=TRAINER, configuration="3d_fullres", fold="0"):
     return trainer_fold_dir(ws, trainer, configuration, fold)
 
 
 @pytest.fixture(scope="module")
-def trained(workspace):
+def trained(e2e_workspace):
     """TRAINER's fold 0, killed after its first checkpoint and resumed with --c to the end.
     Returns the log of the resumed process."""
     train = ["nnUNetv2_train", DID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"]
-    latest = os.path.join(fold_dir(workspace), "checkpoint_latest.pth")
+    latest = os.path.join(fold_dir(e2e_workspace), "checkpoint_latest.pth")
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), train[0]), *train[1:]],
-                            env={**os.environ, **workspace.env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            env={**os.environ, **e2e_workspace.env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT,
                             start_new_session=True)  # own process group: the kill reaches the data workers
     try:
         deadline = time.time() + 900
@@ -64,42 +58,42 @@ def trained(workspace):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # checkpoints are written under another name, then renamed
         proc.wait()
-    assert not os.path.exists(os.path.join(fold_dir(workspace), "checkpoint_final.pth"))
+    assert not os.path.exists(os.path.join(fold_dir(e2e_workspace), "checkpoint_final.pth"))
 
-    run_command(train + ["--c"], workspace.env, quiet=True)
-    logs = sorted(glob.glob(os.path.join(fold_dir(workspace), "training_log_*.txt")))
+    run_command(train + ["--c"], e2e_workspace.env, quiet=True)
+    logs = sorted(glob.glob(os.path.join(fold_dir(e2e_workspace), "training_log_*.txt")))
     return open(logs[-1]).read()
 
 
-def test_train_killed_then_resumed_with_c(workspace, trained):
+def test_train_killed_then_resumed_with_c(e2e_workspace, trained):
     assert re.search(r": Epoch 0 ?$", trained, re.M) is None, "resume restarted from epoch 0"
     assert re.search(r": Epoch 1 ?$", trained, re.M) and re.search(r": Epoch 2 ?$", trained, re.M)
-    assert os.path.exists(os.path.join(fold_dir(workspace), "checkpoint_final.pth"))
-    metrics = json.load(open(os.path.join(fold_dir(workspace), "run_metrics.json")))
+    assert os.path.exists(os.path.join(fold_dir(e2e_workspace), "checkpoint_final.pth"))
+    metrics = json.load(open(os.path.join(fold_dir(e2e_workspace), "run_metrics.json")))
     assert metrics["epochs"] == 3 and metrics["first_epoch_this_process"] == 1
 
 
 @pytest.fixture(scope="module")
-def predicted(workspace, trained):
+def predicted(e2e_workspace, trained):
     """TRAINER's 3d_fullres fold 0 predictions of imagesTs, with probabilities (for the ensemble)."""
-    raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
-    out = os.path.join(workspace.root, "predictions")
+    raw = os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name)
+    out = os.path.join(e2e_workspace.root, "predictions")
     run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", out, "-d", DID, "-c", "3d_fullres",
                  "-f", "0", "-tr", TRAINER, "--save_probabilities", "-device", "cpu", "-npp", "1", "-nps", "1"],
-                workspace.env, quiet=True)
+                e2e_workspace.env, quiet=True)
     return out
 
 
-def test_validation_with_npz_then_predict_beats_chance(workspace, trained, predicted):
+def test_validation_with_npz_then_predict_beats_chance(e2e_workspace, trained, predicted):
     run_command(["nnUNetv2_train", DID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--val", "--npz"],
-                workspace.env, quiet=True)
-    validation = os.path.join(fold_dir(workspace), "validation")
+                e2e_workspace.env, quiet=True)
+    validation = os.path.join(fold_dir(e2e_workspace), "validation")
     assert glob.glob(os.path.join(validation, "*.npz")), "--val --npz wrote no probabilities"
     assert os.path.exists(os.path.join(validation, "summary.json"))
 
-    raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
+    raw = os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name)
     out = predicted
-    summary = evaluate_folder(os.path.join(raw, "labelsTs"), out, [1, 2], workspace.env)
+    summary = evaluate_folder(os.path.join(raw, "labelsTs"), out, [1, 2], e2e_workspace.env)
     dice = summary["foreground_mean"]["Dice"]
     chance = chance_dice(os.path.join(raw, "labelsTs"), [1, 2])
     print(f"mean Dice {dice:.3f}, chance {chance:.3f}")
@@ -132,13 +126,13 @@ print(json.dumps(digests))
 """
 
 
-def test_a_resumed_seeded_run_draws_other_batches_than_epoch_0(workspace, tmp_path):
+def test_a_resumed_seeded_run_draws_other_batches_than_epoch_0(e2e_workspace, tmp_path):
     """``--c`` loads the checkpoint, and with it ``current_epoch``, before nnU-Net makes the loaders
     (``on_train_start``); set as it sets it, a seeded run resumed at epoch 1 must not replay epoch
     0's batches, and a fresh one draws the same again. In a process of its own, as a run's: the
     draws of a seeded run are the same only in a process whose generators nothing else uses."""
-    preprocessed = os.path.join(workspace.path("nnUNet_preprocessed"), SPEC.folder_name)
-    env = {**os.environ, **workspace.env, "nnUNet_results": str(tmp_path)}
+    preprocessed = os.path.join(e2e_workspace.path("nnUNet_preprocessed"), SPEC.folder_name)
+    env = {**os.environ, **e2e_workspace.env, "nnUNet_results": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", FIRST_BATCHES, preprocessed, "0", "0", "1"], env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -151,18 +145,20 @@ FINE_TUNE = SyntheticSpec(dataset_id=992, name="FineTune", num_train=5, num_test
                           spacing=(2.0, 1.0, 1.0), num_classes=1, num_channels=2, seed=1)
 
 
-def test_fine_tuning_on_another_dataset_with_pretrained_weights(workspace, trained, tmp_path):
+def test_fine_tuning_on_another_dataset_with_pretrained_weights(e2e_workspace, trained, tmp_path):
     """nnU-Net's -pretrained_weights from SPEC's trained fold into a dataset with another patch
     ((16, 48, 48), strided as SPEC's) and other classes: every tensor but the output layer is
     SPEC's, moved by the two AdamW steps of lr 1e-4 only; then the fine-tuned model predicts."""
-    make_dataset(workspace.path("nnUNet_raw"), FINE_TUNE)
+    make_dataset(e2e_workspace.path("nnUNet_raw"), FINE_TUNE)
     did = str(FINE_TUNE.dataset_id)
-    run_command(["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "-np", "2"], workspace.env, quiet=True)
-    pretrained = os.path.join(fold_dir(workspace), "checkpoint_final.pth")
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "-np", "2"], e2e_workspace.env,
+                quiet=True)
+    pretrained = os.path.join(fold_dir(e2e_workspace), "checkpoint_final.pth")
     trainer = "nnUNetTrainerSegResMamba_pipeline"  # SmallWidths, as TRAINER; 1 epoch x 2 iterations
     run_command(["nnUNetv2_train", did, "3d_fullres", "0", "-tr", trainer, "-device", "cpu", "-pretrained_weights",
-                 pretrained], workspace.env, quiet=True)
-    run = os.path.join(workspace.path("nnUNet_results"), FINE_TUNE.folder_name, f"{trainer}__nnUNetPlans__3d_fullres")
+                 pretrained], e2e_workspace.env, quiet=True)
+    run = os.path.join(e2e_workspace.path("nnUNet_results"), FINE_TUNE.folder_name,
+                       f"{trainer}__nnUNetPlans__3d_fullres")
     source = load_checkpoint_file(pretrained, "cpu")
     tuned = load_checkpoint_file(os.path.join(run, "fold_0", "checkpoint_final.pth"), "cpu")
     assert tuned["architecture"]["arch_kwargs"]["patch_size"] == [16, 48, 48]
@@ -174,58 +170,59 @@ def test_fine_tuning_on_another_dataset_with_pretrained_weights(workspace, train
         moved = (weight - source["network_weights"][name]).abs().max().item()
         assert moved < 1e-3, f"{name} moved by {moved}: not SPEC's weights"
 
-    raw = os.path.join(workspace.path("nnUNet_raw"), FINE_TUNE.folder_name)
+    raw = os.path.join(e2e_workspace.path("nnUNet_raw"), FINE_TUNE.folder_name)
     run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", str(tmp_path / "out"), "-d", did,
-                 "-c", "3d_fullres", "-f", "0", "-tr", trainer, *CPU_PREDICT], workspace.env, quiet=True)
+                 "-c", "3d_fullres", "-f", "0", "-tr", trainer, *CPU_PREDICT], e2e_workspace.env, quiet=True)
     import SimpleITK as sitk
 
     predictions = sorted(glob.glob(str(tmp_path / "out" / "*.nii.gz")))
     assert len(predictions) == 1 and sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == (16, 48, 48)
 
 
-def planned_trainer(workspace, monkeypatch, trainer_class, env):
+def planned_trainer(e2e_workspace, monkeypatch, trainer_class, env):
     """``trainer_class`` made as nnUNetv2_train makes it for SPEC's 3d_fullres fold 0, with ``env``."""
-    for name in workspace.env:
+    for name in e2e_workspace.env:
         monkeypatch.delenv(name, raising=False)
     for name, path in env.items():
         monkeypatch.setenv(name, path)
-    preprocessed = os.path.join(workspace.path("nnUNet_preprocessed"), SPEC.folder_name)
+    preprocessed = os.path.join(e2e_workspace.path("nnUNet_preprocessed"), SPEC.folder_name)
     plans, dataset = (json.load(open(os.path.join(preprocessed, f))) for f in ("nnUNetPlans.json", "dataset.json"))
     return trainer_class({**plans, "continue_training": False}, "3d_fullres", 0, dataset, device=torch.device("cpu"))
 
 
-def test_missing_results_folder_variable_is_explained(workspace, monkeypatch):
+def test_missing_results_folder_variable_is_explained(e2e_workspace, monkeypatch):
     from nnunetv2_segresmamba.trainers import nnUNetTrainerSegResMamba_smoke
 
-    env = {k: v for k, v in workspace.env.items() if k != "nnUNet_results"}
+    env = {k: v for k, v in e2e_workspace.env.items() if k != "nnUNet_results"}
     with pytest.raises(OSError, match="export nnUNet_results="):
-        planned_trainer(workspace, monkeypatch, nnUNetTrainerSegResMamba_smoke, env)
+        planned_trainer(e2e_workspace, monkeypatch, nnUNetTrainerSegResMamba_smoke, env)
 
 
-def copied_run(workspace, tmp_path, edit_plans=None, checkpoint_bytes=None):
+def copied_run(e2e_workspace, tmp_path, edit_plans=None, checkpoint_bytes=None):
     """A copy of TRAINER's trained run under ``tmp_path/nnUNet_results`` (the trained run is left
     alone): plans.json as ``edit_plans`` changes it, the checkpoint linked or replaced by bytes.
     Returns (nnUNet_results of the copy, the copy's run folder)."""
     results = tmp_path / "nnUNet_results"
-    trained_run = os.path.dirname(fold_dir(workspace))
-    copy = results / os.path.relpath(trained_run, workspace.path("nnUNet_results"))
+    trained_run = os.path.dirname(fold_dir(e2e_workspace))
+    copy = results / os.path.relpath(trained_run, e2e_workspace.path("nnUNet_results"))
     os.makedirs(copy / "fold_0")
     shutil.copy(os.path.join(trained_run, "dataset.json"), copy / "dataset.json")
     with open(os.path.join(trained_run, "plans.json")) as f:
         plans = json.load(f)
     (copy / "plans.json").write_text(json.dumps(edit_plans(plans) if edit_plans else plans))
     if checkpoint_bytes is None:
-        os.symlink(os.path.join(fold_dir(workspace), "checkpoint_final.pth"), copy / "fold_0" / "checkpoint_final.pth")
+        os.symlink(os.path.join(fold_dir(e2e_workspace), "checkpoint_final.pth"),
+                   copy / "fold_0" / "checkpoint_final.pth")
     else:
         (copy / "fold_0" / "checkpoint_final.pth").write_bytes(checkpoint_bytes)
     return str(results), copy
 
 
-def predict(workspace, tmp_path, results=None, images=None):
-    images = images or os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
+def predict(e2e_workspace, tmp_path, results=None, images=None):
+    images = images or os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
     run_command(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path / "out"), "-d", DID, "-c", "3d_fullres",
                  "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"],
-                {**workspace.env, **({"nnUNet_results": results} if results else {})}, quiet=True)
+                {**e2e_workspace.env, **({"nnUNet_results": results} if results else {})}, quiet=True)
 
 
 def trained_predictor(run_folder):
@@ -237,37 +234,37 @@ def trained_predictor(run_folder):
     return predictor
 
 
-def test_predict_refuses_a_runs_plans_patch_the_strides_cannot_serve(workspace, trained, tmp_path):
+def test_predict_refuses_a_runs_plans_patch_the_strides_cannot_serve(e2e_workspace, trained, tmp_path):
     def edit(plans):
         assert plans["configurations"]["3d_fullres"]["patch_size"] == [16, 32, 32]
         plans["configurations"]["3d_fullres"]["patch_size"] = [16, 32, 36]
         return plans
 
-    _, copy = copied_run(workspace, tmp_path, edit_plans=edit)
+    _, copy = copied_run(e2e_workspace, tmp_path, edit_plans=edit)
     with pytest.raises(ValueError, match=r"Patch size \[16, 32, 36\] is not served.*e\.g\. \[16, 32, 40\]") as error:
         trained_predictor(copy)
     assert "the run's plans.json for nnUNetv2_predict" in str(error.value).replace("\n", "")
 
 
-def test_predict_from_a_truncated_checkpoint_names_it(workspace, trained, tmp_path):
-    with open(os.path.join(fold_dir(workspace), "checkpoint_final.pth"), "rb") as f:
+def test_predict_from_a_truncated_checkpoint_names_it(e2e_workspace, trained, tmp_path):
+    with open(os.path.join(fold_dir(e2e_workspace), "checkpoint_final.pth"), "rb") as f:
         head = f.read(100_000)
-    results, copy = copied_run(workspace, tmp_path, checkpoint_bytes=head)
+    results, copy = copied_run(e2e_workspace, tmp_path, checkpoint_bytes=head)
     with pytest.raises(RuntimeError, match="is not a readable checkpoint") as error:
-        predict(workspace, tmp_path, results)
+        predict(e2e_workspace, tmp_path, results)
     assert str(copy / "fold_0" / "checkpoint_final.pth") in str(error.value).replace("\n", "")
 
 
-def test_predict_with_a_channel_missing_says_which_files(workspace, trained):
-    predictor = trained_predictor(os.path.dirname(fold_dir(workspace)))
+def test_predict_with_a_channel_missing_says_which_files(e2e_workspace, trained):
+    predictor = trained_predictor(os.path.dirname(fold_dir(e2e_workspace)))
     one_channel = np.zeros((1, *SPEC.shape), dtype=np.float32)  # SPEC has 2 channels
     with pytest.raises(ValueError, match=r"trained on 2 input channel\(s\).* but got 1") as error:
         predictor.predict_single_npy_array(one_channel, {"spacing": list(SPEC.spacing)})
     assert "CASE_0000 to CASE_0001" in str(error.value)
 
 
-def test_resume_from_a_truncated_checkpoint_names_it_and_keeps_it(workspace, tmp_path):
-    folder = os.path.join(os.path.dirname(fold_dir(workspace)), "fold_1")
+def test_resume_from_a_truncated_checkpoint_names_it_and_keeps_it(e2e_workspace, tmp_path):
+    folder = os.path.join(os.path.dirname(fold_dir(e2e_workspace)), "fold_1")
     os.makedirs(folder)
     checkpoint = os.path.join(folder, "checkpoint_latest.pth")
     torch.save({"network_weights": {"w": torch.zeros(1000)}}, tmp_path / "whole.pth")
@@ -275,7 +272,7 @@ def test_resume_from_a_truncated_checkpoint_names_it_and_keeps_it(workspace, tmp
     open(checkpoint, "wb").write(truncated)
     with pytest.raises(RuntimeError, match="is not a readable checkpoint") as error:
         run_command(["nnUNetv2_train", DID, "3d_fullres", "1", "-tr", TRAINER, "-device", "cpu", "--c"],
-                    workspace.env, quiet=True)
+                    e2e_workspace.env, quiet=True)
     message = str(error.value).replace("\n", "")
     assert checkpoint in message and f"mv {checkpoint} {checkpoint}.corrupt" in message
     assert open(checkpoint, "rb").read() == truncated
@@ -287,25 +284,25 @@ CONFIGURATIONS = ("2d", "3d_fullres")
 
 
 @pytest.fixture(scope="module")
-def swept(workspace, trained):
+def swept(e2e_workspace, trained):
     """TRAINER's fold 0 in 2d and 3d_fullres with --npz, trained by ``nnunetv2_segresmamba sweep``
     (3d_fullres: the fold of ``trained``, only validated here unless a test did it), and the
     sweep's report. Returns the sweep folder."""
-    run_command(["nnUNetv2_preprocess", "-d", DID, "-c", "2d", "-np", "2"], workspace.env, quiet=True)
-    sweep_dir = os.path.join(workspace.root, "sweeps", "configurations")
+    run_command(["nnUNetv2_preprocess", "-d", DID, "-c", "2d", "-np", "2"], e2e_workspace.env, quiet=True)
+    sweep_dir = os.path.join(e2e_workspace.root, "sweeps", "configurations")
     run_command(["nnunetv2_segresmamba", "sweep", "-d", DID, "-c", *CONFIGURATIONS, "-tr", TRAINER, "-f", "0",
-                 "--device", "cpu", "--sweep-dir", sweep_dir], workspace.env, quiet=True)
-    run_command(["nnunetv2_segresmamba", "report", "--sweep-dir", sweep_dir], workspace.env, quiet=True)
+                 "--device", "cpu", "--sweep-dir", sweep_dir], e2e_workspace.env, quiet=True)
+    run_command(["nnunetv2_segresmamba", "report", "--sweep-dir", sweep_dir], e2e_workspace.env, quiet=True)
     return sweep_dir
 
 
-def dice_against_test_labels(workspace, folder):
-    raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
-    dice = evaluate_folder(os.path.join(raw, "labelsTs"), folder, [1, 2], workspace.env)["foreground_mean"]["Dice"]
+def dice_against_test_labels(e2e_workspace, folder):
+    raw = os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name)
+    dice = evaluate_folder(os.path.join(raw, "labelsTs"), folder, [1, 2], e2e_workspace.env)["foreground_mean"]["Dice"]
     return dice, chance_dice(os.path.join(raw, "labelsTs"), [1, 2])
 
 
-def test_sweep_trains_2d_and_3d_and_reports_them_side_by_side(workspace, swept):
+def test_sweep_trains_2d_and_3d_and_reports_them_side_by_side(e2e_workspace, swept):
     with open(os.path.join(swept, "report", "leaderboard.csv")) as f:
         rows = {row["configuration"]: row for row in csv.DictReader(f) if row["trainer"] == TRAINER}
     assert sorted(rows) == sorted(CONFIGURATIONS) and all(r["folds_done"] == "1" for r in rows.values())
@@ -315,19 +312,19 @@ def test_sweep_trains_2d_and_3d_and_reports_them_side_by_side(workspace, swept):
     assert "| trainer | network | Dice 2d | Dice 3d_fullres |" in side_by_side
     row = next(line for line in side_by_side.splitlines() if line.startswith(f"| {TRAINER} |"))
     assert f"{float(rows['2d']['dice_mean']):.4f}" in row and f"{float(rows['3d_fullres']['dice_mean']):.4f}" in row
-    checkpoint = load_checkpoint_file(os.path.join(fold_dir(workspace, configuration="2d"), "checkpoint_final.pth"),
+    checkpoint = load_checkpoint_file(os.path.join(fold_dir(e2e_workspace, configuration="2d"), "checkpoint_final.pth"),
                                       "cpu")
     kwargs = checkpoint["architecture"]["arch_kwargs"]
     assert kwargs["spatial_dims"] == 2 and all(len(s) == 2 for s in kwargs["stage_strides"] + kwargs["block_strides"])
 
 
-def test_find_best_configuration_then_its_inference_instructions(workspace, swept, predicted, tmp_path):
+def test_find_best_configuration_then_its_inference_instructions(e2e_workspace, swept, predicted, tmp_path):
     """find_best_configuration over 2d and 3d_fullres, one prediction per configuration (with
     probabilities, as an ensemble needs), the ensemble it evaluated, and the ensembling and
     postprocessing commands of its inference_instructions.txt, with its placeholders filled in."""
     run_command(["nnUNetv2_find_best_configuration", DID, "-c", *CONFIGURATIONS, "-tr", TRAINER, "-f", "0",
-                 "-np", "1"], workspace.env, quiet=True)
-    dataset_results = os.path.join(workspace.path("nnUNet_results"), SPEC.folder_name)
+                 "-np", "1"], e2e_workspace.env, quiet=True)
+    dataset_results = os.path.join(e2e_workspace.path("nnUNet_results"), SPEC.folder_name)
     info = json.load(open(os.path.join(dataset_results, "inference_information.json")))["best_model_or_ensemble"]
     models = [f"{TRAINER}__nnUNetPlans__{c}" for c in CONFIGURATIONS]
     ensemble = os.path.join(dataset_results, "ensembles", f"ensemble___{models[0]}___{models[1]}___0")
@@ -338,10 +335,10 @@ def test_find_best_configuration_then_its_inference_instructions(workspace, swep
     assert set(selected) <= set(CONFIGURATIONS) and {m["trainer"] for m in info["selected_model_or_models"]} == {
         TRAINER}
 
-    images = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
+    images = os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
     predictions = {"2d": str(tmp_path / "2d"), "3d_fullres": predicted}  # 3d_fullres: predicted by the fixture
     run_command(["nnUNetv2_predict", "-i", images, "-o", predictions["2d"], "-d", DID, "-c", "2d", "-f", "0", "-tr",
-                 TRAINER, "--save_probabilities", *CPU_PREDICT], workspace.env, quiet=True)
+                 TRAINER, "--save_probabilities", *CPU_PREDICT], e2e_workspace.env, quiet=True)
     for out in predictions.values():
         assert len(glob.glob(os.path.join(out, "*.nii.gz"))) == len(glob.glob(os.path.join(out, "*.npz"))) \
             == SPEC.num_test
@@ -358,17 +355,17 @@ def test_find_best_configuration_then_its_inference_instructions(workspace, swep
         if command[0] == "nnUNetv2_predict":  # predicted above, per configuration; the same command
             assert command[command.index("-c") + 1] in selected and command[command.index("-tr") + 1] == TRAINER
             continue
-        run_command([placeholders.get(word, word) for word in command], workspace.env, quiet=True)
+        run_command([placeholders.get(word, word) for word in command], e2e_workspace.env, quiet=True)
     assert [c[0] for c in commands if c[0] != "nnUNetv2_predict"] == (
         ["nnUNetv2_ensemble"] if len(selected) == 2 else []) + ["nnUNetv2_apply_postprocessing"]
     if len(selected) == 1:  # a single model won: the ensemble it evaluated still runs
         ensembled = str(tmp_path / "ensemble")
-        run_command(["nnUNetv2_ensemble", "-i", *predictions.values(), "-o", ensembled, "-np", "1"], workspace.env,
+        run_command(["nnUNetv2_ensemble", "-i", *predictions.values(), "-o", ensembled, "-np", "1"], e2e_workspace.env,
                     quiet=True)
     else:
         ensembled = placeholders["OUTPUT_FOLDER"]
     for folder in (ensembled, placeholders["OUTPUT_FOLDER_PP"]):
         assert len(glob.glob(os.path.join(folder, "*.nii.gz"))) == SPEC.num_test, folder
-        dice, chance = dice_against_test_labels(workspace, folder)
+        dice, chance = dice_against_test_labels(e2e_workspace, folder)
         print(f"{folder}: mean Dice {dice:.3f}, chance {chance:.3f}")
         assert dice > chance + 0.1, f"{folder}: Dice {dice:.3f} is not above chance ({chance:.3f})"

@@ -13,19 +13,12 @@ import pytest
 from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
 from nnunetv2_segresmamba.tools.pipeline import run_command
 from nnunetv2_segresmamba.trainers.tracking import CO2_COUNTRY_ENV
-from tests.workspaces import CPU_PREDICT, drop_checkpoints, fold_dir, preprocess_e2e
+from tests.workspaces import CPU_PREDICT, drop_checkpoints, fold_dir
 from tests.workspaces import E2E as SPEC
 
 pytestmark = pytest.mark.e2e
 
 DID = str(SPEC.dataset_id)
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    ws = preprocess_e2e(str(tmp_path_factory.mktemp("family")))
-    yield ws
-    drop_checkpoints(ws.root)
 
 
 BASELINES = {  # smoke trainer -> (the patch it must train with ((16, 32, 32) planned), epochs)
@@ -41,11 +34,11 @@ ABLATIONS = ["nnUNetTrainerSegResMambaNoToM_smoke", "nnUNetTrainerSegResMambaFor
              "nnUNetTrainerComparisonNnUNet_paperRecipe_smoke"]
 
 
-def train_smoke(workspace, trainer, epochs):
+def train_smoke(e2e_workspace, trainer, epochs):
     """nnUNetv2_train of ``trainer``'s fold 0, with its energy tracked for a given country."""
     run_command(["nnUNetv2_train", DID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
-                {**workspace.env, CO2_COUNTRY_ENV: "DEU"}, quiet=True)
-    folder = os.path.dirname(fold_dir(workspace, trainer))
+                {**e2e_workspace.env, CO2_COUNTRY_ENV: "DEU"}, quiet=True)
+    folder = os.path.dirname(fold_dir(e2e_workspace, trainer))
     metrics = json.load(open(os.path.join(folder, "fold_0", "run_metrics.json")))
     assert metrics["epochs"] == epochs and metrics["energy"]["energy_kwh"] > 0 and metrics["energy"]["country"] == "DEU"
     assert os.path.isfile(os.path.join(folder, "fold_0", "validation", "summary.json"))
@@ -53,18 +46,18 @@ def train_smoke(workspace, trainer, epochs):
 
 
 @pytest.mark.parametrize("trainer", BASELINES)
-def test_baseline_trains_and_predicts_through_the_cli(workspace, trainer):
+def test_baseline_trains_and_predicts_through_the_cli(e2e_workspace, trainer):
     """Trains, validates, and predicts without test-time mirroring (8 forward passes a window;
     the prediction with mirroring runs in test_e2e.py)."""
     patch, epochs = BASELINES[trainer]
-    folder = train_smoke(workspace, trainer, epochs)
+    folder = train_smoke(e2e_workspace, trainer, epochs)
     with open(os.path.join(folder, "plans.json")) as f:
         assert json.load(f)["configurations"]["3d_fullres"]["patch_size"] == patch
 
-    raw = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name)
-    out = os.path.join(workspace.root, f"predictions_{trainer}")
+    raw = os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name)
+    out = os.path.join(e2e_workspace.root, f"predictions_{trainer}")
     run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", out, "-d", DID, "-c", "3d_fullres",
-                 "-f", "0", "-tr", trainer, *CPU_PREDICT, "--disable_tta"], workspace.env, quiet=True)
+                 "-f", "0", "-tr", trainer, *CPU_PREDICT, "--disable_tta"], e2e_workspace.env, quiet=True)
     import SimpleITK as sitk
 
     predictions = sorted(glob.glob(os.path.join(out, "*.nii.gz")))
@@ -73,8 +66,8 @@ def test_baseline_trains_and_predicts_through_the_cli(workspace, trainer):
 
 
 @pytest.mark.parametrize("trainer", ABLATIONS)
-def test_ablation_trains_and_validates_through_the_cli(workspace, trainer):
-    train_smoke(workspace, trainer, epochs=1)
+def test_ablation_trains_and_validates_through_the_cli(e2e_workspace, trainer):
+    train_smoke(e2e_workspace, trainer, epochs=1)
 
 
 # the cascade: 3d_lowres, then 3d_cascade_fullres on its predictions
@@ -83,18 +76,18 @@ CASCADE_TRAINER = "nnUNetTrainerSegResMamba_pipeline"  # 1 epoch x 2 iterations:
 
 
 @pytest.fixture(scope="module")
-def cascade(workspace):
+def cascade(e2e_workspace):
     """A 3d_lowres configuration added to the plans and preprocessed, CASCADE_TRAINER's lowres fold
     "all" (its validation predicts every training case for the next stage) and cascade fold 0."""
-    run_command(["nnunetv2_segresmamba", "add-cascade", "-d", DID], workspace.env, quiet=True)
-    run_command(["nnUNetv2_preprocess", "-d", DID, "-c", "3d_lowres", "-np", "2"], workspace.env, quiet=True)
+    run_command(["nnunetv2_segresmamba", "add-cascade", "-d", DID], e2e_workspace.env, quiet=True)
+    run_command(["nnUNetv2_preprocess", "-d", DID, "-c", "3d_lowres", "-np", "2"], e2e_workspace.env, quiet=True)
     for configuration, fold in (("3d_lowres", "all"), ("3d_cascade_fullres", "0")):
         run_command(["nnUNetv2_train", DID, configuration, fold, "-tr", CASCADE_TRAINER, "-device", "cpu"],
-                    workspace.env, quiet=True)
+                    e2e_workspace.env, quiet=True)
 
 
-def test_cascade_trains_and_predicts_through_the_cli(workspace, cascade, tmp_path):
-    lowres_run = os.path.dirname(fold_dir(workspace, CASCADE_TRAINER, "3d_lowres"))
+def test_cascade_trains_and_predicts_through_the_cli(e2e_workspace, cascade, tmp_path):
+    lowres_run = os.path.dirname(fold_dir(e2e_workspace, CASCADE_TRAINER, "3d_lowres"))
     with open(os.path.join(lowres_run, "plans.json")) as f:
         configurations = json.load(f)["configurations"]
     lowres = configurations["3d_lowres"]
@@ -102,17 +95,17 @@ def test_cascade_trains_and_predicts_through_the_cli(workspace, cascade, tmp_pat
     next_stage = os.listdir(os.path.join(lowres_run, "predicted_next_stage", "3d_cascade_fullres"))
     assert len({name.split(".")[0] for name in next_stage}) == SPEC.num_train, \
         "the lowres stage did not predict every training case for the next stage"
-    cascade_fold = fold_dir(workspace, CASCADE_TRAINER, "3d_cascade_fullres")
+    cascade_fold = fold_dir(e2e_workspace, CASCADE_TRAINER, "3d_cascade_fullres")
     assert os.path.isfile(os.path.join(cascade_fold, "checkpoint_final.pth"))
     weights = load_checkpoint_file(os.path.join(cascade_fold, "checkpoint_final.pth"), "cpu")
     assert weights["network_weights"]["stem.weight"].shape[1] == SPEC.num_channels + SPEC.num_classes  # + one-hot
 
-    images = os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
+    images = os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
     run_command(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path / "lowres"), "-d", DID, "-c", "3d_lowres",
-                 "-f", "all", "-tr", CASCADE_TRAINER, *CPU_PREDICT], workspace.env, quiet=True)
+                 "-f", "all", "-tr", CASCADE_TRAINER, *CPU_PREDICT], e2e_workspace.env, quiet=True)
     run_command(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path / "cascade"), "-d", DID, "-c",
                  "3d_cascade_fullres", "-f", "0", "-tr", CASCADE_TRAINER, "-prev_stage_predictions",
-                 str(tmp_path / "lowres"), *CPU_PREDICT], workspace.env, quiet=True)
+                 str(tmp_path / "lowres"), *CPU_PREDICT], e2e_workspace.env, quiet=True)
     import SimpleITK as sitk
 
     predictions = sorted(glob.glob(str(tmp_path / "cascade" / "*.nii.gz")))
