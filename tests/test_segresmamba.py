@@ -6,11 +6,8 @@ import pytest
 import torch
 
 from nnunetv2_segresmamba.networks import SegResMamba
-from nnunetv2_segresmamba.networks.segresmamba import (
-    check_patch_size,
-    plan_pools,
-    strides_from_pools,
-)
+from nnunetv2_segresmamba.networks.planning import plan_pools
+from nnunetv2_segresmamba.networks.segresmamba import check_patch_size, strides_from_pools
 from tests.reference import backends_to_test, device_of
 
 PAPER_PARAMS_M = 119.98  # Table 7; our build from the paper's text has fewer, see README

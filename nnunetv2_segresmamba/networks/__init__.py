@@ -2,5 +2,6 @@
 
 from nnunetv2_segresmamba.networks.segmamba import SegMamba
 from nnunetv2_segresmamba.networks.segresmamba import SegResMamba
+from nnunetv2_segresmamba.networks.umamba import UMambaBot, UMambaEnc
 
-__all__ = ["SegMamba", "SegResMamba"]
+__all__ = ["SegMamba", "SegResMamba", "UMambaBot", "UMambaEnc"]

@@ -37,6 +37,7 @@ from nnunetv2_segresmamba.networks.blocks import (
     padded_size,
     transposed_conv_in_relu,
 )
+from nnunetv2_segresmamba.networks.planning import plan_pools
 from nnunetv2_segresmamba.operators.directions import DIRECTIONS, check_directions
 from nnunetv2_segresmamba.operators.tom import MambaLayer
 
@@ -89,15 +90,6 @@ def arch_kwargs_for_plan(pool_op_kernel_sizes: Sequence[Sequence[int]], patch_si
     stage_strides, block_strides = strides_from_pools(pool_op_kernel_sizes)
     return {"feature_sizes": feature_sizes, "stage_strides": stage_strides, "block_strides": block_strides,
             "tom_directions": tom_directions, "patch_size": patch_size, "spatial_dims": len(patch_size)}
-
-
-def plan_pools(patch_size: Sequence[int], spacing: Sequence[float] | None = None) -> list[tuple[int, ...]]:
-    """nnU-Net's ``pool_op_kernel_sizes`` for a 2D or 3D ``patch_size`` at ``spacing`` (default
-    1 mm; its default planner's rule: pool an axis while it keeps 4 voxels, the finer axes first)."""
-    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
-
-    spacing = [1.0] * len(patch_size) if spacing is None else list(spacing)
-    return [tuple(p) for p in get_pool_and_conv_props(spacing, list(patch_size), 4, 999999)[1]]
 
 
 class ConvMambaMixedBlock(nn.Module):

@@ -1,0 +1,192 @@
+"""U-Mamba port: official state_dict layout, the official constructors' rules, the Mamba layer
+against a plain reference of the official math.
+
+``tests/data/umamba_{bot,enc}_{3d,2d}_official_state_dict.txt`` list ``key shape`` of the
+official ``UMambaBot``/``UMambaEnc`` (bowang-lab/U-Mamba ``umamba/nnunetv2/nets/``, commit
+28459e3) for 1 -> 14 channels at the plans in :data:`OFFICIAL_PLANS`, with deep supervision.
+They were dumped once from the official classes, built on a CPU with a stand-in ``mamba_ssm``
+module whose ``Mamba`` was this package's forward-only ToM (mamba_ssm's parameter names,
+checked in tests/test_tom.py), and dynamic-network-architectures 0.4 for ``BasicBlockD``.
+With the same weights and that stand-in, the official networks and this port gave equal
+logits (every deep-supervision output, difference 0.0) for Bot and Enc, 2D (2x1x64x64, 5
+stages) and 3D (2x1x16x32x32, 4 stages, anisotropic kernels, a channel-token stage in Enc).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from nnunetv2_segresmamba.networks.umamba import (
+    UMambaBot,
+    UMambaEnc,
+    UMambaLayer,
+    arch_kwargs_for_plan,
+    official_block_counts,
+)
+from tests.reference import assert_outputs_and_gradients_match, backends_to_test, reference_mamba_direction
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+ISO_3D = {"features_per_stage": [32, 64, 128, 256, 320, 320], "kernel_sizes": [[3, 3, 3]] * 6,
+          "strides": [[1, 1, 1]] + [[2, 2, 2]] * 5, "n_blocks_per_stage": [2] * 6, "n_conv_per_stage_decoder": [2] * 5}
+ANISO_3D = {"features_per_stage": [32, 64, 128, 256, 320, 320, 320],
+            "kernel_sizes": [[1, 3, 3], [1, 3, 3]] + [[3, 3, 3]] * 5,
+            "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2], [1, 2, 2]],
+            "n_blocks_per_stage": [2] * 7, "n_conv_per_stage_decoder": [2] * 6}
+PLAN_2D = {"features_per_stage": [32, 64, 128, 256, 512, 512, 512], "kernel_sizes": [[3, 3]] * 7,
+           "strides": [[1, 1]] + [[2, 2]] * 6, "n_blocks_per_stage": [2] * 7, "n_conv_per_stage_decoder": [2] * 6}
+OFFICIAL_PLANS = {  # file stem: (class, input_size or None, plan)
+    "umamba_bot_3d": (UMambaBot, None, ISO_3D),
+    "umamba_enc_3d": (UMambaEnc, (20, 320, 256), ANISO_3D),
+    "umamba_bot_2d": (UMambaBot, None, PLAN_2D),
+    "umamba_enc_2d": (UMambaEnc, (512, 512), PLAN_2D),
+}
+
+
+def official_shapes(stem: str) -> dict[str, tuple[int, ...]]:
+    with open(os.path.join(DATA, f"{stem}_official_state_dict.txt")) as f:
+        rows = [line.split() for line in f if line.strip()]
+    return {key: tuple(int(s) for s in shape.split("x")) for key, shape in rows}
+
+
+def build(stem: str, **kwargs) -> torch.nn.Module:
+    cls, size, plan = OFFICIAL_PLANS[stem]
+    sizes = {"input_size": size} if size else {}
+    with torch.device("meta"):
+        return cls(1, 14, **sizes, **plan, deep_supervision=True, **kwargs)
+
+
+@pytest.mark.parametrize("stem", sorted(OFFICIAL_PLANS))
+def test_state_dict_keys_and_shapes_equal_the_official_model(stem):
+    ours = {k: tuple(v.shape) for k, v in build(stem).state_dict().items()}
+    assert ours == official_shapes(stem)
+
+
+@pytest.mark.parametrize("stem", ["umamba_bot_3d", "umamba_enc_2d"])
+def test_official_checkpoint_layout_loads_strictly(stem):
+    cls, size, plan = OFFICIAL_PLANS[stem]
+    net = cls(1, 14, **({"input_size": size} if size else {}), **plan, deep_supervision=True)
+    net.load_state_dict({k: torch.zeros(s) for k, s in official_shapes(stem).items()}, strict=True)
+
+
+def test_block_counts_follow_the_official_constructors():
+    assert official_block_counts([2] * 6, [2] * 5) == ([2, 2, 2, 1, 1, 1], [2, 2, 2, 1, 1])
+    assert official_block_counts([2] * 7, [2] * 6) == ([2, 2, 2, 2, 1, 1, 1], [2, 2, 2, 2, 1, 1])
+    assert official_block_counts([1, 3, 4, 6, 6, 6], [1] * 5) == ([1, 3, 4, 1, 1, 1], [1] * 5)  # ResEnc M plans
+
+
+def test_enc_scans_channels_where_the_map_is_small_and_2d_skips_every_other_stage():
+    enc3 = build("umamba_enc_3d")
+    tokens = [(type(m).__name__, getattr(m, "channel_token", None), getattr(m, "dim", None))
+              for m in enc3.encoder.mamba_layers]
+    # maps (20,320,256) (20,160,128) (10,80,64) (5,40,32) (5,20,16) (5,10,8) (5,5,4): only the last <= 320 voxels
+    assert tokens == [("UMambaLayer", False, c) for c in (32, 64, 128, 256, 320, 320)] + [("UMambaLayer", True, 100)]
+    enc2 = build("umamba_enc_2d")
+    kinds = [type(m).__name__ for m in enc2.encoder.mamba_layers]
+    assert kinds == ["UMambaLayer", "Identity"] * 3 + ["UMambaLayer"]  # 7 stages: 0, 2, 4, 6
+    assert enc2.encoder.mamba_layers[6].channel_token and enc2.encoder.mamba_layers[6].dim == 64  # 8 x 8 <= 512
+
+
+def small(cls, spatial_dims: int, **kwargs) -> torch.nn.Module:
+    if spatial_dims == 3:
+        plan = {"features_per_stage": [8, 16, 32, 32], "kernel_sizes": [[1, 3, 3]] + [[3, 3, 3]] * 3,
+                "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]], "n_blocks_per_stage": [2] * 4,
+                "n_conv_per_stage_decoder": [2] * 3}
+    else:
+        plan = {"features_per_stage": [8, 16, 32], "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [1, 2]],
+                "n_blocks_per_stage": [2] * 3, "n_conv_per_stage_decoder": [2] * 2}
+    return cls(2, 3, **plan, **kwargs)
+
+
+@pytest.mark.parametrize("spatial_dims, size", [(3, (8, 24, 40)), (2, (12, 20))])
+def test_forward_shapes_with_and_without_deep_supervision(spatial_dims, size):
+    x = torch.randn(2, 2, *size)
+    for net in (small(UMambaBot, spatial_dims, backend="pure"), small(UMambaEnc, spatial_dims, input_size=size)):
+        net.decoder.deep_supervision = True
+        outputs = net(x)
+        assert [tuple(o.shape) for o in outputs][0] == (2, 3, *size)
+        assert len(outputs) == len(net.encoder.stages) - 1
+        net.decoder.deep_supervision = False
+        assert net(x).shape == (2, 3, *size)
+
+
+def test_enc_refuses_another_input_size_with_advice():
+    net = small(UMambaEnc, 3, input_size=(8, 16, 16))  # deepest map 2 x 2 x 2 <= 32 channels: channel tokens
+    with pytest.raises(ValueError, match="input_size"):
+        net(torch.randn(1, 2, 8, 32, 32))
+
+
+def test_no_mamba_control_has_no_mamba_parameters():
+    net = small(UMambaBot, 3, mamba=False)
+    assert isinstance(net.mamba_layer, torch.nn.Identity)
+    assert not [k for k in net.state_dict() if k.startswith("mamba_layer")]
+    assert net.arch_kwargs["mamba"] is False
+
+
+def test_arch_kwargs_from_default_and_resenc_plans():
+    default = {"n_stages": 3, "features_per_stage": (32, 64, 128), "kernel_sizes": ((3, 3), (3, 3), (3, 3)),
+               "strides": ((1, 1), (2, 2), (2, 2)), "n_conv_per_stage": (2, 2, 2), "n_conv_per_stage_decoder": (2, 2)}
+    resenc = {**{k: v for k, v in default.items() if k != "n_conv_per_stage"}, "n_blocks_per_stage": (1, 3, 4),
+              "n_conv_per_stage_decoder": (1, 1)}
+    assert arch_kwargs_for_plan(default) == {"features_per_stage": [32, 64, 128], "kernel_sizes": [[3, 3]] * 3,
+                                             "strides": [[1, 1], [2, 2], [2, 2]], "n_blocks_per_stage": [2, 2, 2],
+                                             "n_conv_per_stage_decoder": [2, 2]}
+    assert arch_kwargs_for_plan(resenc)["n_blocks_per_stage"] == [1, 3, 4]
+    with pytest.raises(ValueError, match="n_conv_per_stage"):
+        arch_kwargs_for_plan({"features_per_stage": (32,)})
+
+
+def official_mamba_layer(x: torch.Tensor, layer: UMambaLayer) -> torch.Tensor:
+    """U-Mamba's ``MambaLayer.forward`` as the official code reads, with autocast off: the input
+    in fp32, (B, C, *spatial) flattened to tokens (positions, or channels with channel_token),
+    LayerNorm over each token, mamba_ssm's ``Mamba.forward`` (in_proj, one direction,
+    out_proj) with the plain loop scan of tests/reference.py, no residual."""
+    params = dict(layer.mamba.named_parameters())
+    batch, channels, *spatial = x.shape
+    flat = x.float().reshape(batch, channels, -1)
+    tokens = flat if layer.channel_token else flat.transpose(-1, -2)  # (B, T, width)
+    mean = tokens.mean(-1, keepdim=True)
+    var = ((tokens - mean) ** 2).mean(-1, keepdim=True)
+    normed = (tokens - mean) / torch.sqrt(var + 1e-5) * layer.norm.weight + layer.norm.bias
+    xz = torch.einsum("btw,ew->bet", normed, params["in_proj.weight"])  # (B, 2E, T)
+    y = torch.einsum("bet,we->btw", reference_mamba_direction(xz, params, ""), params["out_proj.weight"])
+    return y.reshape(batch, channels, *spatial) if layer.channel_token else y.transpose(-1, -2).reshape(x.shape)
+
+
+@pytest.mark.parametrize("backend", backends_to_test("pure", "numba"))
+@pytest.mark.parametrize("shape, channel_token", [((2, 6, 3, 5, 7), False), ((2, 9, 1, 2, 3), True),
+                                                   ((1, 5, 7, 3), False), ((2, 11, 2, 3), True)])
+def test_mamba_layer_equals_the_official_math(backend, shape, channel_token):
+    torch.manual_seed(0)
+    batch, channels, *spatial = shape
+    dim = int(torch.tensor(spatial).prod()) if channel_token else channels
+    layer = UMambaLayer(dim, channel_token, backend=backend)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(shape, requires_grad=True)
+    mamba = layer.mamba
+    inputs = {"x": x, "norm.weight": layer.norm.weight, "in_proj": mamba.in_proj.weight, "A_log": mamba.A_log,
+              "dt_proj.bias": mamba.dt_proj.bias, "conv1d": mamba.conv1d.weight, "out_proj": mamba.out_proj.weight}
+    assert_outputs_and_gradients_match(layer(x), official_mamba_layer(x, layer), inputs)
+
+
+def test_mamba_layer_runs_in_fp32_under_autocast():
+    layer = UMambaLayer(6, backend="pure")
+    x = torch.randn(1, 6, 2, 3, 4).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, layer(x.float()), rtol=0, atol=0)
+
+
+def test_he_initialisation_as_the_official_builders():
+    net = small(UMambaBot, 3).initialize()
+    conv = net.encoder.stem[0].conv1
+    assert torch.all(conv.bias == 0)
+    fan_in = conv.weight[0].numel()
+    expected_std = (2.0 / (1 + 1e-4) / fan_in) ** 0.5  # kaiming_normal_ with a = 1e-2
+    assert abs(conv.weight.std().item() / expected_std - 1) < 0.25
+    assert not torch.all(net.mamba_layer.mamba.conv1d.bias == 0)  # Conv1d is not He-initialised (as nnU-Net)
