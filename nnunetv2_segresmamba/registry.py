@@ -1,11 +1,13 @@
-"""The comparison family: each member's trainer, the network it builds, the patch sizes that
-network takes and the paper's figures for it; and the ablations of SegResMamba (its ToM, and
-the recipe swapped with nnU-Net's).
+"""The comparison family: each member's trainer and nnU-Net plans, the network it builds, the
+patch sizes that network takes and the published figures for it. Three groups: the paper's
+five ("comparison"), the baselines the field compares against now ("baseline": nnU-Net's ResEnc
+presets and U-Mamba), and the ablations (SegResMamba's ToM, the recipes swapped, U-Mamba
+without its Mamba layer).
 
 Benchmarks and cluster sweeps iterate over :data:`FAMILY` (by default over its "comparison"
-group, the five of the paper: see :func:`members`); each entry builds its network for
-(in_channels, out_channels, patch_size) without any plans file. Look a member up by trainer
-(:func:`member`) or by network name (:func:`network`).
+group: see :func:`members`); each entry builds its network for (in_channels, out_channels,
+patch_size) without any plans file. Look a member up by trainer and plans (:func:`member`) or
+by network name (:func:`network`).
 
 Import-light: torch and the networks are imported by the builders only, so that reports can
 name networks without loading torch.
@@ -68,6 +70,62 @@ def build_unetr(in_channels: int, out_channels: int, patch_size: Sequence[int], 
                  norm_name="instance", res_block=True, dropout_rate=0.0, spatial_dims=len(patch_size))
 
 
+def build_umamba(in_channels: int, out_channels: int, patch_size: Sequence[int], encoder: bool = False,
+                 mamba: bool = True) -> nn.Module:
+    """U-Mamba Bot (``encoder=False``; ``mamba=False``: the No-Mamba control) or U-Mamba Enc, 2D or 3D
+    as the patch, on the U-Net nnU-Net's default planner gives the patch at 1 mm
+    (:func:`~nnunetv2_segresmamba.networks.planning.plan_topology`, 2 blocks per stage as its
+    plans), He-initialised as the official builders do. Every axis of the patch must be a multiple
+    of the planned strides' product (a ValueError names the patch to use)."""
+    from nnunetv2_segresmamba.networks.planning import plan_topology
+    from nnunetv2_segresmamba.networks.umamba import UMambaBot, UMambaEnc
+
+    topology = plan_topology(patch_size)
+    topology.require_patch(patch_size, "U-Mamba")
+    n = len(topology.strides)
+    plan = {"features_per_stage": topology.features_per_stage, "kernel_sizes": topology.kernel_sizes,
+            "strides": topology.strides, "n_blocks_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1)}
+    if encoder:
+        return UMambaEnc(in_channels, out_channels, patch_size, **plan).initialize()
+    return UMambaBot(in_channels, out_channels, **plan, mamba=mamba).initialize()
+
+
+def build_umamba_enc(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    """U-Mamba Enc, see :func:`build_umamba`."""
+    return build_umamba(in_channels, out_channels, patch_size, encoder=True)
+
+
+def build_umamba_no_mamba(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    """U-Mamba Bot with its Mamba layer replaced by identity, see :func:`build_umamba`."""
+    return build_umamba(in_channels, out_channels, patch_size, mamba=False)
+
+
+RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)  # nnU-Net's ResEnc planners' encoder
+
+
+def build_resenc(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    """nnU-Net's ResidualEncoderUNet as its ResEnc planners build it for ``patch_size`` at 1 mm
+    (1, 3, 4, 6, 6, 6... blocks per encoder stage, one per decoder stage). The M, L and XL presets
+    build this same network for a given patch: they differ in the patch and batch they plan
+    for their memory targets. The trainer reads the plans instead. Every axis of the patch must be
+    a multiple of the planned strides' product."""
+    import torch.nn as nn
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    from nnunetv2_segresmamba.networks.blocks import layers
+    from nnunetv2_segresmamba.networks.planning import plan_topology
+
+    topology, ops = plan_topology(patch_size), layers(len(patch_size))
+    topology.require_patch(patch_size, "nnU-Net ResEnc")
+    n = len(topology.strides)
+    return ResidualEncoderUNet(
+        in_channels, n, topology.features_per_stage, ops.conv, topology.kernel_sizes, topology.strides,
+        list(RESENC_BLOCKS_PER_STAGE[:n]), out_channels, [1] * (n - 1), conv_bias=True,
+        norm_op=ops.instance_norm, norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
+        nonlin_kwargs={"inplace": True}, deep_supervision=False,
+    )
+
+
 def build_nnunet(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
     """nnU-Net's PlainConvUNet as planned for a 128^3 patch (6 stages, 32..320 features), in 2D
     with 2D convs for a 2D patch; its patch must be a multiple of 32 (five stride-2 stages),
@@ -86,7 +144,9 @@ def build_nnunet(in_channels: int, out_channels: int, patch_size: Sequence[int])
     )
 
 
-COMPARISON, ABLATION = "comparison", "ablation"
+COMPARISON, BASELINE, ABLATION = "comparison", "baseline", "ablation"
+GROUPS = (COMPARISON, BASELINE, ABLATION)
+DEFAULT_PLANS = "nnUNetPlans"  # nnU-Net's default planner's plans identifier
 BOTH, ONLY_3D = (2, 3), (3,)  # the spatial dims of the configurations a member trains: 2d, or 3d_* only
 SCHEDULE_SUFFIXES = ("_smoke", "_2epochs", "_demo", "_pipeline")  # shorter runs of a member's trainer
 
@@ -102,6 +162,28 @@ class PaperFigures:
     inference_s: float | None = None  # Table 1: inference time per patch (s)
 
 
+REVISITED_SOURCE = ("nnU-Net Revisited (Isensee et al., MICCAI 2024, arXiv:2404.09556), Table 2, as in nnU-Net's "
+                    "documentation/resenc_presets.md")
+REVISITED_DATASETS = ("BTCV", "ACDC", "LiTS", "BraTS", "KiTS", "AMOS")
+
+
+@dataclass(frozen=True)
+class RevisitedFigures:
+    """A row of nnU-Net Revisited's table (:data:`REVISITED_SOURCE`): Dice (%) of 5-fold
+    cross-validation per dataset of :data:`REVISITED_DATASETS`, every network trained from
+    scratch in the nnU-Net pipeline; the GPU memory of training (GB, nvidia-smi) and its run
+    time (hours) on one A100 PCIe 40GB."""
+
+    row: str  # the row's name in the table
+    dice: tuple[float, float, float, float, float, float]  # in REVISITED_DATASETS order
+    vram_gb: float
+    run_time_h: float
+    source: str = REVISITED_SOURCE
+
+    def dice_on(self, dataset: str) -> float:
+        return self.dice[REVISITED_DATASETS.index(dataset)]
+
+
 @dataclass(frozen=True)
 class Member:
     """One trainer of the family, the network it builds and what is known about that network."""
@@ -110,10 +192,12 @@ class Member:
     network: str  # a name of its own for each member, as benchmarks and reports key rows by it
     builder: Builder  # (in_channels, out_channels, patch_size) -> network, unchecked; see build
     patch_divisor: int | None = None  # every axis of the patch a multiple of this; None: any patch
-    paper: PaperFigures | None = None  # None for the ablations
+    paper: PaperFigures | None = None  # the SegResMamba paper's figures; None where it has none
     group: str = COMPARISON
     spatial_dims: tuple[int, ...] = BOTH  # (2, 3): nnU-Net's 2d and 3D configurations; (3,): 3D only
     tom_directions: tuple[str, ...] | None = None  # a SegResMamba's ToM scans (operators.directions); else None
+    plans: str = DEFAULT_PLANS  # the nnU-Net plans identifier it trains with (nnUNetv2_train -p)
+    revisited: RevisitedFigures | None = None  # its row in nnU-Net Revisited's table, if any
 
     def build(self, in_channels: int, out_channels: int, patch_size: Sequence[int], **widths) -> nn.Module:
         """The network for ``patch_size`` (2D or 3D as it has 2 or 3 axes), at the builder's
@@ -131,6 +215,15 @@ def segresmamba_member(trainer: str, network: str, tom_directions: Sequence[str]
     return Member(trainer, network, segresmamba_with(directions), None, paper, group, tom_directions=directions)
 
 
+NNUNET_TRAINER = "nnUNetTrainerComparisonNnUNet"
+
+
+def resenc_member(preset: str, figures: RevisitedFigures) -> Member:
+    """nnU-Net's trainer on the plans of a ResEnc preset ("M", "L", "XL")."""
+    return Member(NNUNET_TRAINER, f"nnU-Net ResEnc {preset}", build_resenc, group=BASELINE,
+                  plans=f"nnUNetResEncUNet{preset}Plans", revisited=figures)
+
+
 FAMILY: tuple[Member, ...] = (
     segresmamba_member("nnUNetTrainerSegResMamba", "SegResMamba", group=COMPARISON, paper=PaperFigures(
         params_m=119.98, fvcore_macs_g=188.42, train_memory_gb=5.10, inference_s=0.0841)),
@@ -138,35 +231,48 @@ FAMILY: tuple[Member, ...] = (
            PaperFigures(params_m=67.36, fvcore_macs_g=1443.96, train_memory_gb=13.51, inference_s=0.1693),
            spatial_dims=ONLY_3D),
     Member("nnUNetTrainerSwinUNETR", "SwinUNETR", build_swinunetr, 32,
-           PaperFigures(params_m=62.19, fvcore_macs_g=767.23, train_memory_gb=7.77, inference_s=0.1343)),
+           PaperFigures(params_m=62.19, fvcore_macs_g=767.23, train_memory_gb=7.77, inference_s=0.1343),
+           revisited=RevisitedFigures("SwinUNETR", (78.89, 91.29, 76.50, 90.68, 81.27, 83.81), 13.10, 15)),
     Member("nnUNetTrainerUNETR", "UNETR", build_unetr, 16,
            PaperFigures(params_m=93.01, fvcore_macs_g=177.44, train_memory_gb=3.08, inference_s=0.0531)),
-    Member("nnUNetTrainerComparisonNnUNet", "nnU-Net", build_nnunet, 32,
-           PaperFigures(params_m=31.19, fvcore_macs_g=480.06, inference_s=0.1668)),  # no Table 8 figure
+    Member(NNUNET_TRAINER, "nnU-Net", build_nnunet, 32,
+           PaperFigures(params_m=31.19, fvcore_macs_g=480.06, inference_s=0.1668),  # no Table 8 figure
+           revisited=RevisitedFigures("nnU-Net (org.)", (83.08, 91.54, 80.09, 91.24, 86.04, 88.64), 7.70, 9)),
+    resenc_member("M", RevisitedFigures("nnU-Net ResEnc M", (83.31, 91.99, 80.75, 91.26, 86.79, 88.77), 9.10, 12)),
+    resenc_member("L", RevisitedFigures("nnU-Net ResEnc L", (83.35, 91.69, 81.60, 91.13, 88.17, 89.41), 22.70, 35)),
+    resenc_member("XL", RevisitedFigures("nnU-Net ResEnc XL", (83.28, 91.48, 81.19, 91.18, 88.67, 89.68), 36.60, 66)),
+    Member("nnUNetTrainerUMambaBot", "U-Mamba Bot", build_umamba, group=BASELINE,
+           revisited=RevisitedFigures("U-Mamba Bot", (83.51, 91.79, 80.40, 91.26, 86.22, 89.13), 12.40, 24)),
+    Member("nnUNetTrainerUMambaEnc", "U-Mamba Enc", build_umamba_enc, group=BASELINE,
+           revisited=RevisitedFigures("U-Mamba Enc", (82.41, 91.22, 80.27, 90.91, 86.34, 88.38), 24.90, 47)),
     segresmamba_member("nnUNetTrainerSegResMambaNoToM", "SegResMamba-NoToM", ()),
     segresmamba_member("nnUNetTrainerSegResMambaForwardToM", "SegResMamba-ForwardToM", (FORWARD_SUFFIX,)),
     segresmamba_member("nnUNetTrainerSegResMambaForwardReverseToM", "SegResMamba-ForwardReverseToM",
                        (FORWARD_SUFFIX, REVERSE_SUFFIX)),
     segresmamba_member("nnUNetTrainerSegResMamba_nnUNetRecipe", "SegResMamba-nnUNetRecipe"),
     Member("nnUNetTrainerComparisonNnUNet_paperRecipe", "nnU-Net-paperRecipe", build_nnunet, 32, group=ABLATION),
+    Member("nnUNetTrainerUMambaBotNoMamba", "U-Mamba Bot-NoMamba", build_umamba_no_mamba, group=ABLATION,
+           revisited=RevisitedFigures("No-Mamba Base", (83.69, 91.89, 80.57, 91.26, 85.98, 89.04), 12.0, 24)),
 )
 
 
 def members(group: str | None = COMPARISON) -> list[Member]:
     """The members of ``group`` ("comparison": the paper's five, the default of sweeps and
-    benchmarks; "ablation"), or all of :data:`FAMILY` for None."""
-    if group not in (COMPARISON, ABLATION, None):
-        raise ValueError(f"group must be {COMPARISON!r}, {ABLATION!r} or None (all), got {group!r}")
+    benchmarks; "baseline"; "ablation"), or all of :data:`FAMILY` for None."""
+    if group not in (*GROUPS, None):
+        raise ValueError(f"group must be one of {GROUPS} or None (all), got {group!r}")
     return [m for m in FAMILY if group is None or m.group == group]
 
 
-def member(trainer: str) -> Member:
-    """The family member whose trainer is ``trainer`` (a ``_smoke``/``_2epochs`` suffix is allowed)."""
+def member(trainer: str, plans: str = DEFAULT_PLANS) -> Member:
+    """The family member that trains ``trainer`` (a ``_smoke``/``_2epochs`` suffix is allowed) on
+    ``plans``; for plans no member names (a SegResMamba on ResEnc plans, say), the trainer's
+    member on the default plans."""
     base = next((trainer[: -len(s)] for s in SCHEDULE_SUFFIXES if trainer.endswith(s)), trainer)
-    for m in FAMILY:
-        if m.trainer == base:
-            return m
-    raise KeyError(f"{trainer!r} is not in the comparison family: {[m.trainer for m in FAMILY]}")
+    candidates = [m for m in FAMILY if m.trainer == base]
+    if candidates:
+        return min(candidates, key=lambda m: (m.plans != plans, m.plans != DEFAULT_PLANS))
+    raise KeyError(f"{trainer!r} is not in the comparison family: {sorted({m.trainer for m in FAMILY})}")
 
 
 def network(name: str) -> Member:

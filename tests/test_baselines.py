@@ -19,6 +19,12 @@ MEASURED_PARAMS = {  # 128^3, 1 -> 14 channels
     "SegResMamba-ForwardReverseToM": 73_292_030,
     "SegResMamba-nnUNetRecipe": 73_548_350,
     "nnU-Net-paperRecipe": 31_205_254,
+    "nnU-Net ResEnc M": 102_359_430,  # M, L and XL: one network for a given patch (their plans differ)
+    "nnU-Net ResEnc L": 102_359_430,
+    "nnU-Net ResEnc XL": 102_359_430,
+    "U-Mamba Bot": 42_130_054,  # the official UMambaBot at this plan has as many (tests/test_umamba.py)
+    "U-Mamba Enc": 42_760_582,
+    "U-Mamba Bot-NoMamba": 41_454_214,
 }
 
 
@@ -84,6 +90,9 @@ def test_registry_lookup():
     assert [m.trainer for m in FAMILY][0] == "nnUNetTrainerSegResMamba"
     with pytest.raises(KeyError, match="not in the comparison family"):
         member("nnUNetTrainerFoo")
+    assert member("nnUNetTrainerComparisonNnUNet_smoke", "nnUNetResEncUNetMPlans").network == "nnU-Net ResEnc M"
+    assert member("nnUNetTrainerComparisonNnUNet").network == "nnU-Net"
+    assert member("nnUNetTrainerSegResMamba", "nnUNetResEncUNetLPlans").network == "SegResMamba"  # any plans
     assert network("SwinUNETR").trainer == "nnUNetTrainerSwinUNETR"
     with pytest.raises(KeyError, match="the networks are .*'nnU-Net-paperRecipe'"):
         network("SwinUnetr")
@@ -96,8 +105,27 @@ def test_builders_refuse_indivisible_patches(name, patch):
         network(name).build(1, 2, patch)
 
 
+@pytest.mark.parametrize("name", ["U-Mamba Bot", "U-Mamba Enc", "nnU-Net ResEnc M"])
+def test_planned_builders_refuse_a_patch_their_strides_do_not_divide(name):
+    with pytest.raises(ValueError, match=r"multiple of their product.*use \[40, 64, 64\]"):
+        network(name).build(1, 2, (37, 64, 64))
+
+
+def test_published_figures_name_their_source():
+    revisited = {m.network: m.revisited for m in FAMILY if m.revisited is not None}
+    btcv = {name: figures.dice_on("BTCV") for name, figures in revisited.items()}
+    assert btcv == {"nnU-Net": 83.08, "SwinUNETR": 78.89, "nnU-Net ResEnc M": 83.31, "nnU-Net ResEnc L": 83.35,
+                    "nnU-Net ResEnc XL": 83.28, "U-Mamba Bot": 83.51, "U-Mamba Enc": 82.41,
+                    "U-Mamba Bot-NoMamba": 83.69}
+    assert all("arXiv:2404.09556" in figures.source for figures in revisited.values())
+    assert {m.network: m.plans for m in members("baseline")} == {
+        "nnU-Net ResEnc M": "nnUNetResEncUNetMPlans", "nnU-Net ResEnc L": "nnUNetResEncUNetLPlans",
+        "nnU-Net ResEnc XL": "nnUNetResEncUNetXLPlans", "U-Mamba Bot": "nnUNetPlans", "U-Mamba Enc": "nnUNetPlans"}
+
+
 @pytest.mark.parametrize("name,patch", [("SegResMamba", (32, 48)), ("SwinUNETR", (64, 64)), ("UNETR", (32, 48)),
-                                        ("nnU-Net", (64, 64))])
+                                        ("nnU-Net", (64, 64)), ("nnU-Net ResEnc M", (32, 48)),
+                                        ("U-Mamba Bot", (32, 48)), ("U-Mamba Enc", (32, 48))])
 def test_2d_networks_of_the_family(name, patch):
     """The members whose networks exist in 2D build them for a 2D patch (MONAI's spatial_dims=2)."""
     net = network(name).build(2, 3, patch)
@@ -155,7 +183,7 @@ def test_groups_keep_the_five_as_the_default_and_every_trainer_exists():
     from nnunetv2_segresmamba import trainers
 
     assert [m.network for m in members()] == ["SegResMamba", "SegMamba", "SwinUNETR", "UNETR", "nnU-Net"]
-    assert len(members("ablation")) == 5 and len(members(None)) == len(FAMILY) == 10
+    assert len(members("ablation")) == 6 and len(members("baseline")) == 5 and len(members(None)) == len(FAMILY) == 16
     assert len({m.network for m in FAMILY}) == len(FAMILY)  # benchmarks and reports key rows by network
     for m in FAMILY:
         assert m.trainer in trainers.__all__ and f"{m.trainer}_smoke" in trainers.__all__

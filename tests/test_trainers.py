@@ -9,19 +9,31 @@ import torch
 
 from nnunetv2_segresmamba import trainers
 from nnunetv2_segresmamba.tools.synthetic import dataset_json
-from tests.workspaces import ANISOTROPIC
+from tests.workspaces import ANISOTROPIC, RESENC_M
+
+
+def preprocessed_folder(ws) -> str:
+    return os.path.join(ws.path("nnUNet_preprocessed"), ANISOTROPIC.folder_name)
 
 
 @pytest.fixture(scope="module")
 def planned(anisotropic_workspace):
     """(workspace, plans) after nnU-Net's fingerprint and experiment planning (no preprocessing)."""
     ws = anisotropic_workspace
-    folder = os.path.join(ws.path("nnUNet_preprocessed"), ANISOTROPIC.folder_name)
+    folder = preprocessed_folder(ws)
     for configuration in ("3d_fullres", "2d"):  # initialize() infers the data format from the preprocessed files
         os.makedirs(os.path.join(folder, f"nnUNetPlans_{configuration}"), exist_ok=True)
         open(os.path.join(folder, f"nnUNetPlans_{configuration}", "case.b2nd"), "w").close()
     with open(os.path.join(folder, "nnUNetPlans.json")) as f:
         return ws, json.load(f)
+
+
+@pytest.fixture(scope="module")
+def resenc_plans(planned):
+    """nnU-Net's ResEnc M plans of the same dataset (they share the default plans' preprocessed data)."""
+    ws, _ = planned
+    with open(os.path.join(preprocessed_folder(ws), f"{RESENC_M}.json")) as f:
+        return json.load(f)
 
 
 def initialized(trainer_name, planned, monkeypatch, plans=None, configuration="3d_fullres"):
@@ -197,3 +209,61 @@ def test_siblings_whose_networks_exist_in_2d_train_2d(planned, monkeypatch, trai
 def test_segmamba_refuses_2d_and_names_what_to_use(planned, monkeypatch):
     with pytest.raises(ValueError, match=r"nnUNetTrainerSegMamba trains 3D networks only.*'2d'.*3d_fullres"):
         initialized("nnUNetTrainerSegMamba", planned, monkeypatch, configuration="2d")
+
+
+def umamba_stages(network) -> tuple[list[int], list[int]]:
+    """Blocks per encoder stage and per decoder stage."""
+    return [len(s) for s in network.encoder.stages], [len(s) for s in network.decoder.stages]
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_umamba_trainers_build_the_official_networks_from_the_plans(planned, monkeypatch, configuration):
+    """The plan's 5 stages of 2 convs become, as U-Mamba's constructors rewrite them, encoder
+    blocks 2, 2, 2, 1, 1 and decoder blocks 2, 2, 2, 1; nnU-Net's recipe and deep supervision, and
+    weight decay on every parameter (nnU-Net's SGD over all of them)."""
+    from nnunetv2_segresmamba.networks.umamba import UMambaBot, UMambaEnc, UMambaLayer
+
+    _, plans = planned
+    patch = plans["configurations"][configuration]["patch_size"]
+    bot = initialized("nnUNetTrainerUMambaBot", planned, monkeypatch, configuration=configuration)
+    enc = initialized("nnUNetTrainerUMambaEnc", planned, monkeypatch, configuration=configuration)
+    assert isinstance(bot.network, UMambaBot) and isinstance(enc.network, UMambaEnc)
+    for trainer in (bot, enc):
+        assert umamba_stages(trainer.network) == ([2, 2, 2, 1, 1], [2, 2, 2, 1])
+        assert trainer.enable_deep_supervision and isinstance(trainer.optimizer, torch.optim.SGD)
+        assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [3e-5]  # A_log and D included
+        outputs = trainer.network(torch.randn(1, 1, *patch))
+        assert len(outputs) == 4 and outputs[0].shape == (1, 2, *patch)
+    assert enc.network.arch_kwargs["input_size"] == patch
+    layers = [type(m).__name__ for m in enc.network.encoder.mamba_layers]
+    assert layers == (["UMambaLayer"] * 5 if configuration == "3d_fullres" else
+                      ["UMambaLayer", "Identity", "UMambaLayer", "Identity", "UMambaLayer"])
+    assert isinstance(bot.network.mamba_layer, UMambaLayer)
+
+
+def test_the_no_mamba_control_is_umamba_bot_without_its_layer(planned, monkeypatch):
+    control = initialized("nnUNetTrainerUMambaBotNoMamba", planned, monkeypatch)
+    bot = initialized("nnUNetTrainerUMambaBot", planned, monkeypatch)
+    assert isinstance(control.network.mamba_layer, torch.nn.Identity)
+    assert set(bot.network.state_dict()) - set(control.network.state_dict()) == {
+        k for k in bot.network.state_dict() if k.startswith("mamba_layer.")}
+
+
+def test_resenc_plans_train_the_resenc_unet_and_every_family_network(planned, resenc_plans, monkeypatch):
+    """ResEnc M plans: nnU-Net's sibling trains nnU-Net's ResidualEncoderUNet (1, 3, 4, 6, 6 blocks),
+    U-Mamba takes the plan's block counts through its constructor's rule, SegResMamba and SwinUNETR
+    build as on the default plans."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    arch = resenc_plans["configurations"]["3d_fullres"]["architecture"]
+    assert arch["network_class_name"].endswith("ResidualEncoderUNet")
+    assert arch["arch_kwargs"]["n_blocks_per_stage"] == [1, 3, 4, 6, 6]
+    nnunet = initialized("nnUNetTrainerComparisonNnUNet", planned, monkeypatch, plans=resenc_plans)
+    assert isinstance(nnunet.network, ResidualEncoderUNet) and nnunet.enable_deep_supervision
+    bot = initialized("nnUNetTrainerUMambaBot", planned, monkeypatch, plans=resenc_plans)
+    assert umamba_stages(bot.network) == ([1, 3, 4, 1, 1], [1, 1, 1, 1])
+    for name in ("nnUNetTrainerSegResMamba", "nnUNetTrainerSwinUNETR"):
+        trainer = initialized(name, planned, monkeypatch, plans=resenc_plans)
+        patch = trainer.configuration_manager.patch_size
+        out = trainer.network(torch.randn(1, 1, *patch))
+        assert out.shape == (1, 2, *patch)

@@ -33,12 +33,18 @@ ANISOTROPIC = SyntheticSpec(dataset_id=993, name="Aniso", num_train=2, num_test=
                             spacing=(3.0, 0.8, 0.8), num_classes=1)
 
 
+RESENC_M = "nnUNetResEncUNetMPlans"  # the plans of nnU-Net's nnUNetPlannerResEncM
+
+
 def plan_anisotropic(root: str) -> Workspace:
-    """ANISOTROPIC under ``root``, with nnU-Net's fingerprint and default plans (no preprocessing)."""
+    """ANISOTROPIC under ``root``, with nnU-Net's fingerprint, its default plans and its ResEnc M
+    plans (no preprocessing)."""
     ws = Workspace(root)
     make_dataset(ws.path("nnUNet_raw"), ANISOTROPIC)
     run_command(["nnUNetv2_extract_fingerprint", "-d", str(ANISOTROPIC.dataset_id), "-np", "1"], ws.env, quiet=True)
-    run_command(["nnUNetv2_plan_experiment", "-d", str(ANISOTROPIC.dataset_id)], ws.env, quiet=True)
+    for planner in ("ExperimentPlanner", "nnUNetPlannerResEncM"):
+        run_command(["nnUNetv2_plan_experiment", "-d", str(ANISOTROPIC.dataset_id), "-pl", planner], ws.env,
+                    quiet=True)
     return ws
 
 

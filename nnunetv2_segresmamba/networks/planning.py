@@ -16,6 +16,13 @@ class UNetTopology(NamedTuple):
     features_per_stage: list[int]
     kernel_sizes: list[list[int]]
     strides: list[list[int]]  # the first is all ones; nnU-Net's pool_op_kernel_sizes
+    patch_size: list[int]  # the patch rounded up to a multiple of the strides' product, as nnU-Net's planner does
+
+    def require_patch(self, patch_size: Sequence[int], name: str) -> None:
+        """ValueError unless ``patch_size`` is a multiple of the strides' product on every axis."""
+        if list(patch_size) != self.patch_size:
+            raise ValueError(f"{name} pools {list(patch_size)} with strides {self.strides}: every axis must be a "
+                             f"multiple of their product, as nnU-Net's planner makes it; use {self.patch_size}")
 
 
 def plan_topology(patch_size: Sequence[int], spacing: Sequence[float] | None = None) -> UNetTopology:
@@ -25,10 +32,10 @@ def plan_topology(patch_size: Sequence[int], spacing: Sequence[float] | None = N
     from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 
     spacing = [1.0] * len(patch_size) if spacing is None else list(spacing)
-    _, pools, kernels, _, _ = get_pool_and_conv_props(spacing, list(patch_size), 4, 999999)
+    _, pools, kernels, patch, _ = get_pool_and_conv_props(spacing, list(patch_size), 4, 999999)
     cap = MAX_FEATURES[len(patch_size)]
     features = [min(BASE_FEATURES * 2**i, cap) for i in range(len(pools))]
-    return UNetTopology(features, [list(k) for k in kernels], [list(p) for p in pools])
+    return UNetTopology(features, [list(k) for k in kernels], [list(p) for p in pools], [int(s) for s in patch])
 
 
 def plan_pools(patch_size: Sequence[int], spacing: Sequence[float] | None = None) -> list[tuple[int, ...]]:

@@ -79,6 +79,7 @@ class ComparisonTrainerBase(nnUNetTrainer):
     supported_spatial_dims: tuple[int, ...] = BOTH  # 2: nnU-Net's 2d configuration; 3: 3d_fullres, lowres, cascade
     seed: int | None = None  # seeds the network's initialisation and the batches; None: unseeded, as nnU-Net
     network_widths: dict = {}  # overrides of the network's default widths (smaller networks for smoke runs)
+    decay_every_parameter = False  # True: also the ToM's A_log and D (as nnU-Net's own SGD over all parameters)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
@@ -197,7 +198,7 @@ class ComparisonTrainerBase(nnUNetTrainer):
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, _LRScheduler]:
         """The recipe's optimizer over :func:`parameter_groups` and its schedule."""
-        params = parameter_groups(self.network, self.weight_decay)
+        params = parameter_groups(self.network, self.weight_decay, exempt_marked=not self.decay_every_parameter)
         if self.optimizer_name == "AdamW":
             optimizer = fused_if_available(torch.optim.AdamW, params, lr=self.initial_lr,
                                            weight_decay=self.weight_decay)
@@ -297,16 +298,18 @@ class QuickSmokeSchedule(SmokeSchedule):
         return rotation, dummy_2d, initial_patch_size, None
 
 
-def parameter_groups(network: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(network: nn.Module, weight_decay: float, exempt_marked: bool = True) -> list[dict]:
     """Two optimizer groups: every parameter with ``weight_decay``, except those marked
     ``_no_weight_decay`` (the ToM's ``A_log``, ``D`` and their ``_b``/``_s`` twins, as in
-    mamba_ssm), which get none. Norm weights and biases keep the recipe's weight decay: each
-    recipe of the family (nnU-Net, MONAI's tutorials, SegMamba's script) decays them, and the
-    comparison reproduces those recipes. The second group is left out when nothing is marked."""
+    mamba_ssm), which get none unless ``exempt_marked`` is False. Norm weights and biases keep the
+    recipe's weight decay: each recipe of the family (nnU-Net, MONAI's tutorials, SegMamba's
+    script) decays them, and the comparison reproduces those recipes. The second group is left
+    out when nothing is exempt."""
     decay, no_decay = [], []
     for parameter in network.parameters():
         if parameter.requires_grad:
-            (no_decay if getattr(parameter, "_no_weight_decay", False) else decay).append(parameter)
+            exempt = exempt_marked and getattr(parameter, "_no_weight_decay", False)
+            (no_decay if exempt else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
