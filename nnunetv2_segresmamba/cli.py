@@ -77,12 +77,14 @@ def _add_cascade(args: argparse.Namespace) -> None:
 
 def _sweep(args: argparse.Namespace) -> int:
     from nnunetv2_segresmamba.sweeps.executors import SlurmOptions
-    from nnunetv2_segresmamba.sweeps.jobs import expand
+    from nnunetv2_segresmamba.sweeps.jobs import expand, require_plans
     from nnunetv2_segresmamba.sweeps.sweep import run_sweep
     from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
 
-    results = require_nnunet_env()["nnUNet_results"]
+    env = require_nnunet_env()
+    results = env["nnUNet_results"]
     jobs = expand(args.datasets, args.configurations, args.trainers, args.folds, args.plans)
+    require_plans(jobs, env["nnUNet_preprocessed"])
     slurm = SlurmOptions(partition=args.partition, time_min=args.time_min, gpus=args.gpus, cpus=args.cpus,
                          mem_gb=args.mem_gb, array_parallelism=args.array_parallelism, account=args.account)
     return run_sweep(jobs, args.sweep_dir, results, args.executor, args.device, args.dry_run, args.wait,
@@ -112,7 +114,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_sweep_parsers(sub) -> None:
-    from nnunetv2_segresmamba.registry import ABLATION, members
+    from nnunetv2_segresmamba.registry import ABLATION, BASELINE, DEFAULT_PLANS, members, network
+
+    resenc = network("nnU-Net ResEnc M")
     from nnunetv2_segresmamba.sweeps.executors import SlurmOptions
     from nnunetv2_segresmamba.tools.layout import REPORT_DIR
 
@@ -122,10 +126,14 @@ def _add_sweep_parsers(sub) -> None:
     sweep.add_argument("-d", "--datasets", nargs="+", required=True, help="dataset ids or names")
     sweep.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"])
     sweep.add_argument("-tr", "--trainers", nargs="+", default=[m.trainer for m in members()],
-                       help="default: the comparison family's five; the ablations: "
-                            + " ".join(m.trainer for m in members(ABLATION)))
+                       help="TRAINER or TRAINER:PLANS (on other plans than -p), e.g. "
+                            f"{resenc.trainer}:{resenc.plans}; default: the comparison family's five; the baselines: "
+                            + " ".join(f"{m.trainer}:{m.plans}" if m.plans != DEFAULT_PLANS else m.trainer
+                                       for m in members(BASELINE))
+                            + "; the ablations: " + " ".join(m.trainer for m in members(ABLATION)))
     sweep.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    sweep.add_argument("-p", "--plans", default="nnUNetPlans")
+    sweep.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans of the trainers named without any "
+                                                                         "(default %(default)s)")
     sweep.add_argument("--sweep-dir", type=Path, required=True, help="plan, logs and job records of this sweep")
     sweep.add_argument("--executor", choices=("local", "slurm"), default="local")
     sweep.add_argument("--device", choices=("cuda", "cpu", "mps"), default="cuda")

@@ -216,12 +216,18 @@ def segresmamba_member(trainer: str, network: str, tom_directions: Sequence[str]
 
 
 NNUNET_TRAINER = "nnUNetTrainerComparisonNnUNet"
+RESENC_PRESETS = ("M", "L", "XL")  # nnU-Net's ResEnc presets
+
+
+def resenc_plans(preset: str) -> str:
+    """The plans identifier that nnU-Net's ``nnUNetPlannerResEnc{preset}`` writes."""
+    return f"nnUNetResEncUNet{preset}Plans"
 
 
 def resenc_member(preset: str, figures: RevisitedFigures) -> Member:
     """nnU-Net's trainer on the plans of a ResEnc preset ("M", "L", "XL")."""
     return Member(NNUNET_TRAINER, f"nnU-Net ResEnc {preset}", build_resenc, group=BASELINE,
-                  plans=f"nnUNetResEncUNet{preset}Plans", revisited=figures)
+                  plans=resenc_plans(preset), revisited=figures)
 
 
 FAMILY: tuple[Member, ...] = (

@@ -283,15 +283,22 @@ def test_resume_from_a_truncated_checkpoint_names_it_and_keeps_it(e2e_workspace,
 CONFIGURATIONS = ("2d", "3d_fullres")
 
 
+RESENC_M = "nnUNetTrainerComparisonNnUNet_smoke:nnUNetResEncUNetMPlans"  # nnU-Net ResEnc M, in the sweep
+
+
 @pytest.fixture(scope="module")
 def swept(e2e_workspace, trained):
     """TRAINER's fold 0 in 2d and 3d_fullres with --npz, trained by ``nnunetv2_segresmamba sweep``
-    (3d_fullres: the fold of ``trained``, only validated here unless a test did it), and the
-    sweep's report. Returns the sweep folder."""
+    (3d_fullres: the fold of ``trained``, only validated here unless a test did it), then, into
+    the same sweep, nnU-Net's trainer on ResEnc M plans in 3d_fullres (planned by nnU-Net's
+    ResEnc M planner; it shares the default plans' preprocessed data), and the sweep's report.
+    Returns the sweep folder."""
     run_command(["nnUNetv2_preprocess", "-d", DID, "-c", "2d", "-np", "2"], e2e_workspace.env, quiet=True)
+    run_command(["nnUNetv2_plan_experiment", "-d", DID, "-pl", "nnUNetPlannerResEncM"], e2e_workspace.env, quiet=True)
     sweep_dir = os.path.join(e2e_workspace.root, "sweeps", "configurations")
-    run_command(["nnunetv2_segresmamba", "sweep", "-d", DID, "-c", *CONFIGURATIONS, "-tr", TRAINER, "-f", "0",
-                 "--device", "cpu", "--sweep-dir", sweep_dir], e2e_workspace.env, quiet=True)
+    for configurations, trainer in ((CONFIGURATIONS, TRAINER), (["3d_fullres"], RESENC_M)):
+        run_command(["nnunetv2_segresmamba", "sweep", "-d", DID, "-c", *configurations, "-tr", trainer, "-f", "0",
+                     "--device", "cpu", "--sweep-dir", sweep_dir], e2e_workspace.env, quiet=True)
     run_command(["nnunetv2_segresmamba", "report", "--sweep-dir", sweep_dir], e2e_workspace.env, quiet=True)
     return sweep_dir
 
@@ -309,13 +316,55 @@ def test_sweep_trains_2d_and_3d_and_reports_them_side_by_side(e2e_workspace, swe
     assert all(0 < float(r["dice_mean"]) <= 1 for r in rows.values())
     md = open(os.path.join(swept, "report", "leaderboard.md")).read()
     side_by_side = md.split("configurations side by side")[1].split("\n## ")[0]
-    assert "| trainer | network | Dice 2d | Dice 3d_fullres |" in side_by_side
+    assert "| trainer | plans | network | Dice 2d | Dice 3d_fullres |" in side_by_side
     row = next(line for line in side_by_side.splitlines() if line.startswith(f"| {TRAINER} |"))
     assert f"{float(rows['2d']['dice_mean']):.4f}" in row and f"{float(rows['3d_fullres']['dice_mean']):.4f}" in row
     checkpoint = load_checkpoint_file(os.path.join(fold_dir(e2e_workspace, configuration="2d"), "checkpoint_final.pth"),
                                       "cpu")
     kwargs = checkpoint["architecture"]["arch_kwargs"]
     assert kwargs["spatial_dims"] == 2 and all(len(s) == 2 for s in kwargs["stage_strides"] + kwargs["block_strides"])
+
+
+def test_a_sweep_reports_resenc_m_beside_segresmamba(e2e_workspace, swept):
+    """One sweep, two plans: SegResMamba on nnU-Net's default plans and nnU-Net's trainer on ResEnc
+    M plans, which trains nnU-Net's ResidualEncoderUNet, in one 3d_fullres leaderboard."""
+    trainer, plans = RESENC_M.split(":")
+    with open(os.path.join(swept, "report", "leaderboard.csv")) as f:
+        rows = {(r["trainer"], r["plans"]): r for r in csv.DictReader(f) if r["configuration"] == "3d_fullres"}
+    assert set(rows) == {(TRAINER, "nnUNetPlans"), (trainer, plans)}
+    assert rows[trainer, plans]["network"] == "nnU-Net ResEnc M" and rows[TRAINER, "nnUNetPlans"]["network"] == \
+        "SegResMamba"
+    assert all(r["folds_done"] == "1" and 0 < float(r["dice_mean"]) <= 1 for r in rows.values())
+    md = open(os.path.join(swept, "report", "leaderboard.md")).read()
+    table = md.split(f"## {SPEC.folder_name}, 3d_fullres\n")[1]
+    assert f"| {trainer} | {plans} | nnU-Net ResEnc M |" in table
+    assert f"| {TRAINER} | nnUNetPlans | SegResMamba |" in table
+    run = os.path.join(e2e_workspace.path("nnUNet_results"), SPEC.folder_name, f"{trainer}__{plans}__3d_fullres")
+    with open(os.path.join(run, "plans.json")) as f:
+        assert json.load(f)["configurations"]["3d_fullres"]["architecture"]["network_class_name"].endswith(
+            "ResidualEncoderUNet")
+    weights = load_checkpoint_file(os.path.join(run, "fold_0", "checkpoint_final.pth"), "cpu")["network_weights"]
+    assert any(".blocks.3." in key for key in weights)  # ResEnc M: 4 residual blocks in its third stage
+
+
+def test_umamba_enc_trains_and_predicts_2d(e2e_workspace, swept, tmp_path):
+    """The 2D U-Mamba Enc (its skip-free last decoder stage, Mamba layers on every other stage)
+    through the CLI on the 2d configuration that ``swept`` preprocessed."""
+    trainer = "nnUNetTrainerUMambaEnc_smoke"
+    run_command(["nnUNetv2_train", DID, "2d", "0", "-tr", trainer, "-device", "cpu"], e2e_workspace.env, quiet=True)
+    weights = load_checkpoint_file(os.path.join(fold_dir(e2e_workspace, trainer, "2d"), "checkpoint_final.pth"),
+                                   "cpu")["network_weights"]
+    stages = {int(k.split(".")[2]) for k in weights if k.startswith("encoder.stages.")}
+    with_mamba = {int(k.split(".")[2]) for k in weights if k.startswith("encoder.mamba_layers.")}
+    assert with_mamba == set(range(len(stages) - 1, -1, -2))  # every other stage, the deepest included
+    images = os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
+    run_command(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path), "-d", DID, "-c", "2d", "-f", "0", "-tr",
+                 trainer, *CPU_PREDICT, "--disable_tta"], e2e_workspace.env, quiet=True)
+    import SimpleITK as sitk
+
+    predictions = sorted(glob.glob(str(tmp_path / "*.nii.gz")))
+    assert len(predictions) == SPEC.num_test
+    assert sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == tuple(SPEC.shape)
 
 
 def test_find_best_configuration_then_its_inference_instructions(e2e_workspace, swept, predicted, tmp_path):

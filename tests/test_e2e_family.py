@@ -1,5 +1,6 @@
 """End to end through the stock nnU-Net CLI on the dataset of test_e2e.py: a training and a
-prediction of each baseline's smoke trainer, a training of each ablation's, and the cascade,
+prediction of each baseline's smoke trainer (the paper's and U-Mamba's; ResEnc M in
+test_e2e.py's sweep), a training of each ablation's, and the cascade,
 3d_lowres then 3d_cascade_fullres, on plans given a lowres configuration by
 ``nnunetv2_segresmamba add-cascade``. A module of its own so that it runs beside test_e2e.py
 under pytest-xdist."""
@@ -26,12 +27,14 @@ BASELINES = {  # smoke trainer -> (the patch it must train with ((16, 32, 32) pl
     "nnUNetTrainerSwinUNETR_smoke": ([64, 64, 64], 1),
     "nnUNetTrainerUNETR_smoke": ([32, 32, 32], 1),
     "nnUNetTrainerComparisonNnUNet_smoke": ([16, 32, 32], 2),
+    "nnUNetTrainerUMambaBot_smoke": ([16, 32, 32], 1),
+    "nnUNetTrainerUMambaEnc_smoke": ([16, 32, 32], 1),
 }
 # Variants of networks and recipes that the runs above and TRAINER's cover: found by nnU-Net,
 # trained 1 epoch x 2 iterations and validated (nnU-Net's sliding-window prediction and export).
 ABLATIONS = ["nnUNetTrainerSegResMambaNoToM_smoke", "nnUNetTrainerSegResMambaForwardToM_smoke",
              "nnUNetTrainerSegResMambaForwardReverseToM_smoke", "nnUNetTrainerSegResMamba_nnUNetRecipe_smoke",
-             "nnUNetTrainerComparisonNnUNet_paperRecipe_smoke"]
+             "nnUNetTrainerComparisonNnUNet_paperRecipe_smoke", "nnUNetTrainerUMambaBotNoMamba_smoke"]
 
 
 def train_smoke(e2e_workspace, trainer, epochs):

@@ -147,7 +147,7 @@ def test_markdown_names_the_missing_fold_and_prints_no_mean_for_it(tmp_path):
     assert f"{mean(foreground(OURS)):.4f} ± {sample_std(foreground(OURS)):.4f}" in ours_row
     missing_section = md.split("## Missing folds")[1]
     fold_dir = results / DATASET / f"{THEIRS}__nnUNetPlans__{CONFIGURATION}" / "fold_2"
-    assert f"{THEIRS} fold 2 (trained, not validated): `{fold_dir}`" in missing_section
+    assert f"{THEIRS} (nnUNetPlans) fold 2 (trained, not validated): `{fold_dir}`" in missing_section
     assert f"{OURS} fold" not in missing_section
 
 
@@ -214,8 +214,32 @@ def test_configurations_side_by_side(tmp_path):
         write_summary(job.fold_dir(results), dice[job.configuration, job.trainer])
     build_report(sweep, results)
     md = (sweep / "report" / "leaderboard.md").read_text()
-    table = md.split(f"## {DATASET}, nnUNetPlans: configurations side by side")[1].split("\n## ")[0]
-    assert "| trainer | network | Dice 2d | Dice 3d_fullres |" in table
-    assert f"| {OURS} | SegResMamba | 0.6500 | 0.8500 |" in table
-    assert f"| {THEIRS} | SegMamba | - | 0.4500 |" in table
-    assert f"## {DATASET}, 2d, nnUNetPlans" in md and f"## {DATASET}, 3d_fullres, nnUNetPlans" in md
+    table = md.split(f"## {DATASET}: configurations side by side")[1].split("\n## ")[0]
+    assert "| trainer | plans | network | Dice 2d | Dice 3d_fullres |" in table
+    assert f"| {OURS} | nnUNetPlans | SegResMamba | 0.6500 | 0.8500 |" in table
+    assert f"| {THEIRS} | nnUNetPlans | SegMamba | - | 0.4500 |" in table
+    assert f"## {DATASET}, 2d\n" in md and f"## {DATASET}, 3d_fullres\n" in md
+
+
+def test_trainers_on_other_plans_share_the_configurations_table(tmp_path):
+    """SegResMamba on the default plans beside nnU-Net on ResEnc M and L plans: one leaderboard,
+    the plans in a column, nnU-Net's rows named by their preset."""
+    results, sweep = tmp_path / "nnUNet_results", tmp_path / "sweep"
+    nnunet = "nnUNetTrainerComparisonNnUNet"
+    dice = {(OURS, "nnUNetPlans"): (0.80, 0.90), (nnunet, "nnUNetResEncUNetMPlans"): (0.70, 0.80),
+            (nnunet, "nnUNetResEncUNetLPlans"): (0.90, 0.90)}
+    jobs = [FoldJob(DATASET, CONFIGURATION, trainer, 0, plans=plans) for trainer, plans in dice]
+    write_plan(sweep, jobs)
+    for job in jobs:
+        job.fold_dir(results).mkdir(parents=True)
+        (job.fold_dir(results) / "checkpoint_final.pth").write_bytes(b"")
+        write_summary(job.fold_dir(results), dice[job.trainer, job.plans])
+    build_report(sweep, results)
+    md = (sweep / "report" / "leaderboard.md").read_text()
+    table = md.split(f"## {DATASET}, {CONFIGURATION}\n")[1].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| nnUNet")]
+    assert [row.split(" | ")[:3] for row in rows] == [  # ranked by Dice
+        [f"| {nnunet}", "nnUNetResEncUNetLPlans", "nnU-Net ResEnc L"], [f"| {OURS}", "nnUNetPlans", "SegResMamba"],
+        [f"| {nnunet}", "nnUNetResEncUNetMPlans", "nnU-Net ResEnc M"]]
+    with open(sweep / "report" / "leaderboard.csv") as f:
+        assert {(r["trainer"], r["plans"]) for r in csv.DictReader(f)} == set(dice)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from itertools import product
 from pathlib import Path
 
+from nnunetv2_segresmamba.registry import DEFAULT_PLANS, RESENC_PRESETS, resenc_plans
 from nnunetv2_segresmamba.tools.layout import (
     CHECKPOINT_FINAL,
     LOGS_DIR,
@@ -36,7 +37,7 @@ class FoldJob:
     configuration: str
     trainer: str
     fold: int
-    plans: str = "nnUNetPlans"
+    plans: str = DEFAULT_PLANS
 
     @property
     def key(self) -> str:
@@ -61,11 +62,45 @@ class FoldJob:
         return self.command(device, "--npz", "--val")
 
 
+PLANS_SEPARATOR = ":"  # -tr TRAINER:PLANS
+
+
+def trainer_and_plans(spec: str, default_plans: str = DEFAULT_PLANS) -> tuple[str, str]:
+    """``TRAINER`` or ``TRAINER:PLANS`` -> (trainer, plans), ``default_plans`` where none is named."""
+    trainer, _, plans = spec.partition(PLANS_SEPARATOR)
+    if not trainer or (PLANS_SEPARATOR in spec and not plans) or PLANS_SEPARATOR in plans:
+        raise ValueError(f"trainer {spec!r}: write TRAINER or TRAINER{PLANS_SEPARATOR}PLANS, e.g. "
+                         f"nnUNetTrainerComparisonNnUNet{PLANS_SEPARATOR}nnUNetResEncUNetMPlans")
+    return trainer, plans or default_plans
+
+
 def expand(datasets: list[str], configurations: list[str], trainers: list[str], folds: list[int],
-           plans: str = "nnUNetPlans") -> list[FoldJob]:
-    """datasets x configurations x trainers x folds; dataset ids become nnU-Net's folder names."""
+           plans: str = DEFAULT_PLANS) -> list[FoldJob]:
+    """datasets x configurations x trainers x folds; dataset ids become nnU-Net's folder names. A
+    trainer given as ``TRAINER:PLANS`` trains on those plans, the others on ``plans``."""
     names = [dataset_name(d) for d in datasets]
-    return [FoldJob(*combo, plans=plans) for combo in product(names, configurations, trainers, folds)]
+    pairs = list(dict.fromkeys(trainer_and_plans(t, plans) for t in trainers))
+    return [FoldJob(name, configuration, trainer, fold, plans=trainer_plans)
+            for name, configuration, (trainer, trainer_plans), fold in product(names, configurations, pairs, folds)]
+
+
+def require_plans(jobs: list[FoldJob], preprocessed: str | os.PathLike) -> None:
+    """ValueError, saying how to plan them, unless every job's plans exist in ``preprocessed``
+    (``nnUNet_preprocessed``)."""
+    missing = sorted({(j.dataset, j.plans) for j in jobs
+                      if not Path(preprocessed, j.dataset, f"{j.plans}.json").exists()})
+    if missing:
+        advice = "; ".join(f"{dataset}: {plans} ({planning_command(dataset, plans)})" for dataset, plans in missing)
+        raise ValueError(f"plans not found in nnUNet_preprocessed: {advice}")
+
+
+def planning_command(dataset: str, plans: str) -> str:
+    """How nnU-Net makes ``plans``: its ResEnc presets have planners of their own."""
+    for preset in RESENC_PRESETS:
+        if plans == resenc_plans(preset):
+            return (f"nnUNetv2_plan_experiment -d {dataset} -pl nnUNetPlannerResEnc{preset}; they share the default "
+                    f"plans' preprocessed 2d and 3d_fullres data")
+    return f"nnUNetv2_plan_and_preprocess -d {dataset}, or the planner that writes {plans}"
 
 
 def dataset_name(dataset: str) -> str:

@@ -18,7 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nnunetv2_segresmamba.registry import member
+from nnunetv2_segresmamba.registry import DEFAULT_PLANS, member
 from nnunetv2_segresmamba.sweeps.jobs import FoldJob, is_done, is_trained, read_plan
 from nnunetv2_segresmamba.tools.layout import PLAN_FILE, REPORT_DIR, RUN_METRICS_FILE, VALIDATION_SUMMARY
 from nnunetv2_segresmamba.tools.reporting import (
@@ -109,10 +109,11 @@ def group_folds(folds: list[FoldResult]) -> dict[GroupKey, list[FoldResult]]:
     return groups
 
 
-def network_name(trainer: str) -> str:
-    """The family's network name, or the trainer itself for a trainer outside the family."""
+def network_name(trainer: str, plans: str = DEFAULT_PLANS) -> str:
+    """The family's name of the network ``trainer`` trains on ``plans`` (nnU-Net's trainer on ResEnc
+    M plans: "nnU-Net ResEnc M"), or the trainer itself for a trainer outside the family."""
     try:
-        return member(trainer).network
+        return member(trainer, plans).network
     except KeyError:
         return trainer
 
@@ -121,7 +122,7 @@ def fold_row(fold: FoldResult, labels: list[str]) -> dict:
     job, m = fold.job, fold.metrics
     return {
         "dataset": job.dataset, "configuration": job.configuration, "plans": job.plans, "trainer": job.trainer,
-        "network": network_name(job.trainer), "fold": job.fold, "state": "done" if fold.done else "missing",
+        "network": network_name(job.trainer, job.plans), "fold": job.fold, "state": "done" if fold.done else "missing",
         "fold_dir": str(fold.fold_dir), "dice": fold.dice,
         **{f"dice_{label}": fold.class_dice.get(label) for label in labels},
         "epochs": m.get("epochs"), "epoch_time_s": m.get("epoch_time_median_s"),
@@ -140,7 +141,7 @@ def leaderboard_row(key: GroupKey, folds: list[FoldResult], allow_incomplete: bo
     missing = [f.job.fold for f in folds if not f.done]
     averaged = done if allow_incomplete or not missing else []
     row = {"dataset": dataset, "configuration": configuration, "plans": plans, "trainer": trainer,
-           "network": network_name(trainer), "folds_done": len(done), "folds_expected": len(folds),
+           "network": network_name(trainer, plans), "folds_done": len(done), "folds_expected": len(folds),
            "missing_folds": " ".join(map(str, missing)), "complete": not missing,
            **_mean_std("dice", [f.dice for f in averaged])}
     for label in _labels(done):
@@ -174,7 +175,7 @@ def _label_key(label: str) -> tuple:
 
 def _rank(row: dict) -> tuple:
     dice = row["dice_mean"]
-    return row["dataset"], row["configuration"], row["plans"], dice is None, -(dice or 0.0), row["trainer"]
+    return row["dataset"], row["configuration"], dice is None, -(dice or 0.0), row["trainer"], row["plans"]
 
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:
@@ -198,13 +199,13 @@ def markdown(sweep_dir: Path, results: Path, folds: list[FoldResult], rows: list
         "(ddof=1) across folds. Epoch: median wall time over all epochs of the done folds. Memory: the largest "
         "peak GPU memory of the done folds. Energy and CO2: summed over the done folds.",
     ]
-    for dataset, plans in dict.fromkeys((r["dataset"], r["plans"]) for r in rows):
-        same = [r for r in rows if (r["dataset"], r["plans"]) == (dataset, plans)]
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        same = [r for r in rows if r["dataset"] == dataset]
         if len({r["configuration"] for r in same}) > 1:
-            lines += ["", f"## {dataset}, {plans}: configurations side by side", "", *_configuration_table(same)]
-    for panel in dict.fromkeys((r["dataset"], r["configuration"], r["plans"]) for r in rows):
+            lines += ["", f"## {dataset}: configurations side by side", "", *_configuration_table(same)]
+    for panel in dict.fromkeys((r["dataset"], r["configuration"]) for r in rows):  # every plans in one table
         lines += ["", f"## {', '.join(panel)}", "",
-                  *_leaderboard_table([r for r in rows if (r["dataset"], r["configuration"], r["plans"]) == panel])]
+                  *_leaderboard_table([r for r in rows if (r["dataset"], r["configuration"]) == panel])]
     lines += ["", "## Missing folds", "", *_missing_lines(folds), "", "## Figures", "",
               *_figure_lines(rows, figures)]
     return "\n".join(lines) + "\n"
@@ -213,9 +214,9 @@ def markdown(sweep_dir: Path, results: Path, folds: list[FoldResult], rows: list
 def _leaderboard_table(rows: list[dict]) -> list[str]:
     labels = sorted({c[len("dice_"):-len("_mean")] for r in rows for c in r
                      if c.startswith("dice_") and c.endswith("_mean") and c != "dice_mean"}, key=_label_key)
-    header = ["trainer", "network", "folds", "Dice", *(f"Dice {label}" for label in labels), "epoch (s)",
+    header = ["trainer", "plans", "network", "folds", "Dice", *(f"Dice {label}" for label in labels), "epoch (s)",
               "peak GPU memory (GiB)", "energy (kWh)", "CO2 (kg)"]
-    body = [[r["trainer"], r["network"], _folds_cell(r), _dice_cell(r, "dice"),
+    body = [[r["trainer"], r["plans"], r["network"], _folds_cell(r), _dice_cell(r, "dice"),
              *(_dice_cell(r, f"dice_{label}") for label in labels), fmt(r["epoch_time_s"], 1),
              fmt(gib(r["peak_gpu_memory_mib"]), 2), _energy_cell(r, "energy_kwh"), _energy_cell(r, "co2_kg")]
             for r in rows]
@@ -229,16 +230,16 @@ def _leaderboard_table(rows: list[dict]) -> list[str]:
 
 
 def _configuration_table(rows: list[dict]) -> list[str]:
-    """One row per trainer, one Dice column per configuration (``-`` where it was not planned),
-    in the order the configurations first appear."""
+    """One row per trainer and plans, one Dice column per configuration (``-`` where it was not
+    planned), in the order the configurations first appear."""
     configurations = list(dict.fromkeys(r["configuration"] for r in rows))
-    by_trainer: dict[str, dict[str, dict]] = {}
+    by_trainer: dict[tuple[str, str], dict[str, dict]] = {}
     for r in rows:
-        by_trainer.setdefault(r["trainer"], {})[r["configuration"]] = r
-    header = ["trainer", "network", *(f"Dice {c}" for c in configurations)]
-    body = [[trainer, network_name(trainer),
+        by_trainer.setdefault((r["trainer"], r["plans"]), {})[r["configuration"]] = r
+    header = ["trainer", "plans", "network", *(f"Dice {c}" for c in configurations)]
+    body = [[trainer, plans, network_name(trainer, plans),
              *(_dice_cell(cells[c], "dice") if c in cells else "-" for c in configurations)]
-            for trainer, cells in by_trainer.items()]
+            for (trainer, plans), cells in by_trainer.items()]
     return markdown_table(header, body)
 
 
@@ -265,7 +266,7 @@ def _missing_lines(folds: list[FoldResult]) -> list[str]:
     missing = [f for f in folds if not f.done]
     if not missing:
         return ["None: every planned fold is done."]
-    return [f"- {f.job.dataset} {f.job.configuration} {f.job.trainer} fold {f.job.fold} "
+    return [f"- {f.job.dataset} {f.job.configuration} {f.job.trainer} ({f.job.plans}) fold {f.job.fold} "
             f"({'trained, not validated' if is_trained(f.fold_dir) else 'not trained'}): `{f.fold_dir}`"
             for f in missing]
 
@@ -282,11 +283,13 @@ def _figure_lines(rows: list[dict], figures: dict[str, Path | None]) -> list[str
 
 
 def _plot_dice_boxplot(groups: dict[GroupKey, list[FoldResult]], path: Path) -> Path | None:
-    """One panel per dataset/configuration/plans, one box per trainer with its folds as dots."""
-    panels: dict[tuple[str, str, str], dict[str, list[FoldResult]]] = {}
+    """One panel per dataset and configuration, one box per trainer (and its plans, where not the
+    default) with its folds as dots."""
+    panels: dict[tuple[str, str], dict[str, list[FoldResult]]] = {}
     for (dataset, configuration, plans, trainer), folds in groups.items():
         if any(f.done for f in folds):
-            panels.setdefault((dataset, configuration, plans), {})[trainer] = folds
+            label = trainer if plans == DEFAULT_PLANS else f"{trainer}\n{plans}"
+            panels.setdefault((dataset, configuration), {})[label] = folds
     if not panels:
         path.unlink(missing_ok=True)
         return None
