@@ -267,3 +267,64 @@ def test_resenc_plans_train_the_resenc_unet_and_every_family_network(planned, re
         patch = trainer.configuration_manager.patch_size
         out = trainer.network(torch.randn(1, 1, *patch))
         assert out.shape == (1, 2, *patch)
+
+
+def plans_of_nnunet_2_1(plans: dict) -> dict:
+    """``plans`` as nnU-Net 2.1.1 (U-Mamba's fork) writes them: the U-Net's description in flat
+    keys per configuration instead of 2.8's ``architecture`` entry."""
+    old = json.loads(json.dumps(plans))
+    for configuration in old["configurations"].values():
+        if "architecture" not in configuration:
+            continue
+        kwargs = configuration.pop("architecture")["arch_kwargs"]
+        strides = kwargs["strides"]
+        configuration.update({
+            "UNet_class_name": "PlainConvUNet", "UNet_base_num_features": kwargs["features_per_stage"][0],
+            "unet_max_num_features": max(kwargs["features_per_stage"]), "conv_kernel_sizes": kwargs["kernel_sizes"],
+            "pool_op_kernel_sizes": kwargs["strides"], "n_conv_per_stage_encoder": kwargs["n_conv_per_stage"],
+            "n_conv_per_stage_decoder": kwargs["n_conv_per_stage_decoder"],
+            "num_pool_per_axis": [sum(s[axis] > 1 for s in strides) for axis in range(len(strides[0]))],
+        })
+    return old
+
+
+def test_a_run_of_the_official_umamba_predicts_with_nnunet_2_8(planned, monkeypatch, tmp_path):
+    """A run folder as the official U-Mamba (an nnU-Net 2.1.1 fork) writes it: 2.1.1 plans, which
+    nnU-Net 2.8 converts, and a checkpoint of the official trainer, its network_weights in the
+    official key layout. nnU-Net 2.8's predictor finds our nnUNetTrainerUMambaBot, builds U-Mamba Bot
+    from those plans, loads the weights strictly and predicts."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_segresmamba.networks.umamba import UMambaBot
+
+    ws, plans = planned
+    for name, path in ws.env.items():
+        monkeypatch.setenv(name, path)
+    manager = PlansManager(json.loads(json.dumps(plans)))
+    torch.manual_seed(0)
+    official = trainers.nnUNetTrainerUMambaBot.build_network_architecture(
+        manager, manager.get_configuration("3d_fullres"), 1, 2, True)
+    with torch.no_grad():
+        for p in official.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    run = tmp_path / "nnUNetTrainerUMambaBot__nnUNetPlans__3d_fullres"
+    (run / "fold_0").mkdir(parents=True)
+    (run / "plans.json").write_text(json.dumps(plans_of_nnunet_2_1(plans)))
+    (run / "dataset.json").write_text(json.dumps(dataset_json(ANISOTROPIC)))
+    torch.save({"network_weights": official.state_dict(), "trainer_name": "nnUNetTrainerUMambaBot",
+                "init_args": {"configuration": "3d_fullres", "fold": 0}, "current_epoch": 1000,
+                "inference_allowed_mirroring_axes": (0, 1, 2)}, run / "fold_0" / "checkpoint_final.pth")
+
+    predictor = nnUNetPredictor(tile_step_size=1.0, use_gaussian=False, use_mirroring=False,  # one window, as is
+                                perform_everything_on_device=False, device=torch.device("cpu"))
+    with pytest.warns(UserWarning, match="old nnU-Net plans format"):
+        predictor.initialize_from_trained_model_folder(str(run), use_folds=(0,))
+    assert isinstance(predictor.network, UMambaBot)
+    patch = plans["configurations"]["3d_fullres"]["patch_size"]
+    image = torch.randn(1, *patch)
+    logits = predictor.predict_logits_from_preprocessed_data(image)  # loads network_weights, strict
+    official.eval().decoder.deep_supervision = False
+    with torch.no_grad():
+        expected = official(image[None])[0]
+    torch.testing.assert_close(logits, expected.half(), atol=2e-3, rtol=2e-3)  # nnU-Net keeps logits in fp16
