@@ -26,7 +26,12 @@ from nnunetv2_segresmamba.networks.umamba import (
     arch_kwargs_for_plan,
     official_block_counts,
 )
-from tests.reference import assert_outputs_and_gradients_match, backends_to_test, reference_mamba_direction
+from tests.reference import (
+    assert_outputs_and_gradients_match,
+    backends_to_test,
+    device_of,
+    reference_mamba_direction,
+)
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 ISO_3D = {"features_per_stage": [32, 64, 128, 256, 320, 320], "kernel_sizes": [[3, 3, 3]] * 6,
@@ -155,18 +160,18 @@ def official_mamba_layer(x: torch.Tensor, layer: UMambaLayer) -> torch.Tensor:
     return y.reshape(batch, channels, *spatial) if layer.channel_token else y.transpose(-1, -2).reshape(x.shape)
 
 
-@pytest.mark.parametrize("backend", backends_to_test("pure", "numba"))
+@pytest.mark.parametrize("backend", backends_to_test("pure", "numba", "triton"))
 @pytest.mark.parametrize("shape, channel_token", [((2, 6, 3, 5, 7), False), ((2, 9, 1, 2, 3), True),
                                                    ((1, 5, 7, 3), False), ((2, 11, 2, 3), True)])
 def test_mamba_layer_equals_the_official_math(backend, shape, channel_token):
     torch.manual_seed(0)
     batch, channels, *spatial = shape
     dim = int(torch.tensor(spatial).prod()) if channel_token else channels
-    layer = UMambaLayer(dim, channel_token, backend=backend)
+    layer = UMambaLayer(dim, channel_token, backend=backend).to(device_of(backend))
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    x = torch.randn(shape, requires_grad=True)
+    x = torch.randn(shape, device=device_of(backend), requires_grad=True)
     mamba = layer.mamba
     inputs = {"x": x, "norm.weight": layer.norm.weight, "in_proj": mamba.in_proj.weight, "A_log": mamba.A_log,
               "dt_proj.bias": mamba.dt_proj.bias, "conv1d": mamba.conv1d.weight, "out_proj": mamba.out_proj.weight}
