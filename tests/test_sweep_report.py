@@ -202,18 +202,23 @@ def test_an_empty_or_missing_plan_says_to_run_the_sweep(tmp_path, plan):
         build_report(tmp_path / "sweep", tmp_path / "nnUNet_results")
 
 
-def test_configurations_side_by_side(tmp_path):
-    """A sweep of 2d and 3d_fullres: one row per trainer, one Dice column per configuration."""
+def report_of_done_folds(tmp_path, class_dice: dict[FoldJob, tuple[float, float]]) -> str:
+    """The leaderboard.md of a sweep of these jobs, every one trained and validated with ``class_dice``."""
     results, sweep = tmp_path / "nnUNet_results", tmp_path / "sweep"
-    dice = {("2d", OURS): (0.70, 0.60), ("3d_fullres", OURS): (0.80, 0.90), ("3d_fullres", THEIRS): (0.50, 0.40)}
-    jobs = [FoldJob(DATASET, configuration, trainer, 0) for configuration, trainer in dice]
-    write_plan(sweep, jobs)
-    for job in jobs:
+    write_plan(sweep, list(class_dice))
+    for job, dice in class_dice.items():
         job.fold_dir(results).mkdir(parents=True)
         (job.fold_dir(results) / "checkpoint_final.pth").write_bytes(b"")
-        write_summary(job.fold_dir(results), dice[job.configuration, job.trainer])
+        write_summary(job.fold_dir(results), dice)
     build_report(sweep, results)
-    md = (sweep / "report" / "leaderboard.md").read_text()
+    return (sweep / "report" / "leaderboard.md").read_text()
+
+
+def test_configurations_side_by_side(tmp_path):
+    """A sweep of 2d and 3d_fullres: one row per trainer, one Dice column per configuration."""
+    md = report_of_done_folds(tmp_path, {FoldJob(DATASET, "2d", OURS, 0): (0.70, 0.60),
+                                         FoldJob(DATASET, "3d_fullres", OURS, 0): (0.80, 0.90),
+                                         FoldJob(DATASET, "3d_fullres", THEIRS, 0): (0.50, 0.40)})
     table = md.split(f"## {DATASET}: configurations side by side")[1].split("\n## ")[0]
     assert "| trainer | plans | network | Dice 2d | Dice 3d_fullres |" in table
     assert f"| {OURS} | nnUNetPlans | SegResMamba | 0.6500 | 0.8500 |" in table
@@ -224,22 +229,15 @@ def test_configurations_side_by_side(tmp_path):
 def test_trainers_on_other_plans_share_the_configurations_table(tmp_path):
     """SegResMamba on the default plans beside nnU-Net on ResEnc M and L plans: one leaderboard,
     the plans in a column, nnU-Net's rows named by their preset."""
-    results, sweep = tmp_path / "nnUNet_results", tmp_path / "sweep"
     nnunet = "nnUNetTrainerComparisonNnUNet"
     dice = {(OURS, "nnUNetPlans"): (0.80, 0.90), (nnunet, "nnUNetResEncUNetMPlans"): (0.70, 0.80),
             (nnunet, "nnUNetResEncUNetLPlans"): (0.90, 0.90)}
-    jobs = [FoldJob(DATASET, CONFIGURATION, trainer, 0, plans=plans) for trainer, plans in dice]
-    write_plan(sweep, jobs)
-    for job in jobs:
-        job.fold_dir(results).mkdir(parents=True)
-        (job.fold_dir(results) / "checkpoint_final.pth").write_bytes(b"")
-        write_summary(job.fold_dir(results), dice[job.trainer, job.plans])
-    build_report(sweep, results)
-    md = (sweep / "report" / "leaderboard.md").read_text()
+    md = report_of_done_folds(tmp_path, {FoldJob(DATASET, CONFIGURATION, trainer, 0, plans=plans): d
+                                         for (trainer, plans), d in dice.items()})
     table = md.split(f"## {DATASET}, {CONFIGURATION}\n")[1].split("\n## ")[0]
     rows = [line for line in table.splitlines() if line.startswith("| nnUNet")]
     assert [row.split(" | ")[:3] for row in rows] == [  # ranked by Dice
         [f"| {nnunet}", "nnUNetResEncUNetLPlans", "nnU-Net ResEnc L"], [f"| {OURS}", "nnUNetPlans", "SegResMamba"],
         [f"| {nnunet}", "nnUNetResEncUNetMPlans", "nnU-Net ResEnc M"]]
-    with open(sweep / "report" / "leaderboard.csv") as f:
+    with open(tmp_path / "sweep" / "report" / "leaderboard.csv") as f:
         assert {(r["trainer"], r["plans"]) for r in csv.DictReader(f)} == set(dice)
