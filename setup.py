@@ -62,6 +62,7 @@ setup(
     package_data={"nnunetv2_segresmamba.discovery": ["nnunet_ext/*.py"]},
     install_requires=[
         "nnunetv2>=2.8,<2.9",
+        "dynamic-network-architectures>=0.4.4,<0.5",  # nnU-Net 2.8's; U-Mamba's residual blocks come from it
         "torch>=2.1",
         "monai>=1.5",
         "SimpleITK>=2.2",
