@@ -115,10 +115,10 @@ def _report(args: argparse.Namespace) -> int:
 
 def _add_sweep_parsers(sub) -> None:
     from nnunetv2_segresmamba.registry import ABLATION, BASELINE, DEFAULT_PLANS, members, network
-
-    resenc = network("nnU-Net ResEnc M")
     from nnunetv2_segresmamba.sweeps.executors import SlurmOptions
     from nnunetv2_segresmamba.tools.layout import REPORT_DIR
+
+    resenc = network("nnU-Net ResEnc M")
 
     sweep = sub.add_parser("sweep", help="train datasets x configurations x trainers x folds, here or on SLURM",
                            description="Runs nnUNetv2_train for every job; done folds are skipped, interrupted "
@@ -166,6 +166,7 @@ def _add_sweep_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nnunetv2_segresmamba.registry import DEFAULT_PLANS
     from nnunetv2_segresmamba.tools.demo import DEMO_TRAINER
 
     parser = argparse.ArgumentParser(prog="nnunetv2_segresmamba", description=__doc__)
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the lowres median image has factor^3 fewer voxels than the 3d_fullres one; "
                               "where no axis is more than twice finer than another, the spacing is factor x the "
                               "3d_fullres one (default %(default)s)")
-    cascade.add_argument("-p", "--plans", default="nnUNetPlans")
+    cascade.add_argument("-p", "--plans", default=DEFAULT_PLANS)
     cascade.set_defaults(func=_add_cascade)
     _add_sweep_parsers(sub)
     return parser

@@ -70,34 +70,39 @@ def build_unetr(in_channels: int, out_channels: int, patch_size: Sequence[int], 
                  norm_name="instance", res_block=True, dropout_rate=0.0, spatial_dims=len(patch_size))
 
 
-def build_umamba(in_channels: int, out_channels: int, patch_size: Sequence[int], encoder: bool = False,
-                 mamba: bool = True) -> nn.Module:
-    """U-Mamba Bot (``encoder=False``; ``mamba=False``: the No-Mamba control) or U-Mamba Enc, 2D or 3D
-    as the patch, on the U-Net nnU-Net's default planner gives the patch at 1 mm
-    (:func:`~nnunetv2_segresmamba.networks.planning.plan_topology`, 2 blocks per stage as its
-    plans), He-initialised as the official builders do. Every axis of the patch must be a multiple
-    of the planned strides' product (a ValueError names the patch to use)."""
+def umamba_plan(patch_size: Sequence[int]) -> dict:
+    """U-Mamba's arguments for ``patch_size`` (2D or 3D) at 1 mm: the U-Net nnU-Net's default
+    planner gives it (:func:`~nnunetv2_segresmamba.networks.planning.plan_topology`), 2 blocks per
+    stage as its plans. Every axis of the patch must be a multiple of the planned strides' product
+    (a ValueError names the patch to use)."""
     from nnunetv2_segresmamba.networks.planning import plan_topology
-    from nnunetv2_segresmamba.networks.umamba import UMambaBot, UMambaEnc
 
     topology = plan_topology(patch_size)
     topology.require_patch(patch_size, "U-Mamba")
     n = len(topology.strides)
-    plan = {"features_per_stage": topology.features_per_stage, "kernel_sizes": topology.kernel_sizes,
+    return {"features_per_stage": topology.features_per_stage, "kernel_sizes": topology.kernel_sizes,
             "strides": topology.strides, "n_blocks_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1)}
-    if encoder:
-        return UMambaEnc(in_channels, out_channels, patch_size, **plan).initialize()
-    return UMambaBot(in_channels, out_channels, **plan, mamba=mamba).initialize()
+
+
+def build_umamba_bot(in_channels: int, out_channels: int, patch_size: Sequence[int], mamba: bool = True
+                     ) -> nn.Module:
+    """U-Mamba Bot (``mamba=False``: the No-Mamba control) on :func:`umamba_plan`, He-initialised
+    as the official builders do."""
+    from nnunetv2_segresmamba.networks.umamba import UMambaBot
+
+    return UMambaBot(in_channels, out_channels, **umamba_plan(patch_size), mamba=mamba).initialize()
 
 
 def build_umamba_enc(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    """U-Mamba Enc, see :func:`build_umamba`."""
-    return build_umamba(in_channels, out_channels, patch_size, encoder=True)
+    """U-Mamba Enc on :func:`umamba_plan`, for inputs of ``patch_size``, He-initialised."""
+    from nnunetv2_segresmamba.networks.umamba import UMambaEnc
+
+    return UMambaEnc(in_channels, out_channels, patch_size, **umamba_plan(patch_size)).initialize()
 
 
 def build_umamba_no_mamba(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    """U-Mamba Bot with its Mamba layer replaced by identity, see :func:`build_umamba`."""
-    return build_umamba(in_channels, out_channels, patch_size, mamba=False)
+    """U-Mamba Bot with its Mamba layer replaced by identity (:func:`build_umamba_bot`)."""
+    return build_umamba_bot(in_channels, out_channels, patch_size, mamba=False)
 
 
 RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)  # nnU-Net's ResEnc planners' encoder
@@ -113,7 +118,7 @@ def build_resenc(in_channels: int, out_channels: int, patch_size: Sequence[int])
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
     from nnunetv2_segresmamba.networks.blocks import layers
-    from nnunetv2_segresmamba.networks.planning import plan_topology
+    from nnunetv2_segresmamba.networks.planning import NNUNET_NORM_KWARGS, plan_topology
 
     topology, ops = plan_topology(patch_size), layers(len(patch_size))
     topology.require_patch(patch_size, "nnU-Net ResEnc")
@@ -121,7 +126,7 @@ def build_resenc(in_channels: int, out_channels: int, patch_size: Sequence[int])
     return ResidualEncoderUNet(
         in_channels, n, topology.features_per_stage, ops.conv, topology.kernel_sizes, topology.strides,
         list(RESENC_BLOCKS_PER_STAGE[:n]), out_channels, [1] * (n - 1), conv_bias=True,
-        norm_op=ops.instance_norm, norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
+        norm_op=ops.instance_norm, norm_op_kwargs=NNUNET_NORM_KWARGS, nonlin=nn.LeakyReLU,
         nonlin_kwargs={"inplace": True}, deep_supervision=False,
     )
 
@@ -135,11 +140,12 @@ def build_nnunet(in_channels: int, out_channels: int, patch_size: Sequence[int])
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     from nnunetv2_segresmamba.networks.blocks import layers
+    from nnunetv2_segresmamba.networks.planning import NNUNET_NORM_KWARGS
 
     ops = layers(len(patch_size))
     return PlainConvUNet(
         in_channels, 6, [32, 64, 128, 256, 320, 320], ops.conv, 3, [1, 2, 2, 2, 2, 2], [2] * 6, out_channels,
-        [2] * 5, conv_bias=True, norm_op=ops.instance_norm, norm_op_kwargs={"eps": 1e-5, "affine": True},
+        [2] * 5, conv_bias=True, norm_op=ops.instance_norm, norm_op_kwargs=NNUNET_NORM_KWARGS,
         nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False,
     )
 
@@ -181,6 +187,7 @@ class RevisitedFigures:
     source: str = REVISITED_SOURCE
 
     def dice_on(self, dataset: str) -> float:
+        """The Dice (%) on ``dataset``, one of :data:`REVISITED_DATASETS`."""
         return self.dice[REVISITED_DATASETS.index(dataset)]
 
 
@@ -219,8 +226,13 @@ NNUNET_TRAINER = "nnUNetTrainerComparisonNnUNet"
 RESENC_PRESETS = ("M", "L", "XL")  # nnU-Net's ResEnc presets
 
 
+def resenc_planner(preset: str) -> str:
+    """nnU-Net's planner of a ResEnc preset (``nnUNetv2_plan_experiment -pl``)."""
+    return f"nnUNetPlannerResEnc{preset}"
+
+
 def resenc_plans(preset: str) -> str:
-    """The plans identifier that nnU-Net's ``nnUNetPlannerResEnc{preset}`` writes."""
+    """The plans identifier that :func:`resenc_planner` writes (``nnUNetv2_train -p``)."""
     return f"nnUNetResEncUNet{preset}Plans"
 
 
@@ -247,7 +259,7 @@ FAMILY: tuple[Member, ...] = (
     resenc_member("M", RevisitedFigures("nnU-Net ResEnc M", (83.31, 91.99, 80.75, 91.26, 86.79, 88.77), 9.10, 12)),
     resenc_member("L", RevisitedFigures("nnU-Net ResEnc L", (83.35, 91.69, 81.60, 91.13, 88.17, 89.41), 22.70, 35)),
     resenc_member("XL", RevisitedFigures("nnU-Net ResEnc XL", (83.28, 91.48, 81.19, 91.18, 88.67, 89.68), 36.60, 66)),
-    Member("nnUNetTrainerUMambaBot", "U-Mamba Bot", build_umamba, group=BASELINE,
+    Member("nnUNetTrainerUMambaBot", "U-Mamba Bot", build_umamba_bot, group=BASELINE,
            revisited=RevisitedFigures("U-Mamba Bot", (83.51, 91.79, 80.40, 91.26, 86.22, 89.13), 12.40, 24)),
     Member("nnUNetTrainerUMambaEnc", "U-Mamba Enc", build_umamba_enc, group=BASELINE,
            revisited=RevisitedFigures("U-Mamba Enc", (82.41, 91.22, 80.27, 90.91, 86.34, 88.38), 24.90, 47)),
@@ -278,7 +290,7 @@ def member(trainer: str, plans: str = DEFAULT_PLANS) -> Member:
     candidates = [m for m in FAMILY if m.trainer == base]
     if candidates:
         return min(candidates, key=lambda m: (m.plans != plans, m.plans != DEFAULT_PLANS))
-    raise KeyError(f"{trainer!r} is not in the comparison family: {sorted({m.trainer for m in FAMILY})}")
+    raise KeyError(f"{trainer!r} is not a trainer of the family: {sorted({m.trainer for m in FAMILY})}")
 
 
 def network(name: str) -> Member:

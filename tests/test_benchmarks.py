@@ -1,15 +1,23 @@
 """The efficiency benchmark's --quick mode end to end, and its target arithmetic."""
 
+import importlib.util
 import json
+import math
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from benchmarks.efficiency import Settings, run
-from benchmarks.report import markdown, optimizer_state_mib, targets
-from nnunetv2_segresmamba.registry import members
+from benchmarks.efficiency import NETWORKS, Settings, run
+from benchmarks.model_cost import count
+from benchmarks.network_step import recorded_tom_paths
+from benchmarks.report import NO_MAMBA, markdown, optimizer_state_mib, targets
+from nnunetv2_segresmamba.networks.umamba import UMambaLayer, feature_map_sizes
+from nnunetv2_segresmamba.operators.backends import PATH_LOG_VAR
+from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
+from nnunetv2_segresmamba.registry import Member, members, network
 
 
 @pytest.mark.e2e
@@ -19,8 +27,18 @@ def test_quick_efficiency_run_measures_every_network_and_writes_its_files(tmp_pa
     errors = [r for r in results["networks"] + results["steps"] + results["operators"] if "error" in r]
     assert not errors
     assert results["progress"]["done"] == results["progress"]["planned"] > 0
-    assert {r["network"] for r in results["steps"]} == {m.network for m in members()}  # the five, by default
+    # by default the paper's five, one ResEnc preset, U-Mamba Bot and Enc and their No-Mamba control
+    assert {r["network"] for r in results["steps"]} == set(NETWORKS) == {m.network for m in members()} | {
+        "nnU-Net ResEnc M", "U-Mamba Bot", "U-Mamba Enc", NO_MAMBA}
     assert all(r["peak_train_mib"] > 0 and r["train_step_s"] > 0 and r["inference_s"] > 0 for r in results["steps"])
+    macs = {r["network"]: r for r in results["networks"]}
+    assert macs["U-Mamba Bot"]["macs"] > macs[NO_MAMBA]["macs"] and macs["U-Mamba Bot"]["scan_state_update_macs"] > 0
+    paths = {r["network"]: r["tom_paths"] for r in results["steps"]}
+    fused = ["numba"] if importlib.util.find_spec("numba") else ["pure"]
+    assert paths["U-Mamba Bot"] == paths["U-Mamba Enc"] == fused and paths[NO_MAMBA] == paths["nnU-Net"] == []
+    measured = {t["target"]: t["measured"] for t in results["targets"]}
+    assert measured["peak training memory, U-Mamba Enc / nnU-Net (batch 1, fp32)"] > 0
+    assert all((measured[t] is not None) == (fused == ["numba"]) for t in measured if "numba path" in t)
     assert {(r["backend"], r["pass"]) for r in results["operators"]} >= {("pure", "fwd"), ("pure", "fwd+bwd")}
     table = (tmp_path / "efficiency.md").read_text()
     assert "## Peak training memory" in table and "| SegMamba |" in table and "## Targets" in table
@@ -54,7 +72,7 @@ def test_targets_are_ratios_within_one_run():
     assert values[5] == (0.0625, True)  # 50 / 800 <= 0.1
     assert values[6] == (pytest.approx(4.0), False)  # 4x the arithmetic limit > 3
     assert values[7] == (pytest.approx(1.5), True)  # denormal / ordinary <= 1.5
-    assert all(value == (None, None) for value in values[8:])  # GPU targets: not measured here
+    assert all(value == (None, None) for value in values[8:])  # GPU and U-Mamba targets: not measured here
 
 
 def test_gpu_targets_compare_triton_within_one_run_and_only_at_128_cubed():
@@ -66,7 +84,7 @@ def test_gpu_targets_compare_triton_within_one_run_and_only_at_128_cubed():
              for n, s, mib in (("SegResMamba", 0.3, 4608.0), ("nnU-Net", 0.2, 3000.0))]
     results = {"settings": {"size": [128, 128, 128], "device": "cuda"}, "steps": steps,
                "operators": [op("pure", 3.0, 900.0), op("triton", 0.1, 300.0), op("cuda", 0.08, 400.0)]}
-    gpu = {t["target"]: (t["measured"], t["met"]) for t in targets(results)[8:]}
+    gpu = {t["target"]: (t["measured"], t["met"]) for t in targets(results)[8:13]}
     assert list(gpu.values()) == [
         (pytest.approx(30.0), True),  # pure / Triton >= 20
         (pytest.approx(1.25), True),  # Triton / mamba_ssm <= 1.5
@@ -75,7 +93,105 @@ def test_gpu_targets_compare_triton_within_one_run_and_only_at_128_cubed():
         (4.5, True),  # 4608 MiB = 4.5 GiB <= 5.1
     ]
     results["settings"]["size"] = [64, 64, 64]
-    assert [t["measured"] for t in targets(results)[11:]] == [None, None]
+    assert [t["measured"] for t in targets(results)[11:13]] == [None, None]
+
+
+BOT_INFERENCE = f"inference time per patch, U-Mamba Bot / {NO_MAMBA} (fp32, numba path)"
+ENC_INFERENCE = f"inference time per patch, U-Mamba Enc / {NO_MAMBA} (fp32, numba path)"
+ENC_MEMORY = "peak training memory, U-Mamba Enc / nnU-Net (batch 1, fp32)"
+
+
+def umamba_targets(results: dict) -> dict[str, tuple]:
+    return {t["target"]: (t["measured"], t["met"]) for t in targets(results) if "U-Mamba" in t["target"]}
+
+
+def test_umamba_targets_are_ratios_within_one_run():
+    def step(network, inference_s, mib, paths):
+        return {"network": network, "batch": 1, "precision": "fp32", "inference_s": inference_s,
+                "peak_train_mib": mib, "tom_paths": paths}
+
+    results = {"operators": [], "steps": [step("U-Mamba Bot", 1.1, 900.0, ["numba"]),
+                                          step("U-Mamba Enc", 1.5, 2400.0, ["numba"]),
+                                          step(NO_MAMBA, 1.0, 800.0, []), step("nnU-Net", 0.5, 1000.0, [])]}
+    assert umamba_targets(results) == {
+        BOT_INFERENCE: (pytest.approx(1.1), True),  # 1.1 / 1.0 <= 1.2
+        ENC_INFERENCE: (1.5, False),  # 1.5 / 1.0 > 1.2
+        ENC_MEMORY: (2.4, True),  # 2400 / 1000 <= 3.23 (nnU-Net Revisited: 24.9 / 7.70 GB)
+    }
+    results["steps"][0]["tom_paths"] = ["pure"]  # not the numba path that the target is about
+    del results["steps"][3]  # nnU-Net not measured
+    assert umamba_targets(results) == {BOT_INFERENCE: (None, None), ENC_INFERENCE: (1.5, False),
+                                       ENC_MEMORY: (None, None)}
+    results["steps"] = results["steps"][:2]  # no No-Mamba control: not measured rather than failed
+    assert set(umamba_targets(results).values()) == {(None, None)}
+    table = markdown(batch1_fp32_results([], results["steps"]))
+    assert f"| {ENC_INFERENCE} | - | <= 1.2 | not measured |" in table
+
+
+def mamba_layer_macs(layer: UMambaLayer, batch: int, channels: int, voxels: int) -> int:
+    """The fvcore-style MACs of one U-Mamba layer on (batch, channels, voxels), written out: in_proj,
+    x_proj, dt_proj, the state update and the output contraction, out_proj, and the depthwise conv
+    as computed (over the sequence and its causal padding of d_conv - 1 steps)."""
+    mamba = layer.mamba
+    length, d_model = (channels, voxels) if layer.channel_token else (voxels, channels)
+    e, n, r, k = mamba.d_inner, mamba.d_state, mamba.dt_rank, mamba.d_conv
+    per_step = d_model * 2 * e + e * (r + 2 * n) + r * e + 2 * e * n + e * d_model
+    return batch * (length * per_step + (length + k - 1) * e * k)
+
+
+def test_umamba_macs_count_every_mamba_layer():
+    """U-Mamba less its Mamba layers: Bot against the No-Mamba control, and Enc (its deepest layer
+    scans 256 channel tokens of 4^3 voxels) against itself with identities in their place."""
+    size = [32, 32, 32]
+    bot_member, enc_member = network("U-Mamba Bot"), network("U-Mamba Enc")
+    bot = bot_member.build(1, 3, size)
+    bottleneck = math.prod(feature_map_sizes(size, bot.encoder.strides)[-1])
+    expected = mamba_layer_macs(bot.mamba_layer, 1, bot.encoder.output_channels[-1], bottleneck)
+    assert count(bot_member, 1, 3, size)["macs"] - count(network(NO_MAMBA), 1, 3, size)["macs"] == expected
+
+    enc = enc_member.build(1, 3, size)
+    layers = list(enc.encoder.mamba_layers)
+    assert [layer.channel_token for layer in layers] == [False, False, False, True]
+    expected = sum(mamba_layer_macs(layer, 1, c, math.prod(s)) for layer, c, s in
+                   zip(layers, enc.encoder.output_channels, feature_map_sizes(size, enc.encoder.strides)))
+
+    def without_mamba(in_channels, out_channels, patch_size):
+        net = enc_member.build(in_channels, out_channels, patch_size)
+        net.encoder.mamba_layers = torch.nn.ModuleList(torch.nn.Identity() for _ in layers)
+        return net
+
+    identities = Member("nnUNetTrainerUMambaEnc", "U-Mamba Enc, identities", without_mamba)
+    assert count(enc_member, 1, 3, size)["macs"] - count(identities, 1, 3, size)["macs"] == expected
+
+
+def on_the_pure_path(member: Member) -> Member:
+    def build(in_channels, out_channels, patch_size):
+        net = member.build(in_channels, out_channels, patch_size)
+        for module in net.modules():
+            if isinstance(module, TriOrientedMamba):
+                module.backend = "pure"
+        return net
+
+    return Member(member.trainer, member.network, build)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="compares the numba path with the pure one")
+@pytest.mark.parametrize("name", ["SegResMamba", "U-Mamba Enc"])
+def test_macs_are_the_same_whatever_path_the_tom_layers_take(name):
+    """The numba kernels hide the depthwise conv and the output contraction from the counter, which
+    sees them on the pure path: what the count adds for them is what the pure path counts."""
+    fused, pure = (count(m, 1, 3, [32, 32, 32]) for m in (network(name), on_the_pure_path(network(name))))
+    assert fused["macs"] == pure["macs"] and fused["scan_state_update_macs"] == pure["scan_state_update_macs"] > 0
+
+
+def test_a_step_row_names_the_tom_paths_it_ran(monkeypatch):
+    monkeypatch.delenv(PATH_LOG_VAR, raising=False)
+    layer = TriOrientedMamba(8, d_state=4, backend="pure", directions=("",))
+    with recorded_tom_paths() as paths:
+        assert paths() == []
+        layer(torch.randn(1, 6, 8), num_slices=1)
+        assert paths() == ["pure"]
+    assert PATH_LOG_VAR not in os.environ
 
 
 def test_a_stopped_run_keeps_what_it_measured_after_every_case():

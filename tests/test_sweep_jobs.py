@@ -1,5 +1,7 @@
 """Sweep jobs: trainers on plans of their own (``-tr TRAINER:PLANS``), and plans that are missing."""
 
+import sys
+
 import pytest
 
 from nnunetv2_segresmamba.sweeps.jobs import FoldJob, require_plans, trainer_and_plans
@@ -34,5 +36,19 @@ def test_missing_plans_are_named_with_the_planner_that_makes_them(tmp_path):
     with pytest.raises(ValueError) as error:
         require_plans(jobs, tmp_path)
     message = str(error.value)
-    assert f"nnUNetv2_plan_experiment -d {DATASET} -pl nnUNetPlannerResEncXL" in message
-    assert "CustomPlans" in message and "nnUNetPlans (" not in message
+    assert "nnUNetResEncUNetXLPlans (nnUNetv2_plan_experiment -d 991 -pl nnUNetPlannerResEncXL;" in message
+    assert "nnUNetv2_plan_and_preprocess -d 991, or the planner that writes CustomPlans" in message
+    assert "nnUNetPlans (" not in message
+
+
+def test_the_planning_advice_is_a_command_nnunet_takes(tmp_path, monkeypatch):
+    from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import plan_experiment_entry
+
+    job = FoldJob(DATASET, "3d_fullres", "nnUNetTrainerComparisonNnUNet", 0, plans="nnUNetResEncUNetMPlans")
+    with pytest.raises(ValueError) as error:
+        require_plans([job], tmp_path)
+    command = str(error.value).split("(")[1].split(";")[0].split()
+    monkeypatch.setattr(sys, "argv", [*command, "--help"])  # parses -d and -pl, then prints the help
+    with pytest.raises(SystemExit) as exited:
+        plan_experiment_entry()
+    assert exited.value.code == 0

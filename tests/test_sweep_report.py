@@ -231,13 +231,16 @@ def test_trainers_on_other_plans_share_the_configurations_table(tmp_path):
     the plans in a column, nnU-Net's rows named by their preset."""
     nnunet = "nnUNetTrainerComparisonNnUNet"
     dice = {(OURS, "nnUNetPlans"): (0.80, 0.90), (nnunet, "nnUNetResEncUNetMPlans"): (0.70, 0.80),
-            (nnunet, "nnUNetResEncUNetLPlans"): (0.90, 0.90)}
+            (nnunet, "nnUNetResEncUNetLPlans"): (0.90, 0.90), (OURS, "nnUNetResEncUNetLPlans"): (0.60, 0.60),
+            (nnunet, "nnUNetResEncUNetPlans_24G"): (0.50, 0.50)}
     md = report_of_done_folds(tmp_path, {FoldJob(DATASET, CONFIGURATION, trainer, 0, plans=plans): d
                                          for (trainer, plans), d in dice.items()})
     table = md.split(f"## {DATASET}, {CONFIGURATION}\n")[1].split("\n## ")[0]
     rows = [line for line in table.splitlines() if line.startswith("| nnUNet")]
-    assert [row.split(" | ")[:3] for row in rows] == [  # ranked by Dice
+    assert [row.split(" | ")[:3] for row in rows] == [  # ranked by Dice; plans no member names are said
         [f"| {nnunet}", "nnUNetResEncUNetLPlans", "nnU-Net ResEnc L"], [f"| {OURS}", "nnUNetPlans", "SegResMamba"],
-        [f"| {nnunet}", "nnUNetResEncUNetMPlans", "nnU-Net ResEnc M"]]
+        [f"| {nnunet}", "nnUNetResEncUNetMPlans", "nnU-Net ResEnc M"],
+        [f"| {OURS}", "nnUNetResEncUNetLPlans", "SegResMamba (nnUNetResEncUNetLPlans)"],
+        [f"| {nnunet}", "nnUNetResEncUNetPlans_24G", "nnU-Net (nnUNetResEncUNetPlans_24G)"]]
     with open(tmp_path / "sweep" / "report" / "leaderboard.csv") as f:
         assert {(r["trainer"], r["plans"]) for r in csv.DictReader(f)} == set(dice)

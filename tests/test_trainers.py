@@ -289,10 +289,12 @@ def plans_of_nnunet_2_1(plans: dict) -> dict:
 
 
 def test_a_run_of_the_official_umamba_predicts_with_nnunet_2_8(planned, monkeypatch, tmp_path):
-    """A run folder as the official U-Mamba (an nnU-Net 2.1.1 fork) writes it: 2.1.1 plans, which
-    nnU-Net 2.8 converts, and a checkpoint of the official trainer, its network_weights in the
-    official key layout. nnU-Net 2.8's predictor finds our nnUNetTrainerUMambaBot, builds U-Mamba Bot
-    from those plans, loads the weights strictly and predicts."""
+    """A run folder laid out as the official U-Mamba (an nnU-Net 2.1.1 fork) writes it: 2.1.1 plans,
+    which nnU-Net 2.8 converts, and a checkpoint under the official trainer's name whose
+    network_weights have the official key layout (written here from our network: that layout is
+    the official one, see tests/test_umamba.py). nnU-Net 2.8's predictor finds our
+    nnUNetTrainerUMambaBot, builds U-Mamba Bot from those plans, loads the weights strictly and
+    predicts."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 

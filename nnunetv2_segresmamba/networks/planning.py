@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 BASE_FEATURES = 32  # nnU-Net's UNet_base_num_features
+NNUNET_NORM_KWARGS = {"eps": 1e-5, "affine": True}  # nnU-Net's InstanceNorm settings
 MAX_FEATURES = {2: 512, 3: 320}  # nnU-Net's UNet_max_features_2d / _3d
 
 

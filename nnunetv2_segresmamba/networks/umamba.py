@@ -9,15 +9,16 @@ forward only (mamba_ssm's ``Mamba`` and its parameter names), on any of its back
 
 What the official constructors do, kept here:
 
-- the deeper half of the encoder stages get 1 block, and so do the decoder stages from
-  index ceil((n - 1) / 2 + 0.5) on (:func:`official_block_counts`);
+- the deeper half of the encoder stages get 1 block, and so do the shallow decoder stages, from
+  decoder index ceil((n - 1) / 2 + 0.5) on (index 0 is the deepest; :func:`official_block_counts`);
 - the stem is a residual block and ``n_blocks_per_stage[0] - 1`` ResNet-D blocks at stage 0's
   width, before stage 0;
 - Enc: a stage whose feature map has no more voxels than channels scans its channels as tokens
   (each token a whole feature map); the feature map sizes come from ``input_size``, the patch;
 - 2D only: the last decoder stage takes no skip (its input is the upsampled map alone), and the
   2D Enc has Mamba layers on every other stage, the deepest included (identity elsewhere);
-- the Mamba layer runs in fp32 with autocast off and adds no residual.
+- the Mamba layer runs in fp32 with autocast off and adds no residual (the official layers cast
+  fp16 inputs, and only the 3D Enc's bf16 too; this one casts any input, where the others fail).
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import Tensor
 
 from nnunetv2_segresmamba.networks.blocks import SPATIAL_DIMS, layers
+from nnunetv2_segresmamba.networks.planning import NNUNET_NORM_KWARGS as NORM_KWARGS
 from nnunetv2_segresmamba.operators.directions import DIRECTIONS, FORWARD
 from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
 
 Sizes = Sequence[Sequence[int]]  # one entry per stage, one value per spatial axis
-NORM_KWARGS = {"eps": 1e-5, "affine": True}
 NONLIN_KWARGS = {"inplace": True}
 
 
@@ -118,8 +119,9 @@ class UpsampleLayer(nn.Module):
 
 
 class ResidualEncoder(nn.Module):
-    """Stem and residual stages; ``forward(x)`` gives every stage's output (the skips), each
-    through its ``mamba_layers`` entry when given (U-Mamba Enc)."""
+    """Stem and residual stages; ``forward(x (B, C_in, *patch))`` gives every stage's output (the
+    skips, (B, features_per_stage[s], *patch / strides up to s)), each through its
+    ``mamba_layers`` entry when given (U-Mamba Enc)."""
 
     def __init__(self, in_channels: int, features_per_stage: Sequence[int], kernel_sizes: Sizes, strides: Sizes,
                  n_blocks_per_stage: Sequence[int], mamba_layers: Sequence[nn.Module] | None = None):
@@ -132,15 +134,14 @@ class ResidualEncoder(nn.Module):
             residual_stage(c_in, c_out, k, s, n)
             for c_in, c_out, k, s, n in zip(widths_in, features_per_stage, kernel_sizes, strides, n_blocks_per_stage)
         )
-        if mamba_layers is not None:
-            self.mamba_layers = nn.ModuleList(mamba_layers)
+        self.mamba_layers = None if mamba_layers is None else nn.ModuleList(mamba_layers)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.stem(x)
         skips = []
         for s, stage in enumerate(self.stages):
             x = stage(x)
-            if hasattr(self, "mamba_layers"):
+            if self.mamba_layers is not None:
                 x = self.mamba_layers[s](x)
             skips.append(x)
         return skips
@@ -148,7 +149,8 @@ class ResidualEncoder(nn.Module):
 
 class ResidualDecoder(nn.Module):
     """Upsample, concatenate the skip, residual stage, per resolution; a 1x1 segmentation conv
-    per stage (all outputs with ``deep_supervision``, highest resolution first; else the last).
+    per stage. ``forward(skips)`` (the encoder's) gives the logits (B, num_classes, *patch), or
+    with ``deep_supervision`` those of every decoder stage, highest resolution first.
     ``skip_last=False`` (the 2D U-Mambas): the last stage takes the upsampled map alone."""
 
     def __init__(self, encoder: ResidualEncoder, num_classes: int, n_conv_per_stage: Sequence[int],
@@ -291,7 +293,9 @@ class UMambaEnc(_UMamba):
 
     @staticmethod
     def _mamba_layer(stage: int, size: Sequence[int], channels: int, n_stages: int, backend: str) -> nn.Module:
-        if len(size) == 2 and not (stage % 2) ^ (n_stages % 2):  # 2D: every other stage, the deepest included
+        """The Mamba layer after ``stage``, whose feature map is ``size``: over its voxels, or over
+        its channels where it has no more voxels than channels; in 2D identity on every other stage."""
+        if len(size) == 2 and stage % 2 == n_stages % 2:  # 2D: every other stage, the deepest included
             return nn.Identity()
         voxels = math.prod(size)
         channel_token = voxels <= channels

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from itertools import product
 from pathlib import Path
 
-from nnunetv2_segresmamba.registry import DEFAULT_PLANS, RESENC_PRESETS, resenc_plans
+from nnunetv2_segresmamba.registry import DEFAULT_PLANS, RESENC_PRESETS, resenc_planner, resenc_plans
 from nnunetv2_segresmamba.tools.layout import (
     CHECKPOINT_FINAL,
     LOGS_DIR,
@@ -86,7 +86,7 @@ def expand(datasets: list[str], configurations: list[str], trainers: list[str], 
 
 def require_plans(jobs: list[FoldJob], preprocessed: str | os.PathLike) -> None:
     """ValueError, saying how to plan them, unless every job's plans exist in ``preprocessed``
-    (``nnUNet_preprocessed``)."""
+    (``nnUNet_preprocessed``). Whether their data is preprocessed, nnUNetv2_train says."""
     missing = sorted({(j.dataset, j.plans) for j in jobs
                       if not Path(preprocessed, j.dataset, f"{j.plans}.json").exists()})
     if missing:
@@ -95,12 +95,15 @@ def require_plans(jobs: list[FoldJob], preprocessed: str | os.PathLike) -> None:
 
 
 def planning_command(dataset: str, plans: str) -> str:
-    """How nnU-Net makes ``plans``: its ResEnc presets have planners of their own."""
+    """How nnU-Net makes ``plans`` for ``dataset`` (its folder name): its ResEnc presets have
+    planners of their own."""
+    dataset_id = int(dataset[len("Dataset"):len("Dataset") + 3])  # nnU-Net's -d takes the id
     for preset in RESENC_PRESETS:
         if plans == resenc_plans(preset):
-            return (f"nnUNetv2_plan_experiment -d {dataset} -pl nnUNetPlannerResEnc{preset}; they share the default "
-                    f"plans' preprocessed 2d and 3d_fullres data")
-    return f"nnUNetv2_plan_and_preprocess -d {dataset}, or the planner that writes {plans}"
+            return (f"nnUNetv2_plan_experiment -d {dataset_id} -pl {resenc_planner(preset)}; they use the default "
+                    f"plans' preprocessed 2d and 3d_fullres data (nnUNetv2_preprocess -d {dataset_id} -c 3d_fullres "
+                    "if that is not done yet)")
+    return f"nnUNetv2_plan_and_preprocess -d {dataset_id}, or the planner that writes {plans}"
 
 
 def dataset_name(dataset: str) -> str:

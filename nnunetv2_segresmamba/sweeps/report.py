@@ -111,11 +111,13 @@ def group_folds(folds: list[FoldResult]) -> dict[GroupKey, list[FoldResult]]:
 
 def network_name(trainer: str, plans: str = DEFAULT_PLANS) -> str:
     """The family's name of the network ``trainer`` trains on ``plans`` (nnU-Net's trainer on ResEnc
-    M plans: "nnU-Net ResEnc M"), or the trainer itself for a trainer outside the family."""
+    M plans: "nnU-Net ResEnc M"), with the plans in brackets where no member names them
+    ("SegResMamba (nnUNetResEncUNetLPlans)"); the trainer itself for a trainer outside the family."""
     try:
-        return member(trainer, plans).network
+        found = member(trainer, plans)
     except KeyError:
         return trainer
+    return found.network if found.plans == plans else f"{found.network} ({plans})"
 
 
 def fold_row(fold: FoldResult, labels: list[str]) -> dict:
@@ -237,7 +239,7 @@ def _configuration_table(rows: list[dict]) -> list[str]:
     for r in rows:
         by_trainer.setdefault((r["trainer"], r["plans"]), {})[r["configuration"]] = r
     header = ["trainer", "plans", "network", *(f"Dice {c}" for c in configurations)]
-    body = [[trainer, plans, network_name(trainer, plans),
+    body = [[trainer, plans, next(iter(cells.values()))["network"],
              *(_dice_cell(cells[c], "dice") if c in cells else "-" for c in configurations)]
             for (trainer, plans), cells in by_trainer.items()]
     return markdown_table(header, body)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nnunetv2_segresmamba.registry import DEFAULT_PLANS
+
 LOWRES, CASCADE, FULLRES = "3d_lowres", "3d_cascade_fullres", "3d_fullres"
 # ExperimentPlanner.plan_experiment: the spacing grows by 3% a step, and an axis counts as fine
 # while the coarsest axis is more than twice its spacing
@@ -61,7 +63,7 @@ def planner_class(name: str) -> type:
     return found
 
 
-def add_lowres_configuration(dataset: str | int, factor: float = 2.0, plans_name: str = "nnUNetPlans") -> dict:
+def add_lowres_configuration(dataset: str | int, factor: float = 2.0, plans_name: str = DEFAULT_PLANS) -> dict:
     """Plans ``3d_lowres`` at :func:`lowres_spacing` of the ``3d_fullres`` spacing with the
     planner named in the plans (``experiment_planner_used``; its default GPU memory target),
     links it to a ``3d_cascade_fullres`` that inherits ``3d_fullres`` (``next_stage``/

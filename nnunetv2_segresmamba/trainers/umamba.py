@@ -11,7 +11,15 @@ from nnunetv2_segresmamba.networks.umamba import UMambaBot, UMambaEnc, arch_kwar
 from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, NnUNetRecipe, QuickSmokeSchedule, TwoEpochs
 
 
-class nnUNetTrainerUMambaBot(NnUNetRecipe, ComparisonTrainerBase):
+class UMambaRecipe(NnUNetRecipe, ComparisonTrainerBase):
+    """What the U-Mamba trainers share: nnU-Net's recipe as the official trainers inherit it, deep
+    supervision, and weight decay on every parameter (nnU-Net's SGD over all of them)."""
+
+    deep_supervision = True
+    decay_every_parameter = True
+
+
+class nnUNetTrainerUMambaBot(UMambaRecipe):
     """U-Mamba Bot: a residual U-Net from the plans with one Mamba layer at the bottleneck; 2D or
     3D as the configuration's patch.
 
@@ -26,8 +34,6 @@ class nnUNetTrainerUMambaBot(NnUNetRecipe, ComparisonTrainerBase):
     - official checkpoints (``network_weights`` of the official trainers) load with strict keys
     """
 
-    deep_supervision = True
-    decay_every_parameter = True
     mamba = True  # False: the Mamba layer is identity (the No-Mamba control)
 
     @classmethod
@@ -39,7 +45,7 @@ class nnUNetTrainerUMambaBot(NnUNetRecipe, ComparisonTrainerBase):
                          mamba=cls.mamba).initialize()
 
 
-class nnUNetTrainerUMambaEnc(nnUNetTrainerUMambaBot):
+class nnUNetTrainerUMambaEnc(UMambaRecipe):
     """U-Mamba Enc: a Mamba layer after every encoder stage (in 2D every other stage), built for
     the configuration's patch (``input_size``: where a feature map has no more voxels than
     channels, its layer scans the channels). Otherwise as :class:`nnUNetTrainerUMambaBot`."""
