@@ -1,5 +1,5 @@
-"""The paper's efficiency tables, every network of the comparison family measured side by
-side in one run:
+"""The paper's efficiency tables, every network of the comparison family and the baselines
+(:data:`NETWORKS`) measured side by side in one run:
 
 - parameters and fvcore-style MACs (Table 7), see :mod:`benchmarks.model_cost`;
 - peak memory of one training step at each batch size and precision (Table 8) and the
@@ -42,7 +42,11 @@ from nnunetv2_segresmamba.registry import FAMILY, Member, members
 from nnunetv2_segresmamba.tools.layout import write_atomically
 
 RESULTS = Path(__file__).parent / "results"
-NETWORKS = [m.network for m in members()]  # the default: the comparison family; ablations by name
+# The baselines measured by default: one ResEnc preset, as M, L and XL build the same network for a
+# given patch (they differ only in the patch and batch they plan), and U-Mamba Bot and Enc with
+# their No-Mamba control (an ablation), which the U-Mamba targets compare them with.
+BASELINES = ["nnU-Net ResEnc M", "U-Mamba Bot", "U-Mamba Enc", "U-Mamba Bot-NoMamba"]
+NETWORKS = [*(m.network for m in members()), *BASELINES]  # the default; the other ablations by name
 
 
 @dataclass

@@ -2,11 +2,13 @@
 ``benchmarks/results/<gpu>/`` (or ``--out``):
 
 1. ``tests``: the operator tests with the Triton kernels compiled for the GPU, including the
-   comparisons with the pure path and with mamba_ssm where it loads (``tests.log``);
+   comparisons with the pure path and with mamba_ssm where it loads, and the U-Mamba tests
+   where dynamic_network_architectures loads (``tests.log``);
 2. ``tom``: the ToM layer fwd+bwd at (L=262144, d_model=48) and (L=32768, d_model=96) with
    Triton, the pure path and mamba_ssm where it loads, and the pure scan at several chunk sizes;
 3. ``networks``: training step, peak memory and inference at 128^3, batch 1, fp32 and AMP, for
-   SegResMamba, SegMamba, SwinUNETR and nnU-Net's default network;
+   SegResMamba, SegMamba, SwinUNETR, nnU-Net's default network, nnU-Net ResEnc M (the L and XL
+   presets build the same network for a patch) and U-Mamba Bot and Enc;
 4. ``train``: the demo through the stock CLI on the GPU: ``nnUNetv2_train`` with AMP for
    5 x 24 steps, then predict and evaluate; every logged loss must be finite (``train.log``),
    and ``nnUNetv2_predict``, in inference mode, must have run the fused kernels (Triton, or
@@ -48,10 +50,13 @@ from nnunetv2_segresmamba.tools.layout import write_atomically
 ROOT = Path(__file__).resolve().parent.parent
 OPERATOR_TESTS = ["tests/test_triton_tom.py", "tests/test_fused_tom.py", "tests/test_tom.py",
                   "tests/test_selective_scan.py"]
+# U-Mamba's layer against the official math, its layout and constructors: about 20 s on 2 CPU cores;
+# it imports dynamic_network_architectures, so it runs where that loads
+UMAMBA_TESTS = ["tests/test_umamba.py"]
 TOM_CASES = ((262144, 48), (32768, 96))  # the ToM's inputs at stages 0 and 1 of a 128^3 patch
 PURE_CHUNKS = (64, 256, 512, 2048)
 TRITON_CHUNKS = (32, 64, 128, 256)
-NETWORKS = ["SegResMamba", "SegMamba", "SwinUNETR", "nnU-Net"]
+NETWORKS = ["SegResMamba", "SegMamba", "SwinUNETR", "nnU-Net", "nnU-Net ResEnc M", "U-Mamba Bot", "U-Mamba Enc"]
 NNUNET_PACKAGES = ("nnunetv2", "dynamic_network_architectures", "batchgenerators", "acvl_utils", "SimpleITK",
                    "monai")
 WHEELS_HINT = ("the GPU machine has no package index: carry wheels as the README's 'GPU check' section says "
@@ -77,9 +82,14 @@ def triton_version() -> str | None:
     return triton.__version__
 
 
+def tests_to_run() -> list[str]:
+    """The test files of the ``tests`` part: the operators', and U-Mamba's where its imports load."""
+    return OPERATOR_TESTS + (UMAMBA_TESTS if not missing(("dynamic_network_architectures",)) else [])
+
+
 def run_tests(out: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled, not interpreted
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *OPERATOR_TESTS],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests_to_run()],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     (out / "tests.log").write_text(proc.stdout + proc.stderr)
     summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]

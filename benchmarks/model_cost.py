@@ -5,8 +5,12 @@ and einsums (``torch.utils.flop_counter`` counts them at the aten level, FLOPs =
 norms, activations, softmax, upsampling and additions are not counted. The selective scan
 adds its state update, one MAC per (position, channel, state) and direction, which is
 elementwise and so not seen by the counter; its output contraction is an einsum and is
-counted. Networks are run on the ``meta`` device where they allow it, else on the CPU.
-Usage::
+counted on the pure path. The fused numba and Triton kernels and mamba_ssm's run the depthwise
+conv and the output contraction out of the counter's sight too; where a ToM layer runs one of
+them, both are added as the pure path counts them, so that the count is the same whatever path
+the machine takes (and the pure path's slow CPU scan is not needed to count). This holds for
+every ToM layer: SegResMamba's, SegMamba's and U-Mamba's, whose sequence may be the channels.
+Networks are run on the ``meta`` device where they allow it, else on the CPU. Usage::
 
     python -m benchmarks.model_cost --size 128 128 128 --in-channels 1 --classes 14 --networks all
 """
@@ -22,6 +26,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.machine import describe
+from nnunetv2_segresmamba.operators.backends import resolve_path
 from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
 from nnunetv2_segresmamba.registry import FAMILY, Member
 
@@ -45,21 +50,30 @@ def _count_on(device: str, member: Member, in_channels: int, classes: int, size:
     scan_updates = _count_scan_updates(net)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(x)
-    macs = counter.get_total_flops() // 2 + scan_updates["macs"]
+    macs = counter.get_total_flops() // 2 + scan_updates["updates"] + scan_updates["hidden"]
     return {
         "network": member.network, "params": sum(p.numel() for p in net.parameters()), "macs": macs,
-        "scan_state_update_macs": scan_updates["macs"], "counted_on": device,
+        "scan_state_update_macs": scan_updates["updates"], "counted_on": device,
         "seconds": round(time.perf_counter() - start, 1),
         "paper_fvcore_flops_g": member.paper.fvcore_macs_g if member.paper else None,  # None: ablations
     }
 
 
 def _count_scan_updates(net: nn.Module) -> dict:
-    total = {"macs": 0}
+    """MACs of the ToM layers that the counter does not see: the state updates (``updates``), and
+    (``hidden``) the depthwise conv and output contraction of the layers that ran a fused path."""
+    total = {"updates": 0, "hidden": 0}
 
     def hook(module: TriOrientedMamba, inputs, output):
-        batch, length, _ = inputs[0].shape
-        total["macs"] += len(module.directions) * batch * length * module.d_inner * module.d_state
+        x = inputs[0]
+        batch, length, _ = x.shape  # (B, L, D); L is the channels in a U-Mamba channel-token layer
+        directions, inner = len(module.directions), module.d_inner
+        updates = directions * batch * length * inner * module.d_state
+        total["updates"] += updates
+        if resolve_path(module.backend, x, module.d_state, module.d_conv) != "pure":
+            # as the pure path counts them: its conv1d over the sequence and its causal padding, its einsum
+            conv = directions * batch * (length + module.d_conv - 1) * inner * module.d_conv
+            total["hidden"] += conv + updates  # the contraction takes one MAC per state update
 
     for module in net.modules():
         if isinstance(module, TriOrientedMamba):

@@ -7,14 +7,20 @@ AMP is fp16 autocast with a GradScaler on CUDA and bf16 autocast on CPU.
 Peak training memory is measured from before the network is built: weights, gradients,
 AdamW's two moments, activations and the allocator's slack (see :mod:`benchmarks.isolate`).
 Times are medians over ``repeats`` after one warm-up. Inference is one patch at batch 1,
-no grad, in the same precision.
+no grad, in the same precision. Each row names the ToM paths the network ran (``tom_paths``:
+"numba", "triton", "cuda" or "pure"; empty for a network without a ToM), read from the
+backends' path log, so that a target can tell a fused-kernel run from a pure one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
 import torch
@@ -22,6 +28,7 @@ import torch.nn.functional as F
 
 from benchmarks.isolate import PeakMemory
 from nnunetv2_segresmamba import registry
+from nnunetv2_segresmamba.operators.backends import PATH_LOG_VAR
 
 PRECISIONS = ("fp32", "amp")
 
@@ -29,6 +36,13 @@ PRECISIONS = ("fp32", "amp")
 def measure_network(network: str, in_channels: int, classes: int, size: list[int], batch: int, precision: str,
                     device: str, repeats: int, with_inference: bool) -> dict:
     """Runs in a child process (:func:`benchmarks.isolate.run_isolated`); returns one result row."""
+    with recorded_tom_paths() as paths:
+        row = _measure(network, in_channels, classes, size, batch, precision, device, repeats, with_inference)
+        return {**row, "tom_paths": paths()}
+
+
+def _measure(network: str, in_channels: int, classes: int, size: list[int], batch: int, precision: str,
+             device: str, repeats: int, with_inference: bool) -> dict:
     torch.manual_seed(0)
     memory = PeakMemory(device)
     memory.reset()
@@ -59,6 +73,31 @@ def measure_network(network: str, in_channels: int, classes: int, size: list[int
 
         row["inference_s"] = median_time(infer, device, repeats)
     return row
+
+
+@contextlib.contextmanager
+def recorded_tom_paths() -> Iterator[Callable[[], list[str]]]:
+    """Within the block, the ToM layers log the paths they choose (see
+    :mod:`nnunetv2_segresmamba.operators.backends`) to a file of their own; yields a function
+    giving the sorted paths logged so far. Restores the environment after the block."""
+    previous = os.environ.get(PATH_LOG_VAR)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = os.path.join(tmp, "paths.jsonl")
+        os.environ[PATH_LOG_VAR] = log
+
+        def paths() -> list[str]:
+            if not os.path.exists(log):
+                return []
+            with open(log) as f:
+                return sorted({json.loads(line)["path"] for line in f if line.strip()})
+
+        try:
+            yield paths
+        finally:
+            if previous is None:
+                del os.environ[PATH_LOG_VAR]
+            else:
+                os.environ[PATH_LOG_VAR] = previous
 
 
 def autocast(device: str, precision: str) -> AbstractContextManager:

@@ -23,6 +23,7 @@ from nnunetv2_segresmamba.tools.reporting import (
 )
 
 REFERENCE = "SegResMamba"
+NO_MAMBA = "U-Mamba Bot-NoMamba"  # U-Mamba's residual U-Net without its Mamba layers: the U-Mamba targets' control
 MET = {True: "yes", False: "NO", None: "not measured"}
 NO_FIGURES = PaperFigures()
 
@@ -83,12 +84,23 @@ class Target:
     measure: Callable[[dict, str], float | None]  # (results, our scan backend) -> ratio; None: not measured
 
 
-def _memory_ratio(other: str) -> Callable[[dict, str], float | None]:
-    return lambda r, _: _ratio(step_value(r, "SegResMamba", "peak_train_mib"), step_value(r, other, "peak_train_mib"))
+def _memory_ratio(other: str, network: str = REFERENCE) -> Callable[[dict, str], float | None]:
+    return lambda r, _: _ratio(step_value(r, network, "peak_train_mib"), step_value(r, other, "peak_train_mib"))
 
 
 def _inference_ratio(other: str) -> Callable[[dict, str], float | None]:
     return lambda r, _: _ratio(step_value(r, "SegResMamba", "inference_s"), step_value(r, other, "inference_s"))
+
+
+def _numba_inference_ratio(network: str, control: str) -> Callable[[dict, str], float | None]:
+    """``network``'s inference time per patch over ``control``'s (batch 1, fp32), where every ToM
+    layer of ``network`` ran the fused numba kernels (the step row's ``tom_paths``), else None."""
+    def ratio(results: dict, _: str) -> float | None:
+        if step_value(results, network, "tom_paths") != ["numba"]:
+            return None
+        return _ratio(step_value(results, network, "inference_s"), step_value(results, control, "inference_s"))
+
+    return ratio
 
 
 def _tom(key: str, backend: str, length: int = 32768, d_model: int = 96) -> Callable[[dict], float | None]:
@@ -108,6 +120,14 @@ def _at_128_amp(measure: Callable[[dict], float | None]) -> Callable[[dict, str]
         return measure(results) if on_gpu_at_128 else None
 
     return at_128_amp
+
+
+def revisited_memory_ratio(network: str, other: str) -> float:
+    """``network``'s training memory over ``other``'s in nnU-Net Revisited's table (the registry's figures)."""
+    return registry.network(network).revisited.vram_gb / registry.network(other).revisited.vram_gb
+
+
+UMAMBA_ENC_MEMORY_LIMIT = round(revisited_memory_ratio("U-Mamba Enc", "nnU-Net"), 2)  # 24.9 / 7.70 GB = 3.23
 
 
 TARGETS: tuple[Target, ...] = (
@@ -143,6 +163,15 @@ TARGETS: tuple[Target, ...] = (
     Target("peak training memory at 128^3, batch 1, AMP: SegResMamba, GiB", "<=", 5.1,
            "paper Table 8 (A100): 5.10 GB",
            _at_128_amp(lambda r: _ratio(step_value(r, "SegResMamba", "peak_train_mib", precision="amp"), 1024))),
+    Target(f"inference time per patch, U-Mamba Bot / {NO_MAMBA} (fp32, numba path)", "<=", 1.2,
+           "issue 18: U-Mamba's Mamba layer costs little beside its U-Net on the CPU's fused path",
+           _numba_inference_ratio("U-Mamba Bot", NO_MAMBA)),
+    Target(f"inference time per patch, U-Mamba Enc / {NO_MAMBA} (fp32, numba path)", "<=", 1.2,
+           "issue 18: the same for a Mamba layer after every encoder stage",
+           _numba_inference_ratio("U-Mamba Enc", NO_MAMBA)),
+    Target("peak training memory, U-Mamba Enc / nnU-Net (batch 1, fp32)", "<=", UMAMBA_ENC_MEMORY_LIMIT,
+           f"nnU-Net Revisited, Table 2 (A100, AMP, the same plans): 24.9 / 7.70 GB = {UMAMBA_ENC_MEMORY_LIMIT}",
+           _memory_ratio("nnU-Net", "U-Mamba Enc")),
 )
 
 

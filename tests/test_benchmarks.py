@@ -253,3 +253,13 @@ def test_the_gpu_check_reads_which_paths_predict_ran_from_the_path_log(tmp_path,
     log.write_text(log.read_text().replace('"device": "cpu"', '"device": "cuda:0"'))
     assert fused_paths_at_predict(log) == {"pure"}  # the slow path on the GPU: the check fails on it
     backends._log_path.cache_clear()
+
+
+def test_the_gpu_check_measures_networks_that_build_at_128_cubed():
+    from benchmarks.gpu_check import NETWORKS as GPU_NETWORKS
+
+    baselines = ["nnU-Net ResEnc M", "U-Mamba Bot", "U-Mamba Enc"]
+    assert set(baselines) <= set(GPU_NETWORKS)
+    with torch.device("meta"):  # their builders plan U-Nets and refuse a patch nnU-Net would not plan
+        for name in baselines:
+            assert network(name).build(1, 14, [128, 128, 128]) is not None
