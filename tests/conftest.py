@@ -20,6 +20,16 @@ from tests.workspaces import drop_checkpoints, plan_anisotropic, preprocess_e2e
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The slowest modules (minutes each on 2 cores), collected first: with pytest-xdist's
+# --dist loadfile --no-loadscope-reorder each starts on a worker of its own, and the quick
+# modules fill in around them, instead of two of them queueing on one worker at the end.
+SLOWEST_MODULES = ("test_e2e.py", "test_e2e_family.py", "test_benchmarks.py", "test_sweeps.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order
+
 
 @pytest.fixture(scope="session")
 def anisotropic_workspace(tmp_path_factory):

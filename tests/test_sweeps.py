@@ -64,7 +64,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(workspace):
     refused = subprocess.run(cli(*sweep_args(sweep_dir, [f"{NNUNET}:nnUNetResEncUNetMPlans"], [0]), "--dry-run"),
                              env={**os.environ, **workspace.env}, capture_output=True, text=True)
     assert refused.returncode == 1
-    assert f"nnUNetv2_plan_experiment -d {SPEC.folder_name} -pl nnUNetPlannerResEncM" in refused.stderr
+    assert f"nnUNetv2_plan_experiment -d {SPEC.dataset_id} -pl nnUNetPlannerResEncM" in refused.stderr
 
 
 LOCAL_FOLDS = (0, 1, 2)  # done, killed in its second epoch, not started when the sweep was killed
