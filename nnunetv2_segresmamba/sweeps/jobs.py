@@ -97,7 +97,9 @@ def require_plans(jobs: list[FoldJob], preprocessed: str | os.PathLike) -> None:
 def planning_command(dataset: str, plans: str) -> str:
     """How nnU-Net makes ``plans`` for ``dataset`` (its folder name): its ResEnc presets have
     planners of their own."""
-    dataset_id = int(dataset[len("Dataset"):len("Dataset") + 3])  # nnU-Net's -d takes the id
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+
+    dataset_id = convert_dataset_name_to_id(dataset)  # nnU-Net's -d takes the id
     for preset in RESENC_PRESETS:
         if plans == resenc_plans(preset):
             return (f"nnUNetv2_plan_experiment -d {dataset_id} -pl {resenc_planner(preset)}; they use the default "
