@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 
 def reference_scan(u, delta, A, B, C, D, z, delta_bias):
-    """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t ; y_t = <h_t, C_t> + D u_t ; y *= silu(z).
+    """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t ; y_t = <h_t, C_t> + D u_t ; y *= silu(z) (z=None: no gate).
 
     One step at a time over the sequence; delta goes through bias and softplus first.
     """
@@ -19,7 +19,8 @@ def reference_scan(u, delta, A, B, C, D, z, delta_bias):
     for t in range(length):
         h = torch.exp(delta[:, :, t, None] * A) * h + delta[:, :, t, None] * B[:, None, :, t] * u[:, :, t, None]
         ys.append((h * C[:, None, :, t]).sum(-1) + D * u[:, :, t])
-    return torch.stack(ys, dim=-1) * F.silu(z)
+    y = torch.stack(ys, dim=-1)
+    return y if z is None else y * F.silu(z)
 
 
 def reference_mamba_direction(xz, params, suffix):
@@ -76,30 +77,34 @@ def backends_to_test(*names: str) -> list:
 
 ATOL, RTOL = 1e-5, 1e-5  # fp32 outputs
 GRAD_ATOL, GRAD_RTOL = 1e-4, 1e-4  # fp32 gradients, summed over up to a few hundred steps
-FORWARD, REVERSE, INTER_SLICE = 0, 1, 2
+FORWARD, REVERSE, INTER_SLICE, INTER_SLICE_REVERSE = 0, 1, 2, 3
 
 
 def scan_order(kind, length, num_slices):
     """Positions in the order a direction visits them, written out as lists."""
     per_slice = length // num_slices
+    inter_slice = [s * per_slice + p for p in range(per_slice) for s in range(num_slices)]
     if kind == FORWARD:
         return list(range(length))
     if kind == REVERSE:
         return list(reversed(range(length)))
-    return [s * per_slice + p for p in range(per_slice) for s in range(num_slices)]
+    if kind == INTER_SLICE:
+        return inter_slice
+    assert kind == INTER_SLICE_REVERSE, kind
+    return list(reversed(inter_slice))
 
 
 def reference_fused_scan(u, delta, A, B, C, D, delta_bias, z, kinds, num_slices):
-    """Each direction through the per-step loop in its own order, put back in place, summed, gated."""
-    batch, _, length, channels = u.shape
+    """Each direction through the per-step loop in its own order, put back in place, summed,
+    gated by silu(z) (none for z=None)."""
+    length = u.shape[2]
     total = 0
     for k, kind in enumerate(kinds):
         order = torch.tensor(scan_order(kind, length, num_slices), device=u.device)
-        no_gate = torch.full((batch, channels, length), 30.0, device=u.device)  # silu(30) = 30 to fp32 rounding
         y = reference_scan(u[:, k, order].mT, delta[:, k, order].mT, A[k].mT, B[:, k, order].mT, C[:, k, order].mT,
-                           D[k], no_gate, delta_bias[k]) / 30.0
+                           D[k], None, delta_bias[k])
         total = total + torch.zeros_like(y).index_copy(-1, order, y)
-    return total.mT * F.silu(z)
+    return total.mT if z is None else total.mT * F.silu(z)
 
 
 def reference_directional_conv(x, weight, bias, kinds, num_slices):
@@ -112,7 +117,8 @@ def reference_directional_conv(x, weight, bias, kinds, num_slices):
     return torch.stack(outs, dim=1)
 
 
-def scan_inputs(batch, directions, length, channels, states, seed=0, device="cpu"):
+def scan_inputs(batch, directions, length, channels, states, seed=0, device="cpu", gate=True):
+    """The fused scans' tensors by argument name, leaves that require grad; no z without ``gate``."""
     g = torch.Generator().manual_seed(seed)
     shapes = {
         "u": (batch, directions, length, channels), "delta": (batch, directions, length, channels),
@@ -122,7 +128,15 @@ def scan_inputs(batch, directions, length, channels, states, seed=0, device="cpu
     }
     inputs = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
     inputs["A"] = -torch.rand(shapes["A"], generator=g) * 4 - 0.1
+    if not gate:
+        del inputs["z"]
     return {k: v.to(device).requires_grad_() for k, v in inputs.items()}
+
+
+def scan_arguments(inputs):
+    """Keyword arguments of a fused scan (or its reference) for :func:`scan_inputs`' tensors:
+    z=None, no gate, where they hold no z."""
+    return {"z": None, **inputs}
 
 
 def assert_outputs_and_gradients_match(ours, expected, inputs):

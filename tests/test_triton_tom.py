@@ -1,6 +1,7 @@
 """The Triton backend: where it is chosen, what happens when it cannot run, and, on a GPU,
 the compiled kernels against the pure path and mamba_ssm. The kernels themselves are checked
-against plain references in test_fused_tom.py (here in Triton's CPU interpreter)."""
+against plain references in test_fused_tom.py (here in Triton's CPU interpreter), and here in
+the inter-slice reverse order and SS2D's four orders."""
 
 import json
 import os
@@ -13,13 +14,21 @@ import torch
 from torch import nn
 
 from nnunetv2_segresmamba.operators import TriOrientedMamba, backends, tom
-from nnunetv2_segresmamba.operators.directions import FORWARD, INTER_SLICE, REVERSE
+from nnunetv2_segresmamba.operators.directions import (
+    FORWARD,
+    INTER_SLICE,
+    INTER_SLICE_REVERSE,
+    REVERSE,
+    SS2D_KINDS,
+)
 from nnunetv2_segresmamba.operators.selective_scan import selective_scan
 from tests.reference import (
     assert_outputs_and_gradients_match,
     backends_to_test,
     device_of,
+    reference_directional_conv,
     reference_fused_scan,
+    scan_arguments,
     scan_inputs,
 )
 
@@ -230,6 +239,47 @@ def test_the_gpu_configuration_matches_the_per_step_loop(monkeypatch):
     expected = reference_fused_scan(**inputs, kinds=(0, 1, 2), num_slices=7)
     ours = triton_tom.fused_scan(**inputs, kinds=(0, 1, 2), num_slices=7)
     assert_outputs_and_gradients_match(ours, expected, inputs)
+
+
+# ---------------------------------------------------------------- the inter-slice reverse order and SS2D
+# L = 5 * 7 with 5 slices (SS2D's H x W = 5 x 7), E = 6 (a partial block of channels), chunks
+# of 8 that do not divide L; small, for the interpreter
+
+
+@needs_triton
+@pytest.mark.parametrize("kinds", [(INTER_SLICE_REVERSE,), SS2D_KINDS], ids=["inter_slice_reverse", "ss2d"])
+@pytest.mark.parametrize("gate", [True, False], ids=["gated", "ungated"])
+def test_inter_slice_reverse_and_ss2d_kinds_match_the_per_step_loop(backend, kinds, gate):
+    from nnunetv2_segresmamba.operators import triton_tom
+
+    inputs = scan_inputs(1, len(kinds), 35, 6, states=3, seed=7, device=device_of(backend), gate=gate)
+    expected = reference_fused_scan(**scan_arguments(inputs), kinds=kinds, num_slices=5)
+    ours = triton_tom.fused_scan(**scan_arguments(inputs), kinds=kinds, num_slices=5, chunk_size=8)
+    assert_outputs_and_gradients_match(ours, expected, inputs)
+
+
+@needs_triton
+@pytest.mark.parametrize("kinds", [(INTER_SLICE_REVERSE,), SS2D_KINDS], ids=["inter_slice_reverse", "ss2d"])
+def test_directional_conv_in_the_inter_slice_reverse_order(backend, kinds):
+    from nnunetv2_segresmamba.operators import triton_tom
+
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 35, 12, generator=g)[..., :6]  # strided, as a half of in_proj's output
+    inputs = {"x": x, "weight": torch.randn(len(kinds), 4, 6, generator=g),
+              "bias": torch.randn(len(kinds), 6, generator=g)}
+    inputs = {k: v.to(device_of(backend)).requires_grad_() for k, v in inputs.items()}
+    expected = reference_directional_conv(**inputs, kinds=kinds, num_slices=5)
+    ours = triton_tom.directional_conv(**inputs, kinds=kinds, num_slices=5)
+    assert_outputs_and_gradients_match(ours, expected, inputs)
+
+
+@needs_triton
+def test_an_unknown_kind_is_refused(backend):
+    from nnunetv2_segresmamba.operators import triton_tom
+
+    inputs = scan_inputs(1, 1, 6, 4, states=2, device=device_of(backend), gate=False)
+    with pytest.raises(ValueError, match="KINDS"):
+        triton_tom.fused_scan(**inputs, z=None, kinds=(INTER_SLICE_REVERSE + 1,), num_slices=2)
 
 
 def randomised_pair(d_model: int, other: str) -> tuple[TriOrientedMamba, TriOrientedMamba]:

@@ -1,5 +1,6 @@
 """Compiled CPU kernels of the fused ToM: the causal conv and the selective scan, with their
-backward passes, over every direction in one call. Loaded lazily by ``numba_tom``.
+backward passes, over every direction in one call. Loaded lazily by ``numba_tom``. The scan
+returns the directions' sum before any gate (``numba_tom`` gates it in torch).
 
 Tensors are channels-last, (batch, [direction,] L, E), as ``in_proj`` writes them. The
 kernels take their arrays in named groups (:class:`ConvInputs`, :class:`ScanInputs`,
@@ -34,7 +35,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 # Compiled in as constants: after a change there, delete the __pycache__ kernels (cache=True).
-from nnunetv2_segresmamba.operators.directions import FORWARD, INTER_SLICE, REVERSE
+from nnunetv2_segresmamba.operators.directions import FORWARD, INTER_SLICE, INTER_SLICE_REVERSE, REVERSE
 
 FASTMATH = {"contract", "reassoc", "nsz", "arcp"}  # no nnan/ninf: a NaN input stays NaN
 EXP_FLOOR = np.float32(-87.0)  # exp(-87) = 1.6e-38 is still normal
@@ -49,8 +50,8 @@ parallel_jit = nb.njit(parallel=True, fastmath=FASTMATH, error_model="numpy", ca
 
 
 class Directions(NamedTuple):
-    """The scan orders: ``kinds`` (K,) int64, ``operators.directions``' FORWARD, REVERSE or
-    INTER_SLICE per direction; ``num_slices`` S of the inter-slice order (L a multiple of S)."""
+    """The scan orders: ``kinds`` (K,) int64, one of ``operators.directions.KINDS`` per
+    direction; ``num_slices`` S of the inter-slice orders (L a multiple of S)."""
 
     kinds: np.ndarray
     num_slices: int
@@ -74,7 +75,7 @@ class ConvGrads(NamedTuple):
 
 
 class ScanInputs(NamedTuple):
-    """u, delta (Bt, K, L, E); A (K, N, E); B, C (Bt, K, L, N); D, delta_bias (K, E); z (Bt, L, E)."""
+    """u, delta (Bt, K, L, E); A (K, N, E); B, C (Bt, K, L, N); D, delta_bias (K, E)."""
 
     u: np.ndarray
     delta: np.ndarray
@@ -83,34 +84,31 @@ class ScanInputs(NamedTuple):
     C: np.ndarray
     D: np.ndarray
     delta_bias: np.ndarray
-    z: np.ndarray
 
 
 class ScanOutputs(NamedTuple):
-    """Written by :func:`scan_forward`: y and y_ungated (Bt, L, E); entering (Bt, K, chunks, N, E),
-    the state entering every ``chunk`` steps, chunks = ceil(L / chunk), or chunks = 0 to keep none."""
+    """Written by :func:`scan_forward`: y (Bt, L, E), the directions' sum (ungated); entering
+    (Bt, K, chunks, N, E), the state entering every ``chunk`` steps, chunks = ceil(L / chunk),
+    or chunks = 0 to keep none."""
 
     y: np.ndarray
-    y_ungated: np.ndarray
     entering: np.ndarray
 
 
 class ScanSaved(NamedTuple):
     """What :func:`scan_backward` reads from the forward pass: ``ScanOutputs``' entering (with
-    every chunk's state) and y_ungated."""
+    every chunk's state)."""
 
     entering: np.ndarray
-    y_ungated: np.ndarray
 
 
 class ScanGrads(NamedTuple):
-    """Written by :func:`scan_backward`: u, delta (Bt, K, L, E) and z (Bt, L, E); partial sums,
-    zero on entry and summed by the caller: A_parts (Bt, K, N, E) and D_parts (Bt, K, E) per
-    batch element, B_parts and C_parts (Bt, blocks, K, L, N) per channel block."""
+    """Written by :func:`scan_backward`: u, delta (Bt, K, L, E); partial sums, zero on entry and
+    summed by the caller: A_parts (Bt, K, N, E) and D_parts (Bt, K, E) per batch element,
+    B_parts and C_parts (Bt, blocks, K, L, N) per channel block."""
 
     u: np.ndarray
     delta: np.ndarray
-    z: np.ndarray
     A_parts: np.ndarray
     D_parts: np.ndarray
     B_parts: np.ndarray
@@ -125,13 +123,12 @@ def position(kind, k, length, num_slices):
     """The sequence position that step k of a direction reads and writes.
 
     With L = S*P (S slices of P positions, slice-major): forward j = k; reverse j = L-1-k;
-    inter-slice j = (k mod S)*P + k div S.
+    inter-slice j = (k mod S)*P + k div S; inter-slice reverse: inter-slice's j of step L-1-k.
     """
-    if kind == FORWARD:
-        return k
-    if kind == REVERSE:
-        return length - 1 - k
-    return (k % num_slices) * (length // num_slices) + k // num_slices
+    step = length - 1 - k if kind == REVERSE or kind == INTER_SLICE_REVERSE else k
+    if kind == FORWARD or kind == REVERSE:
+        return step
+    return (step % num_slices) * (length // num_slices) + step // num_slices
 
 
 @nb.njit(inline="always")
@@ -280,9 +277,10 @@ def _check_order(directions, length, channels, blocks):
         raise ValueError("num_slices must be positive and divide the sequence length L; (num_slices, L):",
                          num_slices, length)
     for k in range(kinds.shape[0]):
-        if kinds[k] != FORWARD and kinds[k] != REVERSE and kinds[k] != INTER_SLICE:
-            raise ValueError("direction kinds must be operators.directions' FORWARD, REVERSE or INTER_SLICE; got",
-                             kinds[k])
+        kind = kinds[k]
+        if kind != FORWARD and kind != REVERSE and kind != INTER_SLICE and kind != INTER_SLICE_REVERSE:
+            raise ValueError("direction kinds must be operators.directions' FORWARD, REVERSE, INTER_SLICE or "
+                             "INTER_SLICE_REVERSE; got", kind)
     if blocks < 1 or blocks > max(channels, 1):
         raise ValueError("blocks must be between 1 and the channel count E; (blocks, E):", blocks, channels)
 
@@ -313,9 +311,9 @@ def _check_conv_grads(inputs, grads):
 
 
 @jit
-def _check_scan(inputs, directions, chunk, blocks, y_ungated, entering):
-    """ValueError unless the inputs' shapes agree (see :class:`ScanInputs`), y_ungated is
-    (Bt, L, E) and entering (Bt, K, ceil(L / chunk) or 0, N, E)."""
+def _check_scan(inputs, directions, chunk, blocks, y, entering):
+    """ValueError unless the inputs' shapes agree (see :class:`ScanInputs`), y (the output or
+    its gradient) is (Bt, L, E) and entering (Bt, K, ceil(L / chunk) or 0, N, E)."""
     batch, directions_count, length, channels = inputs.u.shape
     states = inputs.A.shape[1]
     _check_order(directions, length, channels, blocks)
@@ -330,8 +328,8 @@ def _check_scan(inputs, directions, chunk, blocks, y_ungated, entering):
         raise ValueError("B and C must be (Bt, K, L, N); got", inputs.B.shape, inputs.C.shape)
     if inputs.D.shape != (directions_count, channels) or inputs.delta_bias.shape != inputs.D.shape:
         raise ValueError("D and delta_bias must be (K, E); got", inputs.D.shape, inputs.delta_bias.shape)
-    if inputs.z.shape != (batch, length, channels) or y_ungated.shape != inputs.z.shape:
-        raise ValueError("z and y_ungated must be (Bt, L, E); got", inputs.z.shape, y_ungated.shape)
+    if y.shape != (batch, length, channels):
+        raise ValueError("y (or its gradient) must be (Bt, L, E); got", y.shape)
     chunks = entering.shape[2]
     if entering.shape != (batch, directions_count, chunks, states, channels) or (
         chunks != 0 and chunks != (length + chunk - 1) // chunk
@@ -340,11 +338,9 @@ def _check_scan(inputs, directions, chunk, blocks, y_ungated, entering):
 
 
 @jit
-def _check_scan_grads(inputs, blocks, grad_y, grads):
+def _check_scan_grads(inputs, blocks, grads):
     batch, directions_count, length, channels = inputs.u.shape
     states = inputs.A.shape[1]
-    if grad_y.shape != inputs.z.shape or grads.z.shape != inputs.z.shape:
-        raise ValueError("grad_y and ScanGrads.z must be (Bt, L, E); got", grad_y.shape, grads.z.shape)
     if grads.u.shape != inputs.u.shape or grads.delta.shape != inputs.u.shape:
         raise ValueError("ScanGrads.u and .delta must be (Bt, K, L, E); got", grads.u.shape, grads.delta.shape)
     if grads.A_parts.shape != (batch, directions_count, states, channels):
@@ -449,8 +445,7 @@ def _step_inputs(inputs, b, k, j, e0, dt, dtx, skip_out):
 @jit
 def _scan_forward_item(inputs, directions, chunk, blocks, outputs, item):
     """One batch element and channel block of :func:`scan_forward`."""
-    A, B, C, z, y, y_ungated, entering = (inputs.A, inputs.B, inputs.C, inputs.z, outputs.y, outputs.y_ungated,
-                                          outputs.entering)
+    A, B, C, y, entering = inputs.A, inputs.B, inputs.C, outputs.y, outputs.entering
     _, directions_count, length, channels = inputs.u.shape
     states, keep_states = A.shape[1], entering.shape[2] > 0
     kinds, num_slices = directions.kinds, directions.num_slices
@@ -458,7 +453,7 @@ def _scan_forward_item(inputs, directions, chunk, blocks, outputs, item):
     width = e1 - e0
     h = np.empty((states, width), np.float32)
     dt, dtx, out = np.empty(width, np.float32), np.empty(width, np.float32), np.empty(width, np.float32)
-    y_ungated[b, :, e0:e1] = ZERO
+    y[b, :, e0:e1] = ZERO
     for k in range(directions_count):
         h[:] = ZERO
         for t in range(length):
@@ -472,11 +467,7 @@ def _scan_forward_item(inputs, directions, chunk, blocks, outputs, item):
                     state = decay(dt[e] * a_n[e]) * h_n[e] + dtx[e] * b_n
                     h_n[e] = state
                     out[e] += state * c_n
-            y_ungated[b, j, e0:e1] += out
-    for j in range(length):
-        for e in range(width):
-            gate = z[b, j, e0 + e]
-            y[b, j, e0 + e] = y_ungated[b, j, e0 + e] * gate * sigmoid(gate)
+            y[b, j, e0:e1] += out
 
 
 @jit
@@ -495,15 +486,13 @@ def _scan_forward_flushed(inputs, directions, chunk, blocks, outputs, item):
 
 @parallel_jit
 def scan_forward(inputs, directions, chunk, blocks, outputs):
-    """y = silu(z) * sum over directions of (scan + D u), each direction in its own order.
+    """y = sum over directions of (scan + D u), each direction in its own order; no gate.
 
     ``inputs``: :class:`ScanInputs`; ``directions``: :class:`Directions`; ``outputs``:
-    :class:`ScanOutputs`, written: y, y_ungated and, when it has chunks, the state entering
-    every ``chunk`` steps. ``blocks`` channel blocks per batch element, 1 <= blocks <= E.
+    :class:`ScanOutputs`, written: y and, when it has chunks, the state entering every
+    ``chunk`` steps. ``blocks`` channel blocks per batch element, 1 <= blocks <= E.
     """
-    _check_scan(inputs, directions, chunk, blocks, outputs.y_ungated, outputs.entering)
-    if outputs.y.shape != outputs.y_ungated.shape:
-        raise ValueError("y must be (Bt, L, E); got", outputs.y.shape)
+    _check_scan(inputs, directions, chunk, blocks, outputs.y, outputs.entering)
     items = inputs.u.shape[0] * blocks
     failed = np.zeros(items, np.bool_)
     for item in nb.prange(items):
@@ -534,7 +523,7 @@ def _recompute_chunk(inputs, b, k, kind, t0, t1, length, num_slices, e0, h, deca
 @jit
 def _scan_backward_item(inputs, directions, chunk, blocks, saved, grad_y, grads, item):
     """One batch element and channel block of :func:`scan_backward`."""
-    u, A, B, C, D, z = inputs.u, inputs.A, inputs.B, inputs.C, inputs.D, inputs.z
+    u, A, B, C, D = inputs.u, inputs.A, inputs.B, inputs.C, inputs.D
     _, directions_count, length, channels = u.shape
     states, kinds, num_slices = A.shape[1], directions.kinds, directions.num_slices
     b, block, e0, e1 = _work_item(item, blocks, channels)
@@ -544,11 +533,7 @@ def _scan_backward_item(inputs, directions, chunk, blocks, saved, grad_y, grads,
     G, a_next = np.empty((states, width), np.float32), np.empty((states, width), np.float32)
     scratch = (np.empty(width, np.float32), np.empty(width, np.float32), np.empty(width, np.float32))
     dt, dtx, skip = scratch
-    g, gx, gdt = np.empty(width, np.float32), np.empty(width, np.float32), np.empty(width, np.float32)
-    for j in range(length):
-        for e in range(width):
-            gate = z[b, j, e0 + e]
-            grads.z[b, j, e0 + e] = grad_y[b, j, e0 + e] * saved.y_ungated[b, j, e0 + e] * silu_grad(gate)
+    gx, gdt = np.empty(width, np.float32), np.empty(width, np.float32)
     for k in range(directions_count):
         kind = kinds[k]
         G[:] = ZERO
@@ -560,10 +545,9 @@ def _scan_backward_item(inputs, directions, chunk, blocks, saved, grad_y, grads,
             for t in range(t1 - 1, t0 - 1, -1):
                 j = position(kind, t, length, num_slices)
                 _step_inputs(inputs, b, k, j, e0, dt, dtx, skip)
-                u_j, gate_j, grad_y_j = u[b, k, j, e0:e1], z[b, j, e0:e1], grad_y[b, j, e0:e1]
+                u_j, g = u[b, k, j, e0:e1], grad_y[b, j, e0:e1]  # g: the gradient of this step's output
                 skip_w, grad_skip = D[k, e0:e1], grads.D_parts[b, k, e0:e1]
                 for e in range(width):
-                    g[e] = grad_y_j[e] * gate_j[e] * sigmoid(gate_j[e])
                     gx[e] = g[e] * skip_w[e]
                     gdt[e] = ZERO
                     grad_skip[e] += g[e] * u_j[e]
@@ -608,18 +592,19 @@ def _scan_backward_flushed(inputs, directions, chunk, blocks, saved, grad_y, gra
 
 @parallel_jit
 def scan_backward(inputs, directions, chunk, blocks, saved, grad_y, grads):
-    """Gradients of :func:`scan_forward` for grad_y (Bt, L, E), one chunk at a time from the
-    last: the chunk's states are recomputed from the saved entering state, then the adjoint
-    recurrence G_t = C_t g_t + a_{t+1} G_{t+1} runs backwards through them.
+    """Gradients of :func:`scan_forward` for grad_y (Bt, L, E), the gradient of its ungated
+    sum, one chunk at a time from the last: the chunk's states are recomputed from the saved
+    entering state, then the adjoint recurrence G_t = C_t g_t + a_{t+1} G_{t+1} runs backwards
+    through them.
 
     ``inputs``: :class:`ScanInputs`; ``saved``: :class:`ScanSaved`, from a forward pass with
     the same ``chunk``; ``grads``: :class:`ScanGrads`, written. ``blocks`` channel blocks per
     batch element, 1 <= blocks <= E: the B and C gradients are summed per block.
     """
-    _check_scan(inputs, directions, chunk, blocks, saved.y_ungated, saved.entering)
+    _check_scan(inputs, directions, chunk, blocks, grad_y, saved.entering)
     if saved.entering.shape[2] == 0 and inputs.u.shape[2] > 0:
         raise ValueError("scan_backward needs the entering states: run scan_forward with them")
-    _check_scan_grads(inputs, blocks, grad_y, grads)
+    _check_scan_grads(inputs, blocks, grads)
     items = inputs.u.shape[0] * blocks
     failed = np.zeros(items, np.bool_)
     for item in nb.prange(items):

@@ -4,7 +4,8 @@ under ``TRITON_INTERPRET=1``, on the CPU (for tests).
 
 Layouts are those of ``numba_kernels``: channels-last, (batch, [direction,] L, E), with
 step s of direction k reading and writing sequence position :func:`position`, so the reverse
-and inter-slice orders are never copied. A program owns one batch element and one block of
+and inter-slice orders are never copied. The scan returns the directions' sum before any gate
+(``triton_tom`` gates it in torch). A program owns one batch element and one block of
 channels; the scan walks its direction in chunks of ``CHUNK`` steps, solves each chunk with
 ``tl.associative_scan`` over the (channel, state, step) tile and carries the state to the next.
 
@@ -25,10 +26,11 @@ from nnunetv2_segresmamba.operators import directions
 if TYPE_CHECKING:
     from torch import Tensor
 
-# the kinds of operators.directions as constexprs, the only globals kernels can read; any
-# other kind is directions.INTER_SLICE
+# the kinds of operators.directions as constexprs, the only globals kernels can read
 FORWARD: tl.constexpr = tl.constexpr(directions.FORWARD)
 REVERSE: tl.constexpr = tl.constexpr(directions.REVERSE)
+INTER_SLICE: tl.constexpr = tl.constexpr(directions.INTER_SLICE)
+INTER_SLICE_REVERSE: tl.constexpr = tl.constexpr(directions.INTER_SLICE_REVERSE)
 
 
 class ConvTensors(NamedTuple):
@@ -108,22 +110,33 @@ class ScanSizes(NamedTuple):
 
 
 @triton.jit
+def _reversed(kind):
+    return (kind == REVERSE) | (kind == INTER_SLICE_REVERSE)
+
+
+@triton.jit
+def _inter_slice(kind):
+    return (kind == INTER_SLICE) | (kind == INTER_SLICE_REVERSE)
+
+
+@triton.jit
 def position(kind, step, length, num_slices):
     """The sequence position that ``step`` of a direction reads and writes.
 
     With L = S*P (S slices of P positions, slice-major): forward j = s; reverse j = L-1-s;
-    inter-slice j = (s mod S)*P + s div S.
+    inter-slice j = (s mod S)*P + s div S; inter-slice reverse: inter-slice's j of step L-1-s.
     """
+    step = tl.where(_reversed(kind), length - 1 - step, step)
     inter_slice = (step % num_slices) * (length // num_slices) + step // num_slices
-    return tl.where(kind == FORWARD, step, tl.where(kind == REVERSE, length - 1 - step, inter_slice))
+    return tl.where(_inter_slice(kind), inter_slice, step)
 
 
 @triton.jit
 def step_of(kind, pos, length, num_slices):
     """The inverse of :func:`position`: the step at which a direction visits ``pos``."""
     per_slice = length // num_slices
-    inter_slice = (pos % per_slice) * num_slices + pos // per_slice
-    return tl.where(kind == FORWARD, pos, tl.where(kind == REVERSE, length - 1 - pos, inter_slice))
+    step = tl.where(_inter_slice(kind), (pos % per_slice) * num_slices + pos // per_slice, pos)
+    return tl.where(_reversed(kind), length - 1 - step, step)
 
 
 @triton.jit

@@ -3,7 +3,8 @@ direction's selective scan in one launch, forward and backward (``operators.trit
 
 The twin of ``numba_tom``, with the same functions, layouts and semantics: tensors stay
 channels-last and in sequence order, each direction reads its own order by index arithmetic
-(no flipped or restacked copies), and the directions' outputs are summed before the gate.
+(no flipped or restacked copies), and the kernel sums the directions' outputs; the gate
+silu(z), if any, multiplies that sum afterwards in torch.
 Autograd keeps the inputs and the state entering every ``chunk_size`` steps; the backward
 pass recomputes one chunk at a time, so no (B, E, L, N) tensor exists.
 
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nnunetv2_segresmamba.operators.directions import FORWARD, INTER_SLICE, REVERSE
+from nnunetv2_segresmamba.operators.directions import FORWARD, INTER_SLICE, KINDS, REVERSE
 
 CHUNK_SIZE = 64  # steps per associative scan and between the states kept for the backward pass
 # Triton's interpreter combines a scan's elements one by one, so its time grows with the
@@ -72,6 +73,10 @@ class Launch(NamedTuple):
 
 
 def _kinds(kinds: Sequence[int], device: torch.device) -> Tensor:
+    """The kinds as a (K,) int32 tensor; a ValueError for one not in ``directions.KINDS``."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"direction kinds must be among operators.directions.KINDS {KINDS}, got {tuple(kinds)}")
     return torch.tensor(list(kinds), dtype=torch.int32, device=device)
 
 
@@ -234,15 +239,16 @@ def fused_scan(
     C: Tensor,
     D: Tensor,
     delta_bias: Tensor,
-    z: Tensor,
+    z: Tensor | None,
     kinds: Sequence[int],
     num_slices: int,
     chunk_size: int | None = None,
 ) -> Tensor:
     """:func:`numba_tom.fused_scan` on the GPU: the K directions' scans, summed and gated once.
-    u, delta (B, K, L, E); A (K, N, E); B, C (B, K, L, N); D, delta_bias (K, E); z (B, L, E)
-    -> (B, L, E). ``chunk_size`` (a power of two) is the steps per associative scan; None:
-    CHUNK_SIZE on a GPU, INTERPRETER_CHUNK_SIZE in Triton's interpreter."""
+    u, delta (B, K, L, E); A (K, N, E); B, C (B, K, L, N); D, delta_bias (K, E); z (B, L, E),
+    or None for no gate -> (B, L, E). ``chunk_size`` (a power of two) is the steps per
+    associative scan; None: CHUNK_SIZE on a GPU, INTERPRETER_CHUNK_SIZE in Triton's
+    interpreter."""
     if chunk_size is None:
         chunk_size = default_chunk_size(u.device)
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
@@ -252,7 +258,7 @@ def fused_scan(
         _check_layout(t)
     keep_states = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)  # for the backward pass
     y = _FusedScan.apply(*inputs, tuple(kinds), num_slices, chunk_size, keep_states)
-    return y * F.silu(z)
+    return y if z is None else y * F.silu(z)
 
 
 def probe(device: str, states: int = 16, width: int = 4) -> None:
