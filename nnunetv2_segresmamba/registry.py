@@ -105,6 +105,21 @@ def build_umamba_no_mamba(in_channels: int, out_channels: int, patch_size: Seque
     return build_umamba_bot(in_channels, out_channels, patch_size, mamba=False)
 
 
+def build_swin_umamba(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    """Swin-UMamba (2D; its patch a multiple of 32, checked by :meth:`Member.build`), without its
+    ImageNet weights: the trainer loads them when training starts."""
+    from nnunetv2_segresmamba.networks.swin_umamba import SwinUMamba
+
+    return SwinUMamba(in_channels, out_channels)
+
+
+def build_swin_umamba_d(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    """Swin-UMamba-dagger (2D; its patch a multiple of 32), without its ImageNet weights."""
+    from nnunetv2_segresmamba.networks.swin_umamba import SwinUMambaD
+
+    return SwinUMambaD(in_channels, out_channels)
+
+
 RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)  # nnU-Net's ResEnc planners' encoder
 
 
@@ -153,7 +168,7 @@ def build_nnunet(in_channels: int, out_channels: int, patch_size: Sequence[int])
 COMPARISON, BASELINE, ABLATION = "comparison", "baseline", "ablation"
 GROUPS = (COMPARISON, BASELINE, ABLATION)
 DEFAULT_PLANS = "nnUNetPlans"  # nnU-Net's default planner's plans identifier
-BOTH, ONLY_3D = (2, 3), (3,)  # the spatial dims of the configurations a member trains: 2d, or 3d_* only
+BOTH, ONLY_3D, ONLY_2D = (2, 3), (3,), (2,)  # the spatial dims of the configurations a member trains
 SCHEDULE_SUFFIXES = ("_smoke", "_2epochs", "_demo", "_pipeline")  # shorter runs of a member's trainer
 
 
@@ -223,6 +238,7 @@ def segresmamba_member(trainer: str, network: str, tom_directions: Sequence[str]
 
 
 NNUNET_TRAINER = "nnUNetTrainerComparisonNnUNet"
+SWIN_UMAMBA_DIVISOR = 32  # Swin-UMamba's inputs: five halvings (networks.swin_umamba reads it here)
 RESENC_PRESETS = ("M", "L", "XL")  # nnU-Net's ResEnc presets
 
 
@@ -263,6 +279,10 @@ FAMILY: tuple[Member, ...] = (
            revisited=RevisitedFigures("U-Mamba Bot", (83.51, 91.79, 80.40, 91.26, 86.22, 89.13), 12.40, 24)),
     Member("nnUNetTrainerUMambaEnc", "U-Mamba Enc", build_umamba_enc, group=BASELINE,
            revisited=RevisitedFigures("U-Mamba Enc", (82.41, 91.22, 80.27, 90.91, 86.34, 88.38), 24.90, 47)),
+    Member("nnUNetTrainerSwinUMamba", "Swin-UMamba", build_swin_umamba, SWIN_UMAMBA_DIVISOR, group=BASELINE,
+           spatial_dims=ONLY_2D),
+    Member("nnUNetTrainerSwinUMambaD", "Swin-UMamba-dagger", build_swin_umamba_d, SWIN_UMAMBA_DIVISOR,
+           group=BASELINE, spatial_dims=ONLY_2D),
     segresmamba_member("nnUNetTrainerSegResMambaNoToM", "SegResMamba-NoToM", ()),
     segresmamba_member("nnUNetTrainerSegResMambaForwardToM", "SegResMamba-ForwardToM", (FORWARD_SUFFIX,)),
     segresmamba_member("nnUNetTrainerSegResMambaForwardReverseToM", "SegResMamba-ForwardReverseToM",
@@ -271,6 +291,10 @@ FAMILY: tuple[Member, ...] = (
     Member("nnUNetTrainerComparisonNnUNet_paperRecipe", "nnU-Net-paperRecipe", build_nnunet, 32, group=ABLATION),
     Member("nnUNetTrainerUMambaBotNoMamba", "U-Mamba Bot-NoMamba", build_umamba_no_mamba, group=ABLATION,
            revisited=RevisitedFigures("No-Mamba Base", (83.69, 91.89, 80.57, 91.26, 85.98, 89.04), 12.0, 24)),
+    Member("nnUNetTrainerSwinUMambaScratch", "Swin-UMamba-Scratch", build_swin_umamba, SWIN_UMAMBA_DIVISOR,
+           group=ABLATION, spatial_dims=ONLY_2D),
+    Member("nnUNetTrainerSwinUMambaDScratch", "Swin-UMamba-dagger-Scratch", build_swin_umamba_d,
+           SWIN_UMAMBA_DIVISOR, group=ABLATION, spatial_dims=ONLY_2D),
 )
 
 
