@@ -1,4 +1,5 @@
-"""``nnunetv2_segresmamba`` command: make-dataset, demo, trainer-dir, add-cascade, sweep, status, report."""
+"""``nnunetv2_segresmamba`` command: make-dataset, demo, trainer-dir, add-cascade, check-vmamba, sweep, status,
+report."""
 
 from __future__ import annotations
 
@@ -73,6 +74,12 @@ def _add_cascade(args: argparse.Namespace) -> None:
     print(f"{LOWRES}: spacing {spacing}, patch {list(lowres['patch_size'])}; {CASCADE} inherits 3d_fullres.\n"
           f"Next: nnUNetv2_preprocess -d {args.dataset} -c {LOWRES} -p {args.plans}, then train {LOWRES} (every "
           f"fold, or fold all) before {CASCADE} with the same -tr.")
+
+
+def _check_vmamba(args: argparse.Namespace) -> None:
+    from nnunetv2_segresmamba.tools.pretrained import check_vmamba_file, vmamba_weights_path
+
+    print(check_vmamba_file(args.path or vmamba_weights_path()))
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -201,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "3d_fullres one (default %(default)s)")
     cascade.add_argument("-p", "--plans", default=DEFAULT_PLANS)
     cascade.set_defaults(func=_add_cascade)
+
+    from nnunetv2_segresmamba.tools.pretrained import VMAMBA_FILE, VMAMBA_WEIGHTS_VAR
+
+    vmamba = sub.add_parser("check-vmamba", help="check VMamba-Tiny's ImageNet checkpoint for the Swin-UMamba trainers",
+                            description="Reads the checkpoint without running code from it, prints its SHA-256 and "
+                                        "what each Swin-UMamba encoder takes from it; fails if a tensor is missing "
+                                        "or misshapen.")
+    vmamba.add_argument("path", nargs="?", help=f"the file ({VMAMBA_FILE}); default: ${VMAMBA_WEIGHTS_VAR}")
+    vmamba.set_defaults(func=_check_vmamba)
     _add_sweep_parsers(sub)
     return parser
 

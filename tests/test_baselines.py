@@ -8,7 +8,7 @@ import torch
 from nnunetv2_segresmamba.registry import FAMILY, member, members, network
 from nnunetv2_segresmamba.trainers import base
 
-MEASURED_PARAMS = {  # 128^3, 1 -> 14 channels
+MEASURED_PARAMS = {  # 128^3 (128^2 for the 2D-only networks), 1 -> 14 channels
     "SegResMamba": 73_548_350,  # paper 119.98M: see README
     "SegMamba": 67_363_262,
     "SwinUNETR": 62_187_296,
@@ -25,6 +25,10 @@ MEASURED_PARAMS = {  # 128^3, 1 -> 14 channels
     "U-Mamba Bot": 42_130_054,  # the official UMambaBot at this plan has as many (tests/test_umamba.py)
     "U-Mamba Enc": 42_760_582,
     "U-Mamba Bot-NoMamba": 41_454_214,
+    "Swin-UMamba": 59_889_368,  # the official key lists' shapes (tests/test_swin_umamba.py): as many
+    "Swin-UMamba-dagger": 27_497_720,
+    "Swin-UMamba-Scratch": 59_889_368,
+    "Swin-UMamba-dagger-Scratch": 27_497_720,
 }
 
 
@@ -37,7 +41,7 @@ def on_meta_where_it_builds(m):
 @pytest.mark.parametrize("m", FAMILY, ids=lambda m: m.network)
 def test_parameter_counts_at_128(m):
     with on_meta_where_it_builds(m):
-        params = sum(p.numel() for p in m.build(1, 14, (128, 128, 128)).parameters())
+        params = sum(p.numel() for p in m.build(1, 14, (128,) * max(m.spatial_dims)).parameters())
     assert params == MEASURED_PARAMS[m.network]
     if m.paper is not None and m.network != "SegResMamba":
         assert params / 1e6 == pytest.approx(m.paper.params_m, rel=2e-3)
@@ -67,6 +71,12 @@ def test_patch_rounding_is_written_into_the_plans(patch, divisor, expected):
     planned = base.round_patch_in_plans(plans, "3d_fullres", divisor)
     assert planned == list(patch)
     assert plans["configurations"]["3d_fullres"]["patch_size"] == expected
+
+
+def test_rounding_keeps_at_least_min_multiple_multiples_per_axis():
+    plans = plans_with_patch((20, 40, 100))
+    base.round_patch_in_plans(plans, "3d_fullres", 32, min_multiple=1)
+    assert plans["configurations"]["3d_fullres"]["patch_size"] == [32, 32, 96]
 
 
 def test_rounding_an_inheriting_configuration_overrides_only_that_configuration():
@@ -119,12 +129,14 @@ def test_published_figures_name_their_source():
                     "U-Mamba Bot-NoMamba": 83.69}
     assert {m.network: m.plans for m in members("baseline")} == {
         "nnU-Net ResEnc M": "nnUNetResEncUNetMPlans", "nnU-Net ResEnc L": "nnUNetResEncUNetLPlans",
-        "nnU-Net ResEnc XL": "nnUNetResEncUNetXLPlans", "U-Mamba Bot": "nnUNetPlans", "U-Mamba Enc": "nnUNetPlans"}
+        "nnU-Net ResEnc XL": "nnUNetResEncUNetXLPlans", "U-Mamba Bot": "nnUNetPlans", "U-Mamba Enc": "nnUNetPlans",
+        "Swin-UMamba": "nnUNetPlans", "Swin-UMamba-dagger": "nnUNetPlans"}
 
 
 @pytest.mark.parametrize("name,patch", [("SegResMamba", (32, 48)), ("SwinUNETR", (64, 64)), ("UNETR", (32, 48)),
                                         ("nnU-Net", (64, 64)), ("nnU-Net ResEnc M", (32, 48)),
-                                        ("U-Mamba Bot", (32, 48)), ("U-Mamba Enc", (32, 48))])
+                                        ("U-Mamba Bot", (32, 48)), ("U-Mamba Enc", (32, 48)),
+                                        ("Swin-UMamba", (32, 64)), ("Swin-UMamba-dagger", (64, 32))])
 def test_2d_networks_of_the_family(name, patch):
     """The members whose networks exist in 2D build them for a 2D patch (MONAI's spatial_dims=2)."""
     net = network(name).build(2, 3, patch)
@@ -160,7 +172,8 @@ def test_smoke_trainers_build_small_networks_through_build_network(trainer):
 def test_trainers_patch_rules():
     from nnunetv2_segresmamba import trainers
 
-    divisors = {"nnUNetTrainerSegMamba": 16, "nnUNetTrainerSwinUNETR": 32, "nnUNetTrainerUNETR": 16}
+    divisors = {"nnUNetTrainerSegMamba": 16, "nnUNetTrainerSwinUNETR": 32, "nnUNetTrainerUNETR": 16,
+                "nnUNetTrainerSwinUMamba": 32, "nnUNetTrainerSwinUMambaDScratch": 32}
     for trainer, divisor in divisors.items():
         assert getattr(trainers, trainer).patch_divisor == divisor, trainer
         assert getattr(trainers, f"{trainer}_smoke").patch_divisor == divisor, trainer
@@ -169,11 +182,11 @@ def test_trainers_patch_rules():
     assert trainers.nnUNetTrainerSegResMamba.patch_divisor is None and network("SegResMamba").patch_divisor is None
 
 
-def test_only_segmamba_trainers_refuse_2d():
+def test_only_segmamba_refuses_2d_and_only_swin_umamba_3d():
     from nnunetv2_segresmamba import trainers
 
     for m in FAMILY:
-        expected = (3,) if m.network == "SegMamba" else (2, 3)
+        expected = (3,) if m.network == "SegMamba" else (2,) if m.network.startswith("Swin-UMamba") else (2, 3)
         for trainer in (m.trainer, f"{m.trainer}_smoke"):
             assert getattr(trainers, trainer).supported_spatial_dims == expected, trainer
 
@@ -182,7 +195,7 @@ def test_groups_keep_the_five_as_the_default_and_every_trainer_exists():
     from nnunetv2_segresmamba import trainers
 
     assert [m.network for m in members()] == ["SegResMamba", "SegMamba", "SwinUNETR", "UNETR", "nnU-Net"]
-    assert len(members("ablation")) == 6 and len(members("baseline")) == 5 and len(members(None)) == len(FAMILY) == 16
+    assert len(members("ablation")) == 8 and len(members("baseline")) == 7 and len(members(None)) == len(FAMILY) == 20
     assert len({m.network for m in FAMILY}) == len(FAMILY)  # benchmarks and reports key rows by network
     for m in FAMILY:
         assert m.trainer in trainers.__all__ and f"{m.trainer}_smoke" in trainers.__all__

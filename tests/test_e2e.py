@@ -347,6 +347,14 @@ def test_a_sweep_reports_resenc_m_beside_segresmamba(e2e_workspace, swept):
     assert any(".blocks.3." in key for key in weights)  # ResEnc M: 4 residual blocks in its third stage
 
 
+def predict_2d(e2e_workspace, trainer: str, out) -> list[str]:
+    """``trainer``'s 2d fold 0 predicts the test images into ``out`` (no TTA); the predictions."""
+    images = os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
+    run_command(["nnUNetv2_predict", "-i", images, "-o", str(out), "-d", DID, "-c", "2d", "-f", "0", "-tr", trainer,
+                 *CPU_PREDICT, "--disable_tta"], e2e_workspace.env, quiet=True)
+    return sorted(glob.glob(str(out / "*.nii.gz")))
+
+
 def test_umamba_enc_trains_and_predicts_2d(e2e_workspace, swept, tmp_path):
     """The 2D U-Mamba Enc (its skip-free last decoder stage, Mamba layers on every other stage)
     through the CLI on the 2d configuration that ``swept`` preprocessed."""
@@ -357,12 +365,45 @@ def test_umamba_enc_trains_and_predicts_2d(e2e_workspace, swept, tmp_path):
     stages = {int(k.split(".")[2]) for k in weights if k.startswith("encoder.stages.")}
     with_mamba = {int(k.split(".")[2]) for k in weights if k.startswith("encoder.mamba_layers.")}
     assert with_mamba == set(range(len(stages) - 1, -1, -2))  # every other stage, the deepest included
-    images = os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
-    run_command(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path), "-d", DID, "-c", "2d", "-f", "0", "-tr",
-                 trainer, *CPU_PREDICT, "--disable_tta"], e2e_workspace.env, quiet=True)
     import SimpleITK as sitk
 
-    predictions = sorted(glob.glob(str(tmp_path / "*.nii.gz")))
+    predictions = predict_2d(e2e_workspace, trainer, tmp_path)
+    assert len(predictions) == SPEC.num_test
+    assert sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == tuple(SPEC.shape)
+
+
+def test_swin_umamba_trains_from_vmamba_weights_and_predicts_without_them(e2e_workspace, swept, tmp_path,
+                                                                          monkeypatch):
+    """Swin-UMamba through the CLI on the 2d configuration: VMamba's ImageNet weights (a file laid
+    out as VMamba's, named by $nnUNet_vmamba_weights) are loaded when training starts, the encoder
+    stays frozen through the smoke run's one epoch, and prediction needs the trained checkpoint only."""
+    from nnunetv2_segresmamba.tools.pretrained import VMAMBA_WEIGHTS_VAR
+    from tests.test_swin_umamba import vmamba_checkpoint
+
+    trainer, weights = "nnUNetTrainerSwinUMamba_smoke", str(tmp_path / "vmamba_tiny.pth")
+    model = vmamba_checkpoint(weights)
+    monkeypatch.delenv(VMAMBA_WEIGHTS_VAR, raising=False)
+    run_command(["nnUNetv2_train", DID, "2d", "0", "-tr", trainer, "-device", "cpu"],
+                {**e2e_workspace.env, VMAMBA_WEIGHTS_VAR: weights}, quiet=True)
+    folder = fold_dir(e2e_workspace, trainer, "2d")
+    log = "".join(open(path).read() for path in glob.glob(os.path.join(folder, "training_log_*.txt")))
+    assert "VMamba ImageNet weights: 204 of the encoder's 208 tensors" in log
+    trained = load_checkpoint_file(os.path.join(folder, "checkpoint_final.pth"), "cpu")["network_weights"]
+    assert torch.equal(trained["vssm_encoder.layers.2.blocks.8.self_attention.A_logs"],
+                       model["layers.2.blocks.8.self_attention.A_logs"])  # loaded, then frozen
+    assert torch.equal(trained["vssm_encoder.downsamples.0.reduction.weight"],
+                       model["layers.0.downsample.reduction.weight"])
+    predictions = predict_2d(e2e_workspace, trainer, tmp_path / "predictions")  # without $nnUNet_vmamba_weights
+    assert len(predictions) == SPEC.num_test
+
+
+def test_swin_umamba_dagger_trains_from_scratch_and_predicts_2d(e2e_workspace, swept, tmp_path):
+    """Swin-UMamba-dagger (its VSS-block decoder, deep supervision at 1/4 to 1/16) from scratch."""
+    trainer = "nnUNetTrainerSwinUMambaDScratch_smoke"
+    run_command(["nnUNetv2_train", DID, "2d", "0", "-tr", trainer, "-device", "cpu"], e2e_workspace.env, quiet=True)
+    import SimpleITK as sitk
+
+    predictions = predict_2d(e2e_workspace, trainer, tmp_path)
     assert len(predictions) == SPEC.num_test
     assert sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == tuple(SPEC.shape)
 

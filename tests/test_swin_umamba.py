@@ -266,3 +266,20 @@ def test_the_weights_variable_unset_or_wrong_says_where_to_download(monkeypatch,
     with pytest.raises(OSError, match="missing.pth: no such file") as error:
         vmamba_weights_path()
     assert VMAMBA_URL in str(error.value)
+
+
+def test_the_check_command_reports_a_good_file_and_explains_a_missing_one(tmp_path, monkeypatch, capsys, no_yacs):
+    from nnunetv2_segresmamba.cli import main
+
+    path = str(tmp_path / VMAMBA_FILE)
+    vmamba_checkpoint(path)
+    monkeypatch.setenv(VMAMBA_WEIGHTS_VAR, path)
+    assert main(["check-vmamba"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(path) and "Swin-UMamba-dagger, 3 input channels: 208 of 208 encoder tensors" in out
+    monkeypatch.delenv(VMAMBA_WEIGHTS_VAR)
+    assert main(["check-vmamba"]) == 1
+    assert f"{VMAMBA_WEIGHTS_VAR} is not set" in capsys.readouterr().err
+    vmamba_checkpoint(path, drop=["patch_embed.norm.bias"])
+    assert main(["check-vmamba", path]) == 1
+    assert "encoder tensors it lacks: patch_embed.norm.bias" in capsys.readouterr().err

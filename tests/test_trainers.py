@@ -3,6 +3,7 @@ nnU-Net's planner writes for a (3, 0.8, 0.8) mm dataset: optimizer groups and re
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -330,3 +331,67 @@ def test_a_run_of_the_official_umamba_predicts_with_nnunet_2_8(planned, monkeypa
     with torch.no_grad():
         expected = official(image[None])[0]
     torch.testing.assert_close(logits, expected.half(), atol=2e-3, rtol=2e-3)  # nnU-Net keeps logits in fp16
+
+
+# ---------------------------------------------------------------- Swin-UMamba
+
+
+@pytest.mark.parametrize("trainer_name, network", [("nnUNetTrainerSwinUMambaScratch", "SwinUMamba"),
+                                                   ("nnUNetTrainerSwinUMambaDScratch", "SwinUMambaD")])
+def test_swin_umamba_trainers_build_the_2d_networks_with_the_official_recipe(planned, monkeypatch, trainer_name,
+                                                                             network):
+    trainer = initialized(trainer_name, planned, monkeypatch, configuration="2d")
+    patch = trainer.configuration_manager.patch_size
+    assert type(trainer.network).__name__ == network and all(s % 32 == 0 for s in patch)
+    (group,) = trainer.optimizer.param_groups  # every parameter decays, as in the official AdamW
+    assert isinstance(trainer.optimizer, torch.optim.AdamW) and len(group["params"]) == len(
+        list(trainer.network.parameters()))
+    assert (group["lr"], group["weight_decay"], group["eps"]) == (1e-4, 5e-2, 1e-5)
+    trainer.lr_scheduler.step(trainer.num_epochs)
+    assert group["lr"] == pytest.approx(1e-6)  # cosine to 1e-6
+    outputs = trainer.network(torch.randn(1, 1, *patch))
+    assert [tuple(o.shape[2:]) for o in outputs] == [tuple(int(s * p) for s, p in zip(scale, patch))
+                                                     for scale in trainer._get_deep_supervision_scales()]
+
+
+def test_swin_umamba_refuses_3d_and_names_the_2d_configuration(planned, monkeypatch):
+    with pytest.raises(ValueError, match=r"nnUNetTrainerSwinUMamba trains 2D networks only.*nnUNetv2_train DATASET "
+                                         r"2d FOLD -tr nnUNetTrainerSwinUMamba"):
+        initialized("nnUNetTrainerSwinUMamba", planned, monkeypatch)
+
+
+def test_imagenet_weights_load_when_training_starts_and_the_encoder_thaws_at_epoch_10(planned, monkeypatch,
+                                                                                      tmp_path):
+    from nnunetv2_segresmamba.tools.pretrained import VMAMBA_WEIGHTS_VAR
+    from tests.test_swin_umamba import vmamba_checkpoint
+
+    trainer = initialized("nnUNetTrainerSwinUMambaD", planned, monkeypatch, configuration="2d")
+    os.makedirs(trainer.output_folder, exist_ok=True)
+    encoder = trainer.network.vssm_encoder
+    monkeypatch.delenv(VMAMBA_WEIGHTS_VAR, raising=False)
+    with pytest.raises(OSError, match=f"{VMAMBA_WEIGHTS_VAR} is not set"):
+        trainer._maybe_load_imagenet_encoder()
+
+    model = vmamba_checkpoint(str(tmp_path / "vmamba.pth"))
+    monkeypatch.setenv(VMAMBA_WEIGHTS_VAR, str(tmp_path / "vmamba.pth"))
+    embedding = encoder.patch_embed.proj.weight.clone()
+    trainer.current_epoch = 3  # resumed with --c: the checkpoint's weights stay
+    trainer._maybe_load_imagenet_encoder()
+    assert not torch.equal(encoder.layers[3].blocks[1].ln_1.weight, model["layers.3.blocks.1.ln_1.weight"])
+    trainer.current_epoch = 0
+    trainer._maybe_load_imagenet_encoder()
+    assert torch.equal(encoder.patch_embed.proj.weight, embedding)  # 1 input channel: VMamba's RGB one does not fit
+    for key, value in encoder.state_dict().items():
+        if not key.startswith("patch_embed."):
+            assert torch.equal(value, model[re.sub(r"^downsamples\.(\d)", r"layers.\1.downsample", key)]), key
+
+    with torch.no_grad():
+        encoder.layers[0].blocks[0].ln_1.weight.add_(1.0)  # as -pretrained_weights would have loaded
+    trainer._maybe_load_imagenet_encoder()
+    assert torch.equal(encoder.layers[0].blocks[0].ln_1.weight, model["layers.0.blocks.0.ln_1.weight"] + 1)
+
+    for epoch, frozen in ((0, True), (9, True), (10, False)):
+        trainer.current_epoch = epoch
+        trainer.on_train_epoch_start()
+        for name, parameter in encoder.named_parameters():
+            assert parameter.requires_grad == (name.startswith("patch_embed.") or not frozen), (epoch, name)

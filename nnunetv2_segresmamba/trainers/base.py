@@ -20,7 +20,6 @@ from nnunetv2.utilities.helpers import softmax_helper_dim1
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch.optim.lr_scheduler import _LRScheduler
 
-from nnunetv2_segresmamba.networks.blocks import padded_size
 from nnunetv2_segresmamba.registry import BOTH, Member
 from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
@@ -73,9 +72,12 @@ class ComparisonTrainerBase(nnUNetTrainer):
     recipe_initial_lr: float
     recipe_weight_decay: float
     lr_schedule: str  # "poly" or "cosine"
+    recipe_min_lr = 0.0  # where the cosine schedule ends
+    recipe_adam_eps = 1e-8  # AdamW's eps (torch's default)
     loss_name: str  # "dice_ce" (nnU-Net default), "dice" or "ce"
     deep_supervision = False
     patch_divisor: int | None = None  # round the planned patch to multiples of this (saved in plans.json)
+    patch_min_multiple = 2  # and to at least this many multiples per axis (the voxels of the deepest feature map)
     supported_spatial_dims: tuple[int, ...] = BOTH  # 2: nnU-Net's 2d configuration; 3: 3d_fullres, lowres, cascade
     seed: int | None = None  # seeds the network's initialisation and the batches; None: unseeded, as nnU-Net
     network_widths: dict = {}  # overrides of the network's default widths (smaller networks for smoke runs)
@@ -84,7 +86,7 @@ class ComparisonTrainerBase(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         require_nnunet_env(("nnUNet_preprocessed", "nnUNet_results"))
-        planned = round_patch_in_plans(plans, configuration, self.patch_divisor)
+        planned = round_patch_in_plans(plans, configuration, self.patch_divisor, self.patch_min_multiple)
         configuration_manager = PlansManager(plans).get_configuration(configuration)
         require_supported_configuration(configuration_manager.patch_size, configuration, type(self).__name__,
                                         self.supported_spatial_dims)
@@ -201,14 +203,15 @@ class ComparisonTrainerBase(nnUNetTrainer):
         params = parameter_groups(self.network, self.weight_decay, exempt_marked=not self.decay_every_parameter)
         if self.optimizer_name == "AdamW":
             optimizer = fused_if_available(torch.optim.AdamW, params, lr=self.initial_lr,
-                                           weight_decay=self.weight_decay)
+                                           weight_decay=self.weight_decay, eps=self.recipe_adam_eps)
         elif self.optimizer_name == "SGD":
             optimizer = fused_if_available(torch.optim.SGD, params, lr=self.initial_lr,
                                            weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
         else:
             raise ValueError(f"unknown optimizer_name {self.optimizer_name!r}: use 'SGD' or 'AdamW'")
         if self.lr_schedule == "cosine":
-            return optimizer, CosineAnnealingScheduler(optimizer, self.initial_lr, self.num_epochs)
+            return optimizer, CosineAnnealingScheduler(optimizer, self.initial_lr, self.num_epochs,
+                                                       min_lr=self.recipe_min_lr)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def _build_loss(self):
@@ -367,19 +370,19 @@ def _flat_architecture(architecture: dict) -> dict:
     return {"network_class_name": architecture.get("network_class_name"), **(architecture.get("arch_kwargs") or {})}
 
 
-def round_patch_in_plans(plans: dict, configuration: str, divisor: int | None) -> list[int]:
+def round_patch_in_plans(plans: dict, configuration: str, divisor: int | None, min_multiple: int = 2) -> list[int]:
     """Rounds the configuration's patch size in ``plans`` (in place) to the nearest multiples of
-    ``divisor`` that the network takes unpadded (:func:`~nnunetv2_segresmamba.networks.blocks.padded_size`).
-    nnU-Net saves these plans into the run's output folder, so ``nnUNetv2_predict`` uses the
-    same patch. Returns the patch size as planned."""
+    ``divisor``, at least ``min_multiple`` of them on each axis (2: the deepest feature map keeps 2
+    voxels, as :func:`~nnunetv2_segresmamba.networks.blocks.padded_size` pads). nnU-Net saves these
+    plans into the run's output folder, so ``nnUNetv2_predict`` uses the same patch. Returns the
+    patch size as planned."""
     configurations = plans["configurations"]
     config = configurations[configuration]
     while "patch_size" not in config and "inherits_from" in config:
         config = configurations[config["inherits_from"]]
     planned = list(config["patch_size"])
     if divisor:
-        nearest = [max(1, int(s / divisor + 0.5)) * divisor for s in planned]
-        rounded = padded_size(nearest, [divisor] * len(planned))
+        rounded = [max(min_multiple, int(s / divisor + 0.5)) * divisor for s in planned]
         plans["configurations"][configuration]["patch_size"] = rounded
     return planned
 
@@ -394,6 +397,10 @@ def require_supported_configuration(patch_size: Sequence[int], configuration: st
         advice = (f"Use a 3D configuration (3d_fullres, 3d_lowres, 3d_cascade_fullres): "
                   f"nnUNetv2_train DATASET 3d_fullres FOLD -tr {trainer_name}. For 2d, train another trainer of the "
                   "family, e.g. nnUNetTrainerSegResMamba (see the README's configuration table)")
+    elif tuple(spatial_dims) == (2,):
+        advice = (f"Use the 2d configuration: nnUNetv2_train DATASET 2d FOLD -tr {trainer_name}. For 3D, train "
+                  "another trainer of the family, e.g. nnUNetTrainerSegResMamba (see the README's configuration "
+                  "table)")
     else:
         advice = f"Use a 2d or 3D configuration: nnUNetv2_train DATASET 3d_fullres FOLD -tr {trainer_name}"
     kinds = " and ".join(f"{d}D" for d in spatial_dims)

@@ -1,0 +1,175 @@
+"""Swin-UMamba and Swin-UMamba-dagger (Liu et al., 2024) as siblings, with the official trainer
+names and recipe: AdamW (lr 1e-4, weight decay 5e-2 on every parameter, eps 1e-5), cosine to 1e-6,
+Dice + CE with deep supervision, 2d only.
+
+The pretrained trainers start the encoder from VMamba-Tiny's ImageNet weights, read when
+training starts (not when the network is built: ``nnUNetv2_predict`` needs the trained
+checkpoint only) from the file ``$nnUNet_vmamba_weights`` names (``tools.pretrained``),
+checked tensor by tensor; and they train the encoder, except its patch embedding, only from
+epoch 10 on. A run resumed with ``--c``, or started with ``-pretrained_weights``, keeps its own
+weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from nnunetv2_segresmamba.networks.swin_umamba import DS_SCALES, SwinUMamba, SwinUMambaD
+from nnunetv2_segresmamba.networks.vmamba import VSSMEncoder, encoder_state_from_vmamba
+from nnunetv2_segresmamba.registry import member
+from nnunetv2_segresmamba.tools.pretrained import read_vmamba_weights, sha256_of, vmamba_weights_path
+from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, QuickSmokeSchedule, TwoEpochs
+
+
+def _unwrapped(network: nn.Module) -> nn.Module:
+    network = getattr(network, "module", network)  # DDP
+    return getattr(network, "_orig_mod", network)  # torch.compile
+
+
+class SwinUMambaRecipe(ComparisonTrainerBase):
+    """What the Swin-UMamba trainers share: the official recipe, the 2d configuration, patches
+    rounded to multiples of 32, and the ImageNet encoder with its frozen first epochs."""
+
+    network_class: type[nn.Module] = SwinUMamba
+    imagenet_encoder = True  # False: trained from scratch
+    frozen_encoder_epochs = 10  # epochs that train the encoder's patch embedding only (with imagenet_encoder)
+
+    optimizer_name = "AdamW"
+    recipe_initial_lr = 1e-4
+    recipe_weight_decay = 5e-2
+    recipe_adam_eps = 1e-5
+    lr_schedule = "cosine"
+    recipe_min_lr = 1e-6
+    loss_name = "dice_ce"
+    deep_supervision = True
+    decay_every_parameter = True  # the official AdamW over network.parameters()
+    patch_divisor = member("nnUNetTrainerSwinUMamba").patch_divisor
+    patch_min_multiple = 1  # a 1 x 1 deepest map meets LayerNorms and a transposed conv only
+    supported_spatial_dims = member("nnUNetTrainerSwinUMamba").spatial_dims
+
+    @classmethod
+    def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                      num_input_channels: int, num_output_channels: int,
+                      enable_deep_supervision: bool = True) -> nn.Module:
+        return cls.network_class(num_input_channels, num_output_channels, deep_supervision=enable_deep_supervision)
+
+    def _get_deep_supervision_scales(self) -> list[list[float]] | None:
+        if not self.enable_deep_supervision:
+            return None
+        return [[s, s] for s in DS_SCALES[self.network_class.__name__]]
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        _unwrapped(self.network).set_deep_supervision(enabled)
+
+    @property
+    def encoder(self) -> VSSMEncoder:
+        return _unwrapped(self.network).vssm_encoder
+
+    def initialize(self) -> None:
+        """nnU-Net's, then a checksum of the encoder as built, so that training can tell whether
+        anything (``-pretrained_weights``, ``--c``) loaded other weights into it since."""
+        super().initialize()
+        self._built_encoder_checksum = encoder_checksum(self.encoder)
+
+    def on_train_start(self) -> None:
+        if not self.was_initialized:
+            self.initialize()
+        if self.imagenet_encoder:
+            self._maybe_load_imagenet_encoder()
+        super().on_train_start()
+
+    def _maybe_load_imagenet_encoder(self) -> None:
+        if self.current_epoch > 0:
+            return  # resumed with --c: the checkpoint's weights
+        if encoder_checksum(self.encoder) != self._built_encoder_checksum:
+            self.print_to_log_file("the encoder holds weights loaded since it was built (-pretrained_weights): "
+                                   "VMamba's ImageNet weights are not loaded over them")
+            return
+        self.print_to_log_file(load_imagenet_encoder(self.encoder))
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self.imagenet_encoder and self.current_epoch < self.frozen_encoder_epochs
+        self.encoder.freeze(frozen)
+        if frozen or self.current_epoch == self.frozen_encoder_epochs:
+            self.print_to_log_file(f"encoder {'frozen except its patch embedding' if frozen else 'trained'} "
+                                   f"(frozen for the first {self.frozen_encoder_epochs} epochs)")
+        super().on_train_epoch_start()
+
+
+@torch.no_grad()
+def encoder_checksum(encoder: nn.Module) -> float:
+    """A sum over every encoder tensor: changes when other weights are loaded."""
+    return float(sum(t.double().abs().sum() for t in encoder.state_dict().values()))
+
+
+def load_imagenet_encoder(encoder: VSSMEncoder) -> str:
+    """Loads VMamba-Tiny's ImageNet weights (``$nnUNet_vmamba_weights``) into ``encoder``, every
+    tensor checked (:func:`~nnunetv2_segresmamba.networks.vmamba.encoder_state_from_vmamba`:
+    a ValueError before anything is loaded if one is missing or misshapen). Returns a line for
+    the training log: what was loaded, from which file, its SHA-256 and what was left out."""
+    path = vmamba_weights_path()
+    loaded = encoder_state_from_vmamba(read_vmamba_weights(path), encoder)
+    state = encoder.state_dict()
+    encoder.load_state_dict({**state, **loaded.state}, strict=True)
+    kept = sorted(set(state) - set(loaded.state))
+    return (f"VMamba ImageNet weights: {len(loaded.state)} of the encoder's {len(state)} tensors from {path} "
+            f"(sha256 {sha256_of(path)}); left as initialised: {', '.join(kept) or 'none'}; "
+            f"not used: {', '.join(loaded.skipped) or 'none'}")
+
+
+class nnUNetTrainerSwinUMamba(SwinUMambaRecipe):
+    """Swin-UMamba: stem, VMamba-Tiny encoder from ImageNet (patches of 2), MONAI UNETR decoder,
+    deep supervision at 1 to 1/8; the official recipe (:class:`SwinUMambaRecipe`)."""
+
+
+class nnUNetTrainerSwinUMambaD(SwinUMambaRecipe):
+    """Swin-UMamba-dagger: VMamba-Tiny encoder from ImageNet (patches of 4), VSS-block decoder,
+    deep supervision at 1, 1/4, 1/8, 1/16; the official recipe."""
+
+    network_class = SwinUMambaD
+
+
+class nnUNetTrainerSwinUMambaScratch(nnUNetTrainerSwinUMamba):
+    """Swin-UMamba trained from scratch: no ImageNet weights, no frozen epochs."""
+
+    imagenet_encoder = False
+
+
+class nnUNetTrainerSwinUMambaDScratch(nnUNetTrainerSwinUMambaD):
+    """Swin-UMamba-dagger trained from scratch."""
+
+    imagenet_encoder = False
+
+
+class nnUNetTrainerSwinUMamba_2epochs(TwoEpochs, nnUNetTrainerSwinUMamba):
+    pass
+
+
+class nnUNetTrainerSwinUMamba_smoke(QuickSmokeSchedule, nnUNetTrainerSwinUMamba):
+    pass
+
+
+class nnUNetTrainerSwinUMambaD_2epochs(TwoEpochs, nnUNetTrainerSwinUMambaD):
+    pass
+
+
+class nnUNetTrainerSwinUMambaD_smoke(QuickSmokeSchedule, nnUNetTrainerSwinUMambaD):
+    pass
+
+
+class nnUNetTrainerSwinUMambaScratch_2epochs(TwoEpochs, nnUNetTrainerSwinUMambaScratch):
+    pass
+
+
+class nnUNetTrainerSwinUMambaScratch_smoke(QuickSmokeSchedule, nnUNetTrainerSwinUMambaScratch):
+    pass
+
+
+class nnUNetTrainerSwinUMambaDScratch_2epochs(TwoEpochs, nnUNetTrainerSwinUMambaDScratch):
+    pass
+
+
+class nnUNetTrainerSwinUMambaDScratch_smoke(QuickSmokeSchedule, nnUNetTrainerSwinUMambaDScratch):
+    pass
