@@ -1,5 +1,5 @@
 """The paper's efficiency tables, every network of the comparison family and the baselines
-(:data:`NETWORKS`) measured side by side in one run:
+(:data:`NETWORKS` for a 3D patch, :data:`NETWORKS_2D` for a 2D one) measured side by side in one run:
 
 - parameters and fvcore-style MACs (Table 7), see :mod:`benchmarks.model_cost`;
 - peak memory of one training step at each batch size and precision (Table 8) and the
@@ -9,11 +9,14 @@
 
 Each measurement runs in its own process. Writes ``efficiency.json``, ``efficiency.md``
 (tables beside the paper's, ratios to SegResMamba, the targets) and PNG plots to
-``benchmarks/results/<machine>/``. Usage::
+``benchmarks/results/<machine>/``. A 2D patch (``--size H W``) measures the members that build
+2D networks, Swin-UMamba's among them, and adds their ratios to nnU-Net's (see :mod:`benchmarks.report`);
+a network that does not take the patch gets error rows. Usage::
 
     python -m benchmarks.efficiency                  # 128^3, 1 -> 14, batch 1 and 2, fp32 and AMP
     python -m benchmarks.efficiency --quick          # smoke test of every case kind, minutes on a CPU
     python -m benchmarks.efficiency --size 64 64 64 --repeats 1 --leaderboard sweep/leaderboard.csv
+    python -m benchmarks.efficiency --size 256 256 --batches 1 --precisions fp32 --tom-kinds   # 2D networks
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import importlib.util
 import json
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,13 +35,13 @@ import torch
 from tqdm import tqdm
 
 from benchmarks import report
-from benchmarks.isolate import default_memory_cap_gib, run_isolated
+from benchmarks.isolate import default_memory_cap_gib, describe_failure, run_isolated
 from benchmarks.machine import describe, slug
-from benchmarks.model_cost import count
+from benchmarks.model_cost import PATCH_DIMS, count_row
 from benchmarks.network_step import PRECISIONS, measure_network
 from benchmarks.scan_operator import BACKENDS, KINDS, fp32_rate, operator_row
 from nnunetv2_segresmamba import registry
-from nnunetv2_segresmamba.registry import FAMILY, Member, members
+from nnunetv2_segresmamba.registry import FAMILY, Member, members, require_divisible, require_spatial_dims
 from nnunetv2_segresmamba.tools.layout import write_atomically
 
 RESULTS = Path(__file__).parent / "results"
@@ -46,7 +49,19 @@ RESULTS = Path(__file__).parent / "results"
 # given patch (they differ only in the patch and batch they plan), and U-Mamba Bot and Enc with
 # their No-Mamba control (an ablation), which the U-Mamba targets compare them with.
 BASELINES = ["nnU-Net ResEnc M", "U-Mamba Bot", "U-Mamba Enc", "U-Mamba Bot-NoMamba"]
-NETWORKS = [*(m.network for m in members()), *BASELINES]  # the default; the other ablations by name
+# 2D only: Swin-UMamba's two networks (their -Scratch ablations build the same networks)
+BASELINES_2D = ["Swin-UMamba", "Swin-UMamba-dagger"]
+
+
+def default_networks(size: Sequence[int]) -> list[str]:
+    """The networks measured by default at a patch of ``size`` (2 or 3 axes): the comparison five
+    and the baselines that build networks of that dimensionality; the other ablations by name."""
+    candidates = [*(m.network for m in members()), *BASELINES, *BASELINES_2D]
+    return [n for n in candidates if len(size) in registry.network(n).spatial_dims]
+
+
+NETWORKS = default_networks([128, 128, 128])  # the five, ResEnc M, U-Mamba Bot, Enc and No-Mamba
+NETWORKS_2D = default_networks([256, 256])  # the same but SegMamba (3D only), and Swin-UMamba's two
 
 
 @dataclass
@@ -54,7 +69,7 @@ class Settings:
     size: list[int] = field(default_factory=lambda: [128, 128, 128])
     in_channels: int = 1
     classes: int = 14
-    networks: list[str] = field(default_factory=lambda: list(NETWORKS))
+    networks: list[str] | None = None  # None: default_networks(size)
     batches: list[int] = field(default_factory=lambda: [1, 2])
     precisions: list[str] = field(default_factory=lambda: list(PRECISIONS))
     repeats: int = 3
@@ -63,6 +78,11 @@ class Settings:
     tom_d_models: list[int] = field(default_factory=lambda: [48, 96, 192])
     tom_backends: list[str] = field(default_factory=lambda: available_backends())
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    macs: bool = True  # count parameters and MACs (on the CPU for networks with scans; the same on every device)
+
+    def __post_init__(self) -> None:
+        if self.networks is None:
+            self.networks = default_networks(self.size)
 
 
 # the smallest patch every network trains at (SwinUNETR keeps 2 x 1 x 1 voxels at 1/32); fp32 only, as
@@ -94,15 +114,20 @@ def plan(s: Settings) -> list[Task]:
     """Every measurement of the run, cheapest first within each section."""
     cap = None if s.device == "cuda" else default_memory_cap_gib()
     tasks: list[Task] = []
-    for net in s.networks:
+    for net in s.networks if s.macs else []:
         member = registry.network(net)
-        tasks.append(("networks", f"{net} MACs", lambda m=member: [cost_row(m, s)]))
+        tasks.append(("networks", f"{net} MACs",
+                      lambda m=member: [count_row(m, s.in_channels, s.classes, s.size)]))
     for net in s.networks:
+        refusal = size_error(registry.network(net), s.size)
         for batch in s.batches:
             for precision in s.precisions:
-                def step(net=net, batch=batch, precision=precision) -> list[dict]:
-                    result = run_isolated(measure_network, net, s.in_channels, s.classes, s.size, batch, precision,
-                                          s.device, s.repeats, batch == 1, memory_cap_gib=cap)
+                def step(net=net, batch=batch, precision=precision, refusal=refusal) -> list[dict]:
+                    if refusal:  # no process to start for a network that does not take the patch
+                        result = {"error": refusal}
+                    else:
+                        result = run_isolated(measure_network, net, s.in_channels, s.classes, s.size, batch,
+                                              precision, s.device, s.repeats, batch == 1, memory_cap_gib=cap)
                     return [{"network": net, "batch": batch, "precision": precision, **result}]
                 tasks.append(("steps", f"{net} b{batch} {precision}", step))
     for kind in s.tom_kinds:
@@ -116,11 +141,15 @@ def plan(s: Settings) -> list[Task]:
     return tasks
 
 
-def cost_row(member: Member, s: Settings) -> dict:
+def size_error(member: Member, size: Sequence[int]) -> str | None:
+    """Why ``member`` does not build a network for a patch of ``size`` (its dimensionality or its
+    divisor, as :meth:`Member.build` checks them), or None."""
     try:
-        return count(member, s.in_channels, s.classes, s.size)
-    except (RuntimeError, ValueError) as err:
-        return {"network": member.network, "error": f"{type(err).__name__}: {err}"}
+        require_spatial_dims(size, member.spatial_dims, member.network)
+        require_divisible(size, member.patch_divisor, member.network)
+    except ValueError as err:
+        return describe_failure(err)
+    return None
 
 
 def run(s: Settings, save: Callable[[dict], None] | None = None) -> dict:
@@ -159,11 +188,12 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, Path | None
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = Settings()
     parser.add_argument("--quick", action="store_true", help=f"smoke-test settings: {QUICK}")
-    parser.add_argument("--size", type=int, nargs=3)
+    parser.add_argument("--size", type=int, nargs="+",
+                        help="the patch: 3 values (3D; default 128 128 128) or 2 (2D)")
     parser.add_argument("--in-channels", type=int)
     parser.add_argument("--classes", type=int)
     parser.add_argument("--networks", nargs="+", choices=[m.network for m in FAMILY],
-                        help=f"default: {NETWORKS}")
+                        help=f"default for a 3D patch: {NETWORKS}; for a 2D patch: {NETWORKS_2D}")
     parser.add_argument("--batches", type=int, nargs="+")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS)
     parser.add_argument("--repeats", type=int, help=f"timed runs after one warm-up (default {d.repeats})")
@@ -186,6 +216,8 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, Path | None
 
 
 def _check(s: Settings) -> None:
+    if len(s.size) not in PATCH_DIMS:
+        raise SystemExit(f"--size takes 2 values (a 2D patch) or 3 (a 3D patch), got {s.size}")
     if s.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: this torch sees no CUDA device; leave --device out to measure on the CPU")
     if "cuda" in s.tom_backends and s.device != "cuda":

@@ -1,20 +1,26 @@
-"""The GPU check: one script, under 8 minutes on an H100/H200, that writes its figures to
-``benchmarks/results/<gpu>/`` (or ``--out``):
+"""The GPU check: one script, under 8 minutes on an H100/H200 (planned, not yet timed on one),
+that writes its figures to ``benchmarks/results/<gpu>/`` (or ``--out``):
 
 1. ``tests``: the operator tests with the Triton kernels compiled for the GPU, including the
    comparisons with the pure path and with mamba_ssm where it loads, and the U-Mamba tests
    where dynamic_network_architectures loads (``tests.log``);
 2. ``tom``: the ToM layer fwd+bwd at (L=262144, d_model=48) and (L=32768, d_model=96) with
    Triton, the pure path and mamba_ssm where it loads, and the pure scan at several chunk sizes;
-3. ``networks``: training step, peak memory and inference at 128^3, batch 1, fp32 and AMP, for
+3. ``ss2d``: Swin-UMamba's SS2D layer on the compiled Triton path against its pure path, output
+   and every gradient, on a (2, 16, 24, 96) map (seconds);
+4. ``networks``: training step, peak memory and inference at 128^3, batch 1, fp32 and AMP, for
    SegResMamba, SegMamba, SwinUNETR, nnU-Net's default network, nnU-Net ResEnc M (the L and XL
    presets build the same network for a patch) and U-Mamba Bot and Enc;
-4. ``train``: the demo through the stock CLI on the GPU: ``nnUNetv2_train`` with AMP for
+5. ``swin2d``: training step (forward, backward, AdamW) and its peak memory at 512 x 512,
+   batch 2, AMP, for Swin-UMamba, Swin-UMamba-dagger and nnU-Net's network, whose figures they
+   are divided by (``swin2d/efficiency.md``); their SS2D layers must have run Triton or mamba_ssm
+   (three measuring processes, about a minute);
+6. ``train``: the demo through the stock CLI on the GPU: ``nnUNetv2_train`` with AMP for
    5 x 24 steps, then predict and evaluate; every logged loss must be finite (``train.log``),
    and ``nnUNetv2_predict``, in inference mode, must have run the fused kernels (Triton, or
    mamba_ssm where it loads), as the backends' path log says (``paths.jsonl``).
 
-Parts 2 and 3 share ``efficiency.json``/``efficiency.md`` with the targets of issue 9;
+Parts 2 and 4 share ``efficiency.json``/``efficiency.md`` with the targets of issue 9;
 ``gpu_check.json``/``gpu_check.md`` say what each part did. Each part first checks the
 packages it needs; a missing one is named with what to install, and the next part runs.
 Usage, from the repository root on a CUDA machine::
@@ -45,6 +51,7 @@ from benchmarks import efficiency, report
 from benchmarks.machine import describe, slug
 from benchmarks.network_step import median_time
 from benchmarks.scan_operator import make_call
+from nnunetv2_segresmamba.operators.ss2d import SS2D
 from nnunetv2_segresmamba.tools.layout import write_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +64,12 @@ TOM_CASES = ((262144, 48), (32768, 96))  # the ToM's inputs at stages 0 and 1 of
 PURE_CHUNKS = (64, 256, 512, 2048)
 TRITON_CHUNKS = (32, 64, 128, 256)
 NETWORKS = ["SegResMamba", "SegMamba", "SwinUNETR", "nnU-Net", "nnU-Net ResEnc M", "U-Mamba Bot", "U-Mamba Enc"]
+SS2D_INPUT = (2, 16, 24, 96)  # (B, H, W, C): C as VMamba-Tiny's first stage, L = 384 per scan
+# largest |fused - pure| over the pure one's largest magnitude, per tensor: fp32 rounding is ~1e-6,
+# a wrong scan order or kernel O(1)
+SS2D_TOLERANCE = {"output": 1e-4, "gradient": 1e-3}
+SWIN_2D_NETWORKS = ["nnU-Net", *efficiency.BASELINES_2D]  # nnU-Net's: the ratios' reference
+GPU_FAST_PATHS = frozenset({"triton", "cuda"})  # the scan paths a GPU run must take (operators.backends)
 NNUNET_PACKAGES = ("nnunetv2", "dynamic_network_architectures", "batchgenerators", "acvl_utils", "SimpleITK",
                    "monai")
 WHEELS_HINT = ("the GPU machine has no package index: carry wheels as the README's 'GPU check' section says "
@@ -150,6 +163,61 @@ def run_networks(out: Path) -> dict:
     return measure_efficiency(out, [network_settings()])
 
 
+def scaled_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |value - reference| / max |reference| (the difference itself where the reference is 0)."""
+    scale = reference.abs().max().item() or 1.0
+    return (value - reference).abs().max().item() / scale
+
+
+def ss2d_outputs_and_gradients(layer: SS2D, x: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``layer(x)`` for x (B, H, W, C), and the gradients of sum(output * weights) with respect to
+    x and to every parameter, by name ("output", "x", then the parameters' names)."""
+    leaf = x.detach().clone().requires_grad_()
+    out = layer(leaf)
+    names, parameters = zip(*layer.named_parameters())
+    grads = torch.autograd.grad((out * weights).sum(), [leaf, *parameters])
+    return dict(zip(("output", "x", *names), (out.detach(), *grads)))
+
+
+def compare_ss2d(fused: str, device: str, shape: tuple[int, int, int, int] = SS2D_INPUT) -> dict:
+    """SS2D on its ``fused`` path ("triton" on a GPU; "numba" on a CPU) against its pure path,
+    the same parameters and input x (B, H, W, C) = ``shape``: the output's and every gradient's
+    :func:`scaled_error`, held to :data:`SS2D_TOLERANCE`."""
+    torch.manual_seed(0)
+    layers = {path: SS2D(shape[-1], backend=path).to(device) for path in (fused, "pure")}
+    layers["pure"].load_state_dict(layers[fused].state_dict())
+    x, weights = torch.randn(shape, device=device), torch.randn(shape, device=device)
+    ours, pure = (ss2d_outputs_and_gradients(layers[p], x, weights) for p in (fused, "pure"))
+    errors = {name: scaled_error(ours[name], pure[name]) for name in pure}
+    gradients = {name: e for name, e in errors.items() if name != "output"}
+    ok = errors["output"] <= SS2D_TOLERANCE["output"] and max(gradients.values()) <= SS2D_TOLERANCE["gradient"]
+    return {"ok": ok, "fused": fused, "input": list(shape), "output_error": errors["output"],
+            "gradient_errors": gradients}
+
+
+def run_ss2d(out: Path) -> dict:
+    return compare_ss2d("triton", "cuda")
+
+
+def swin2d_settings() -> efficiency.Settings:
+    """Swin-UMamba's two networks and nnU-Net's at 512 x 512, batch 2, AMP: training step and its
+    peak memory. No MACs: they are the same on any machine (the CPU runs count them)."""
+    return efficiency.Settings(size=[512, 512], networks=SWIN_2D_NETWORKS, batches=[2], precisions=["amp"],
+                               repeats=3, tom_kinds=[], device="cuda", macs=False)
+
+
+def run_swin2d(out: Path) -> dict:
+    """:func:`swin2d_settings` measured, its tables in ``out/swin2d/``; ok where every step ran and
+    the Swin-UMamba networks' SS2D layers took a fast GPU path."""
+    results = efficiency.run(swin2d_settings())
+    results["command"] = "python -m benchmarks.gpu_check --parts swin2d"
+    efficiency.write_tables(results, out / "swin2d")
+    steps = {r["network"]: {k: v for k, v in r.items() if k not in ("network", "batch", "precision")}
+             for r in results["steps"]}
+    fast = all(set(steps[n].get("tom_paths") or ["none"]) <= GPU_FAST_PATHS for n in efficiency.BASELINES_2D)
+    return {"ok": fast and not any("error" in r for r in steps.values()), "steps": steps}
+
+
 def run_train(out: Path) -> dict:
     from nnunetv2_segresmamba.discovery import activate
     from nnunetv2_segresmamba.operators.backends import PATH_LOG_VAR
@@ -169,7 +237,7 @@ def run_train(out: Path) -> dict:
     (out / "train.log").write_text(log)
     losses = [float(v) for v in re.findall(r"train_loss (\S+)", log)]
     predict_paths = fused_paths_at_predict(paths_log)
-    return {"ok": bool(losses) and all(math.isfinite(v) for v in losses) and predict_paths <= {"triton", "cuda"}
+    return {"ok": bool(losses) and all(math.isfinite(v) for v in losses) and predict_paths <= GPU_FAST_PATHS
             and bool(predict_paths), "train_losses": losses, "predict_paths": sorted(predict_paths),
             "mean_dice": {k: v["Dice"] for k, v in summary["mean"].items()}}
 
@@ -184,7 +252,9 @@ def fused_paths_at_predict(paths_log: Path) -> set[str]:
 PARTS = (
     Part("tests", ("triton", "pytest"), run_tests),
     Part("tom", ("triton",), run_tom),
+    Part("ss2d", ("triton",), run_ss2d),
     Part("networks", ("monai", "dynamic_network_architectures", "nnunetv2"), run_networks),  # nnU-Net plans pools
+    Part("swin2d", ("monai", "dynamic_network_architectures"), run_swin2d),
     Part("train", NNUNET_PACKAGES, run_train),
 )
 

@@ -7,8 +7,9 @@ AMP is fp16 autocast with a GradScaler on CUDA and bf16 autocast on CPU.
 Peak training memory is measured from before the network is built: weights, gradients,
 AdamW's two moments, activations and the allocator's slack (see :mod:`benchmarks.isolate`).
 Times are medians over ``repeats`` after one warm-up. Inference is one patch at batch 1,
-no grad, in the same precision. Each row names the ToM paths the network ran (``tom_paths``:
-"numba", "triton", "cuda" or "pure"; empty for a network without a ToM), read from the
+no grad, in the same precision. Patches are 2D or 3D: x (B, C, *size), labels (B, *size).
+Each row names the scan paths the network ran (``tom_paths``: "numba", "triton", "cuda" or
+"pure", of its ToM or SS2D layers; empty for a network without either), read from the
 backends' path log, so that a target can tell a fused-kernel run from a pure one.
 """
 

@@ -1,5 +1,9 @@
 """Markdown tables laid out like the paper's, the targets (:data:`TARGETS`) as ratios, and PNG plots,
-all from the dict that :mod:`benchmarks.efficiency` writes as JSON."""
+all from the dict that :mod:`benchmarks.efficiency` writes as JSON.
+
+The paper's and nnU-Net Revisited's figures are for 3D patches, so the network targets hold for
+3D runs only. A 2D run (Swin-UMamba's networks beside the others) adds every network's ratios to
+:data:`BASELINE_2D` measured in the same run; the operator targets hold at any patch."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from nnunetv2_segresmamba.tools.reporting import (
 
 REFERENCE = "SegResMamba"
 NO_MAMBA = "U-Mamba Bot-NoMamba"  # U-Mamba's residual U-Net without its Mamba layers: the U-Mamba targets' control
+BASELINE_2D = "nnU-Net"  # the reference of a 2D run's ratios, as in Swin-UMamba's and U-Mamba's papers
 MET = {True: "yes", False: "NO", None: "not measured"}
 NO_FIGURES = PaperFigures()
 
@@ -84,12 +89,22 @@ class Target:
     measure: Callable[[dict, str], float | None]  # (results, our scan backend) -> ratio; None: not measured
 
 
+def is_2d(results: dict) -> bool:
+    """Whether the run measured 2D patches (a results dict without settings: 3D, the default)."""
+    return len(results.get("settings", {}).get("size", (128, 128, 128))) == 2
+
+
+def _in_3d(measure: Callable[[dict, str], float | None]) -> Callable[[dict, str], float | None]:
+    """``measure`` where the run measured 3D patches, else None: a target from published 3D figures."""
+    return lambda r, backend: None if is_2d(r) else measure(r, backend)
+
+
 def _memory_ratio(other: str, network: str = REFERENCE) -> Callable[[dict, str], float | None]:
-    return lambda r, _: _ratio(step_value(r, network, "peak_train_mib"), step_value(r, other, "peak_train_mib"))
+    return _in_3d(lambda r, _: _ratio(step_value(r, network, "peak_train_mib"), step_value(r, other, "peak_train_mib")))
 
 
 def _inference_ratio(other: str) -> Callable[[dict, str], float | None]:
-    return lambda r, _: _ratio(step_value(r, "SegResMamba", "inference_s"), step_value(r, other, "inference_s"))
+    return _in_3d(lambda r, _: _ratio(step_value(r, REFERENCE, "inference_s"), step_value(r, other, "inference_s")))
 
 
 def _numba_inference_ratio(network: str, control: str) -> Callable[[dict, str], float | None]:
@@ -206,10 +221,13 @@ def markdown(results: dict) -> str:
         *_memory_table(results),
         "", "## Time per patch, s (paper Table 1: inference)", "",
         *_time_table(results),
+        *_baseline_2d_section(results),
         *_operator_section(results),
         "", "## Targets", "",
         "Ratios within this run" + (f"; our scan in the ToM and scan rows: {our_backend(results)}."
-                                    if results["operators"] else "."), "",
+                                    if results["operators"] else ".")
+        + (" The network targets come from 3D figures: not measured on this run's 2D patches." if is_2d(results)
+           else ""), "",
         *markdown_table(["target", "measured", "limit", "met", "where the limit comes from"],
                 [[t["target"], fmt(t["measured"]), t["limit"], MET[t["met"]], t["source"]]
                  for t in targets(results)]),
@@ -227,6 +245,27 @@ def _short_error(error: str) -> str:
         return (f"out of memory (the measuring process may use {CPU_MEMORY_SHARE:.0%} of RAM; "
                 "see benchmarks/isolate.py)")
     return error
+
+
+def _baseline_2d_section(results: dict) -> list[str]:
+    """For a 2D run where :data:`BASELINE_2D` was measured: each network's MACs, training peak and
+    step time (every batch and precision) and inference time (batch 1) over the baseline's."""
+    measured = {r["network"] for r in results["networks"] + results["steps"] if "error" not in r}
+    if not is_2d(results) or BASELINE_2D not in measured:
+        return []
+    # (key, batch, precision) of each ratio column after the MACs
+    cases = [*((key, b, p) for b, p in _step_columns(results) for key in ("peak_train_mib", "train_step_s")),
+             *(("inference_s", 1, p) for p in results["settings"]["precisions"])]
+    names = {"peak_train_mib": "training peak", "train_step_s": "train step", "inference_s": "inference"}
+    rows = [[net, fmt(_ratio(_macs(results, net), _macs(results, BASELINE_2D))),
+             *(fmt(_ratio(step_value(results, net, *case), step_value(results, BASELINE_2D, *case))) for case in cases)]
+            for net in results["settings"]["networks"]]
+    header = ["network", "MACs", *(f"{names[key]} b{b} {p}" for key, b, p in cases)]
+    return ["", f"## 2D patch: ratios to {BASELINE_2D} in this run", "", *markdown_table(header, rows)]
+
+
+def _macs(results: dict, network: str) -> float | None:
+    return next((r.get("macs") for r in results["networks"] if r["network"] == network), None)
 
 
 def _operator_section(results: dict) -> list[str]:
@@ -251,7 +290,7 @@ def _case(row: dict) -> str:
 
 
 def _cost_table(results: dict) -> list[str]:
-    ref = next((r.get("macs") for r in results["networks"] if r["network"] == REFERENCE), None)
+    ref = _macs(results, REFERENCE)
     return markdown_table(
         ["network", "params (M)", "paper params (M)", "MACs (G)", "paper MACs (G)", "MACs / SegResMamba"],
         [[r["network"], fmt(_scaled(r.get("params"), 1e6)), fmt(paper(r["network"]).params_m),

@@ -1,4 +1,5 @@
-"""The efficiency benchmark's --quick mode end to end, and its target arithmetic."""
+"""The efficiency benchmark's --quick mode end to end, a 2D run with Swin-UMamba's networks, the
+target arithmetic, and the GPU check's CPU-runnable parts."""
 
 import importlib.util
 import json
@@ -10,12 +11,13 @@ import sys
 import pytest
 import torch
 
-from benchmarks.efficiency import NETWORKS, Settings, run
+from benchmarks.efficiency import NETWORKS, NETWORKS_2D, Settings, parse_settings, run, size_error
 from benchmarks.model_cost import count
 from benchmarks.network_step import recorded_tom_paths
 from benchmarks.report import NO_MAMBA, markdown, optimizer_state_mib, targets
 from nnunetv2_segresmamba.networks.umamba import UMambaLayer, feature_map_sizes
 from nnunetv2_segresmamba.operators.backends import PATH_LOG_VAR
+from nnunetv2_segresmamba.operators.ss2d import SS2D
 from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
 from nnunetv2_segresmamba.registry import Member, members, network
 
@@ -168,19 +170,21 @@ def on_the_pure_path(member: Member) -> Member:
     def build(in_channels, out_channels, patch_size):
         net = member.build(in_channels, out_channels, patch_size)
         for module in net.modules():
-            if isinstance(module, TriOrientedMamba):
+            if isinstance(module, (TriOrientedMamba, SS2D)):
                 module.backend = "pure"
         return net
 
-    return Member(member.trainer, member.network, build)
+    return Member(member.trainer, member.network, build, spatial_dims=member.spatial_dims)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="compares the numba path with the pure one")
-@pytest.mark.parametrize("name", ["SegResMamba", "U-Mamba Enc"])
-def test_macs_are_the_same_whatever_path_the_tom_layers_take(name):
-    """The numba kernels hide the depthwise conv and the output contraction from the counter, which
-    sees them on the pure path: what the count adds for them is what the pure path counts."""
-    fused, pure = (count(m, 1, 3, [32, 32, 32]) for m in (network(name), on_the_pure_path(network(name))))
+@pytest.mark.parametrize("name, size", [("SegResMamba", [32, 32, 32]), ("U-Mamba Enc", [32, 32, 32]),
+                                        ("Swin-UMamba-dagger", [32, 32])])
+def test_macs_are_the_same_whatever_path_the_tom_layers_take(name, size):
+    """The numba kernels hide the depthwise conv (ToM) and the output contraction (ToM and SS2D)
+    from the counter, which sees them on the pure path: what the count adds for them is what the
+    pure path counts."""
+    fused, pure = (count(m, 1, 3, size) for m in (network(name), on_the_pure_path(network(name))))
     assert fused["macs"] == pure["macs"] and fused["scan_state_update_macs"] == pure["scan_state_update_macs"] > 0
 
 
@@ -204,6 +208,57 @@ def test_a_stopped_run_keeps_what_it_measured_after_every_case():
     assert len(first["networks"]) == 1 and not first["steps"] and not first["operators"]
     assert "**Partial run: 1 of 4 cases measured.**" in markdown(first)
     assert "Partial run" not in markdown(saved[-1])
+
+
+def test_the_default_networks_follow_the_patch_dimensionality():
+    assert parse_settings([])[0].networks == NETWORKS == parse_settings(["--size", "64", "64", "64"])[0].networks
+    assert parse_settings(["--size", "64", "64"])[0].networks == NETWORKS_2D == [
+        "SegResMamba", "SwinUNETR", "UNETR", "nnU-Net", "nnU-Net ResEnc M", "U-Mamba Bot", "U-Mamba Enc", NO_MAMBA,
+        "Swin-UMamba", "Swin-UMamba-dagger"]  # SegMamba builds 3D networks only
+    assert not {"Swin-UMamba", "Swin-UMamba-dagger"} & set(NETWORKS)
+    with pytest.raises(SystemExit, match="2 values"):
+        parse_settings(["--size", "64"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="Swin-UMamba's scans on the numba path")
+def test_a_2d_run_measures_swin_umamba_beside_nnunet_and_refuses_3d_only_networks():
+    settings = Settings(size=[64, 64], networks=["nnU-Net", "Swin-UMamba-dagger", "SegMamba"], batches=[1],
+                        precisions=["fp32"], repeats=1, tom_kinds=[])
+    results = run(settings)
+    macs, steps = ({r["network"]: r for r in results[k]} for k in ("networks", "steps"))
+    assert "3D patches" in macs["SegMamba"]["error"] and "3D patches" in steps["SegMamba"]["error"]
+    # the dagger's VSS blocks (H W tokens, E = 2 C, blocks): encoder 16^2 x 192 x 2, 8^2 x 384 x 2,
+    # 4^2 x 768 x 9, 2^2 x 1536 x 2; decoder 4^2 x 768 x 2, 8^2 x 384 x 2, 16^2 x 192 x 2; each
+    # block scans its map in 4 orders with N = 16 states
+    blocks = [(256, 192, 2), (64, 384, 2), (16, 768, 9), (4, 1536, 2), (16, 768, 2), (64, 384, 2), (256, 192, 2)]
+    updates = sum(4 * tokens * inner * n * 16 for tokens, inner, n in blocks)
+    assert macs["Swin-UMamba-dagger"]["scan_state_update_macs"] == updates == 28311552
+    for name, paths in (("nnU-Net", []), ("Swin-UMamba-dagger", ["numba"])):
+        assert macs[name]["macs"] > 0 and macs[name]["counted_on"] in ("meta", "cpu")
+        assert steps[name]["peak_train_mib"] > 0 and steps[name]["inference_s"] > 0
+        assert steps[name]["tom_paths"] == paths
+    assert all(t["measured"] is None for t in results["targets"])  # 3D targets; no operator measured
+    table = markdown(results)
+    assert "## 2D patch: ratios to nnU-Net in this run" in table and "| nnU-Net | 1.00 | 1.00 |" in table
+    assert "- SegMamba batch 1 fp32: ValueError: SegMamba takes 3D patches" in table
+
+
+def test_a_2d_report_divides_by_nnunet_and_holds_no_3d_targets():
+    steps = [{"network": n, "batch": 1, "precision": "fp32", "peak_train_mib": mib, "train_step_s": s,
+              "inference_s": s / 4} for n, mib, s in (("nnU-Net", 400.0, 2.0), ("Swin-UMamba", 1000.0, 3.0),
+                                                     ("SegResMamba", 500.0, 1.0), ("SwinUNETR", 800.0, 4.0))]
+    results = batch1_fp32_results([{"network": "nnU-Net", "macs": 4e9}, {"network": "Swin-UMamba", "macs": 6e9}],
+                                  steps)
+    assert "## 2D patch" not in markdown(results)  # a 3D run: the paper's layout alone
+    measured = {t["target"]: t["measured"] for t in targets(results)}
+    assert measured["peak training memory, SegResMamba / SwinUNETR (batch 1, fp32)"] == 0.625
+    results["settings"]["size"] = [64, 64]
+    table = markdown(results)
+    # MACs, training peak, train step, inference over nnU-Net's
+    assert "| Swin-UMamba | 1.50 | 2.50 | 1.50 | 1.50 |" in table and "| SwinUNETR | - | 2.00 | 2.00 | 2.00 |" in table
+    assert "not measured on this run's 2D patches" in table
+    measured = {t["target"]: t["measured"] for t in targets(results)}
+    assert measured["peak training memory, SegResMamba / SwinUNETR (batch 1, fp32)"] is None
 
 
 def test_memory_table_splits_off_the_optimizer_state():
@@ -255,11 +310,28 @@ def test_the_gpu_check_reads_which_paths_predict_ran_from_the_path_log(tmp_path,
     backends._log_path.cache_clear()
 
 
-def test_the_gpu_check_measures_networks_that_build_at_128_cubed():
+def test_the_gpu_check_measures_networks_that_build_at_their_patches():
     from benchmarks.gpu_check import NETWORKS as GPU_NETWORKS
+    from benchmarks.gpu_check import swin2d_settings
 
     baselines = ["nnU-Net ResEnc M", "U-Mamba Bot", "U-Mamba Enc"]
     assert set(baselines) <= set(GPU_NETWORKS)
+    swin2d = swin2d_settings()
+    assert swin2d.networks == ["nnU-Net", "Swin-UMamba", "Swin-UMamba-dagger"] and len(swin2d.size) == 2
     with torch.device("meta"):  # their builders plan U-Nets and refuse a patch nnU-Net would not plan
-        for name in baselines:
-            assert network(name).build(1, 14, [128, 128, 128]) is not None
+        for name, size in [*((n, [128, 128, 128]) for n in baselines), *((n, swin2d.size) for n in swin2d.networks)]:
+            assert size_error(network(name), size) is None and network(name).build(1, 14, size) is not None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="the numba path stands in for Triton's")
+def test_the_gpu_checks_ss2d_comparison_passes_a_fused_path_and_fails_a_wrong_one(monkeypatch):
+    """gpu_check's ss2d part compares Triton with the pure path; on a CPU, numba's fused kernels
+    take Triton's place. A scan that reads the map in the wrong orders must fail it."""
+    from benchmarks import gpu_check
+    from nnunetv2_segresmamba.operators import ss2d
+
+    result = gpu_check.compare_ss2d("numba", "cpu")
+    assert result["ok"] and result["input"] == [2, 16, 24, 96]
+    assert result["output_error"] < 1e-5 and set(result["gradient_errors"]) >= {"x", "A_logs", "in_proj.weight"}
+    monkeypatch.setattr(ss2d, "SS2D_KINDS", ss2d.SS2D_KINDS[::-1])  # the fused path's four orders swapped
+    assert not gpu_check.compare_ss2d("numba", "cpu", (1, 4, 6, 8))["ok"]
