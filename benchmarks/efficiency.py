@@ -49,8 +49,8 @@ RESULTS = Path(__file__).parent / "results"
 # given patch (they differ only in the patch and batch they plan), and U-Mamba Bot and Enc with
 # their No-Mamba control (an ablation), which the U-Mamba targets compare them with.
 BASELINES = ["nnU-Net ResEnc M", "U-Mamba Bot", "U-Mamba Enc", "U-Mamba Bot-NoMamba"]
-# 2D only: Swin-UMamba's two networks (their -Scratch ablations build the same networks)
-BASELINES_2D = ["Swin-UMamba", "Swin-UMamba-dagger"]
+# the 2D-only baselines: Swin-UMamba's two networks (their -Scratch ablations build the same networks)
+BASELINES_2D = [m.network for m in members(registry.BASELINE) if m.spatial_dims == registry.ONLY_2D]
 
 
 def default_networks(size: Sequence[int]) -> list[str]:

@@ -14,7 +14,7 @@ that writes its figures to ``benchmarks/results/<gpu>/`` (or ``--out``):
 5. ``swin2d``: training step (forward, backward, AdamW) and its peak memory at 512 x 512,
    batch 2, AMP, for Swin-UMamba, Swin-UMamba-dagger and nnU-Net's network, whose figures they
    are divided by (``swin2d/efficiency.md``); their SS2D layers must have run Triton or mamba_ssm
-   (three measuring processes, about a minute);
+   (three measuring processes; planned, not yet timed);
 6. ``train``: the demo through the stock CLI on the GPU: ``nnUNetv2_train`` with AMP for
    5 x 24 steps, then predict and evaluate; every logged loss must be finite (``train.log``),
    and ``nnUNetv2_predict``, in inference mode, must have run the fused kernels (Triton, or

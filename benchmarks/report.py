@@ -42,6 +42,11 @@ def paper(network: str) -> PaperFigures:
         return NO_FIGURES
 
 
+def paper_of(results: dict) -> Callable[[str], PaperFigures]:
+    """:func:`paper` for a 3D run; for a 2D run no figures (the paper's are for 128^3 patches)."""
+    return (lambda network: NO_FIGURES) if is_2d(results) else paper
+
+
 def _ratio(value: float | None, reference: float | None) -> float | None:
     return value / reference if value is not None and reference else None
 
@@ -290,11 +295,12 @@ def _case(row: dict) -> str:
 
 
 def _cost_table(results: dict) -> list[str]:
+    figures = paper_of(results)
     ref = _macs(results, REFERENCE)
     return markdown_table(
         ["network", "params (M)", "paper params (M)", "MACs (G)", "paper MACs (G)", "MACs / SegResMamba"],
-        [[r["network"], fmt(_scaled(r.get("params"), 1e6)), fmt(paper(r["network"]).params_m),
-          fmt(_scaled(r.get("macs"), 1e9)), fmt(paper(r["network"]).fvcore_macs_g),
+        [[r["network"], fmt(_scaled(r.get("params"), 1e6)), fmt(figures(r["network"]).params_m),
+          fmt(_scaled(r.get("macs"), 1e9)), fmt(figures(r["network"]).fvcore_macs_g),
           fmt(_ratio(r.get("macs"), ref))] for r in results["networks"]],
     )
 
@@ -304,17 +310,18 @@ def _step_columns(results: dict) -> list[tuple[int, str]]:
 
 
 def _memory_table(results: dict) -> list[str]:
+    figures = paper_of(results)
     columns = _step_columns(results)
     ours_ref = step_value(results, REFERENCE, "peak_train_mib")
     rest_ref = _rest_mib(results, REFERENCE)
-    paper_ref = paper(REFERENCE).train_memory_gb
+    paper_ref = figures(REFERENCE).train_memory_gb
     rows = []
     for net in results["settings"]["networks"]:
         ours = step_value(results, net, "peak_train_mib")
         rows.append([net, *(fmt(step_value(results, net, "peak_train_mib", b, p), 0) for b, p in columns),
-                     fmt(optimizer_state_mib(results, net), 0), fmt(paper(net).train_memory_gb),
+                     fmt(optimizer_state_mib(results, net), 0), fmt(figures(net).train_memory_gb),
                      fmt(_ratio(ours, ours_ref)), fmt(_ratio(_rest_mib(results, net), rest_ref)),
-                     fmt(_ratio(paper(net).train_memory_gb, paper_ref))])
+                     fmt(_ratio(figures(net).train_memory_gb, paper_ref))])
     header = ["network", *(f"batch {b} {p}" for b, p in columns), "of which weights+grads+AdamW", "paper (GB)",
               "ours / SegResMamba (b1 fp32)", "rest / SegResMamba (b1 fp32)", "paper / SegResMamba"]
     return markdown_table(header, rows)
@@ -333,14 +340,15 @@ def _rest_mib(results: dict, network: str) -> float | None:
 
 
 def _time_table(results: dict) -> list[str]:
+    figures = paper_of(results)
     precisions = results["settings"]["precisions"]
     ours_ref = step_value(results, REFERENCE, "inference_s")
     rows = []
     for net in results["settings"]["networks"]:
         ours = step_value(results, net, "inference_s")
         rows.append([net, *(fmt(step_value(results, net, "inference_s", 1, p), 3) for p in precisions),
-                     fmt(paper(net).inference_s, 4), fmt(_ratio(ours, ours_ref)),
-                     fmt(_ratio(paper(net).inference_s, paper(REFERENCE).inference_s)),
+                     fmt(figures(net).inference_s, 4), fmt(_ratio(ours, ours_ref)),
+                     fmt(_ratio(figures(net).inference_s, figures(REFERENCE).inference_s)),
                      *(fmt(step_value(results, net, "train_step_s", 1, p), 3) for p in precisions)])
     header = ["network", *(f"inference {p}" for p in precisions), "paper inference", "ours / SegResMamba (fp32)",
               "paper / SegResMamba", *(f"train step b1 {p}" for p in precisions)]
@@ -399,10 +407,11 @@ def _grouped_bars(ax, networks: list[str], series: dict[str, list[float | None]]
 
 
 def _plot_memory(results: dict, out_dir: Path) -> Path:
+    figures = paper_of(results)
     networks = results["settings"]["networks"]
     series = {f"ours b{b} {p}": [gib(step_value(results, n, "peak_train_mib", b, p)) for n in networks]
               for b, p in _step_columns(results)}
-    series["paper Table 8 (A100, 128^3, b1)"] = [paper(n).train_memory_gb for n in networks]
+    series["paper Table 8 (A100, 128^3, b1)"] = [figures(n).train_memory_gb for n in networks]
     fig, ax = pyplot().subplots(figsize=(8, 4.5))
     _grouped_bars(ax, networks, series)
     ax.set_ylabel("peak training memory (GiB)")
@@ -411,11 +420,12 @@ def _plot_memory(results: dict, out_dir: Path) -> Path:
 
 
 def _plot_time(results: dict, out_dir: Path) -> Path:
+    figures = paper_of(results)
     networks = results["settings"]["networks"]
     precisions = results["settings"]["precisions"]
     fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4.5))
     inference = {f"ours {p}": [step_value(results, n, "inference_s", 1, p) for n in networks] for p in precisions}
-    inference["paper Table 1 (A100, 128^3)"] = [paper(n).inference_s for n in networks]
+    inference["paper Table 1 (A100, 128^3)"] = [figures(n).inference_s for n in networks]
     _grouped_bars(left, networks, inference)
     left.set(yscale="log", ylabel="seconds per patch", title="Inference, batch 1")
     train = {f"ours b{b} {p}": [step_value(results, n, "train_step_s", b, p) for n in networks]

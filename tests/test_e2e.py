@@ -397,9 +397,10 @@ def test_swin_umamba_trains_from_vmamba_weights_and_predicts_without_them(e2e_wo
     assert len(predictions) == SPEC.num_test
 
 
-def test_swin_umamba_dagger_trains_from_scratch_and_predicts_2d(e2e_workspace, swept, tmp_path):
-    """Swin-UMamba-dagger (its VSS-block decoder, deep supervision at 1/4 to 1/16) from scratch."""
-    trainer = "nnUNetTrainerSwinUMambaDScratch_smoke"
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerSwinUMambaScratch_smoke", "nnUNetTrainerSwinUMambaDScratch_smoke"])
+def test_swin_umamba_trains_from_scratch_and_predicts_2d(e2e_workspace, swept, tmp_path, trainer):
+    """Swin-UMamba and Swin-UMamba-dagger (its VSS-block decoder, deep supervision at 1/4 to 1/16)
+    from scratch: they read no ImageNet file."""
     run_command(["nnUNetv2_train", DID, "2d", "0", "-tr", trainer, "-device", "cpu"], e2e_workspace.env, quiet=True)
     import SimpleITK as sitk
 

@@ -174,9 +174,8 @@ def vmamba_forward_core(u, delta, A, B, C, D, delta_bias, height, width):
         seq = (x if k % 2 == 0 else x.transpose(2, 3)).reshape(batch, -1, length)
         return seq.flip(-1) if k >= 2 else seq
 
-    no_gate = torch.full((batch, channels, length), 30.0)  # silu(30) = 30 to fp32 rounding
     out_y = torch.stack([reference_scan(to_scan(u, k), to_scan(delta, k), A[k].mT, to_scan(B, k), to_scan(C, k),
-                                        D[k], no_gate, delta_bias[k]) / 30.0 for k in range(4)], dim=1)
+                                        D[k], None, delta_bias[k]) for k in range(4)], dim=1)
     inv_y = out_y[:, 2:4].flip(-1)
     wh_y = out_y[:, 1].reshape(batch, -1, width, height).transpose(2, 3).reshape(batch, -1, length)
     invwh_y = inv_y[:, 1].reshape(batch, -1, width, height).transpose(2, 3).reshape(batch, -1, length)

@@ -374,24 +374,32 @@ def test_imagenet_weights_load_when_training_starts_and_the_encoder_thaws_at_epo
 
     model = vmamba_checkpoint(str(tmp_path / "vmamba.pth"))
     monkeypatch.setenv(VMAMBA_WEIGHTS_VAR, str(tmp_path / "vmamba.pth"))
-    embedding = encoder.patch_embed.proj.weight.clone()
+    ln = encoder.layers[3].blocks[1].ln_1.weight
+    with torch.no_grad():
+        ln.add_(1.0)  # as -pretrained_weights loads other weights after the network was built
+    trainer._maybe_load_imagenet_encoder()
+    assert torch.all(ln == 2.0)
+    with torch.no_grad():
+        ln.sub_(1.0)  # the encoder as built again
     trainer.current_epoch = 3  # resumed with --c: the checkpoint's weights stay
     trainer._maybe_load_imagenet_encoder()
-    assert not torch.equal(encoder.layers[3].blocks[1].ln_1.weight, model["layers.3.blocks.1.ln_1.weight"])
+    assert torch.all(ln == 1.0)
     trainer.current_epoch = 0
+    embedding = encoder.patch_embed.proj.weight.clone()
     trainer._maybe_load_imagenet_encoder()
     assert torch.equal(encoder.patch_embed.proj.weight, embedding)  # 1 input channel: VMamba's RGB one does not fit
     for key, value in encoder.state_dict().items():
         if not key.startswith("patch_embed."):
             assert torch.equal(value, model[re.sub(r"^downsamples\.(\d)", r"layers.\1.downsample", key)]), key
-
-    with torch.no_grad():
-        encoder.layers[0].blocks[0].ln_1.weight.add_(1.0)  # as -pretrained_weights would have loaded
-    trainer._maybe_load_imagenet_encoder()
-    assert torch.equal(encoder.layers[0].blocks[0].ln_1.weight, model["layers.0.blocks.0.ln_1.weight"] + 1)
+    log = open(trainer.log_file).read()
+    assert "-pretrained_weights" in log and "resumed" in log and "VMamba ImageNet weights: 204 of" in log
 
     for epoch, frozen in ((0, True), (9, True), (10, False)):
         trainer.current_epoch = epoch
         trainer.on_train_epoch_start()
         for name, parameter in encoder.named_parameters():
             assert parameter.requires_grad == (name.startswith("patch_embed.") or not frozen), (epoch, name)
+
+    trainer.is_ddp, trainer.current_epoch = True, 9  # frozen epochs left: DDP would wait for their gradients
+    with pytest.raises(RuntimeError, match=r"DistributedDataParallel.*one GPU and resume on more with --c"):
+        trainer.on_train_start()

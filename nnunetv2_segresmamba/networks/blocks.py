@@ -126,7 +126,8 @@ def padded_size(size: Sequence[int], divisor: Sequence[int]) -> list[int]:
     """The size a network pads each axis to: the next multiple of the axis's divisor (the
     product of its strides), and where the network pools the axis (divisor > 1) at least twice
     the divisor, so that its deepest feature map keeps 2 voxels (InstanceNorm needs more than
-    one). The one rule of the deepest map, for padding, patch checks and patch rounding."""
+    one). The rule of the deepest map for padding and patch checks; the trainers round patches to
+    at least two multiples by default too (``trainers.base.round_patch_in_plans``)."""
     return [max(math.ceil(s / d), 2 if d > 1 else 1) * d for s, d in zip(size, divisor)]
 
 

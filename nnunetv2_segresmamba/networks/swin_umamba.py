@@ -15,6 +15,8 @@ Both take inputs whose sizes are multiples of :data:`PATCH_DIVISOR` (five halvin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
@@ -26,7 +28,6 @@ from nnunetv2_segresmamba.networks.vmamba import VSSM_TINY_DIMS, VSSLayer, VSSME
 from nnunetv2_segresmamba.registry import SWIN_UMAMBA_DIVISOR as PATCH_DIVISOR
 
 FEATURE_SIZES = (48, 96, 192, 384, 768)  # Swin-UMamba's stem, skip and decoder widths
-DS_SCALES = {"SwinUMamba": (1.0, 0.5, 0.25, 0.125), "SwinUMambaD": (1.0, 0.25, 0.125, 0.0625)}
 
 
 def require_input_size(x: Tensor, name: str) -> None:
@@ -46,13 +47,15 @@ class SwinUMamba(nn.Module):
         backend: the SS2D scans' backend (``operators.ss2d``).
     """
 
+    deep_supervision_scales = (1.0, 0.5, 0.25, 0.125)  # of the outputs, against the input size
+
     def __init__(self, in_chans: int, out_chans: int, deep_supervision: bool = False, backend: str = "auto"):
         super().__init__()
         f = FEATURE_SIZES
         self.deep_supervision = deep_supervision
         self.stem = nn.Sequential(nn.Conv2d(in_chans, f[0], kernel_size=7, stride=2, padding=3),
                                   nn.InstanceNorm2d(f[0], eps=1e-5, affine=True))
-        self.vssm_encoder = VSSMEncoder(patch_size=2, in_chans=f[0], backend=backend)
+        self.vssm_encoder = VSSMEncoder(**self.encoder_kwargs(), backend=backend)
         skip_inputs = (in_chans, *f[:4])
         for i, (c_in, c_out) in enumerate(zip(skip_inputs, f), start=1):
             self.add_module(f"encoder{i}", self._basic_block(c_in, c_out))
@@ -61,6 +64,11 @@ class SwinUMamba(nn.Module):
                                                         norm_name="instance", res_block=True))
         self.decoder1 = self._basic_block(f[0], f[0])
         self.out_layers = nn.ModuleList(UnetOutBlock(2, c, out_chans) for c in f[:4])
+
+    @staticmethod
+    def encoder_kwargs() -> dict:
+        """Its encoder's patch embedding: the stem's channels in 2x2 patches."""
+        return {"patch_size": 2, "in_chans": FEATURE_SIZES[0]}
 
     @staticmethod
     def _basic_block(c_in: int, c_out: int) -> UnetrBasicBlock:
@@ -120,7 +128,7 @@ class UNetResDecoder(nn.Module):
     supervision, a list at H, H/4, H/8, H/16).
     """
 
-    def __init__(self, num_classes: int, deep_supervision: bool, features_per_stage=VSSM_TINY_DIMS,
+    def __init__(self, num_classes: int, deep_supervision: bool, features_per_stage: Sequence[int] = VSSM_TINY_DIMS,
                  drop_path_rate: float = 0.2, d_state: int = 16, backend: str = "auto"):
         super().__init__()
         self.deep_supervision = deep_supervision
@@ -150,11 +158,18 @@ class SwinUMambaD(nn.Module):
     or with deep supervision a list of 4, at H/1, H/4, H/8, H/16. Every conv He-initialised
     (nnU-Net's ``InitWeights_He(1e-2)``), as the official builder does."""
 
+    deep_supervision_scales = (1.0, 0.25, 0.125, 0.0625)
+
     def __init__(self, in_chans: int, num_classes: int, deep_supervision: bool = False, backend: str = "auto"):
         super().__init__()
-        self.vssm_encoder = VSSMEncoder(patch_size=4, in_chans=in_chans, backend=backend)
+        self.vssm_encoder = VSSMEncoder(**self.encoder_kwargs(in_chans), backend=backend)
         self.decoder = UNetResDecoder(num_classes, deep_supervision, backend=backend)
         self.apply(InitWeights_He(1e-2))
+
+    @staticmethod
+    def encoder_kwargs(in_chans: int) -> dict:
+        """Its encoder's patch embedding: the image's channels in 4x4 patches, as VMamba's."""
+        return {"patch_size": 4, "in_chans": in_chans}
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         require_input_size(x, "Swin-UMamba-dagger")

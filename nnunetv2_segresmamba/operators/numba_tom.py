@@ -160,7 +160,7 @@ def fused_scan(
     num_slices: int,
     chunk_size: int = CHUNK_SIZE,
 ) -> Tensor:
-    """Selective scans of K directions, each in its own order, summed and gated once.
+    """Selective scans of K directions, each in its own order, summed, then gated once (unless z is None).
 
     ``y_j = silu(z_j) * sum_k (<h^k_j, C^k_j> + D^k u^k_j)`` with, along direction k's steps,
     ``h_t = exp(softplus(delta_t + delta_bias) A) h_{t-1} + softplus(...) B_t u_t``.

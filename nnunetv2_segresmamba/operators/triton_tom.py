@@ -244,7 +244,7 @@ def fused_scan(
     num_slices: int,
     chunk_size: int | None = None,
 ) -> Tensor:
-    """:func:`numba_tom.fused_scan` on the GPU: the K directions' scans, summed and gated once.
+    """:func:`numba_tom.fused_scan` on the GPU: the K directions' scans, summed, then gated once (unless z is None).
     u, delta (B, K, L, E); A (K, N, E); B, C (B, K, L, N); D, delta_bias (K, E); z (B, L, E),
     or None for no gate -> (B, L, E). ``chunk_size`` (a power of two) is the steps per
     associative scan; None: CHUNK_SIZE on a GPU, INTERPRETER_CHUNK_SIZE in Triton's

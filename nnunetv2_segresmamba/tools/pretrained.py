@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 VMAMBA_WEIGHTS_VAR = "nnUNet_vmamba_weights"
 VMAMBA_FILE = "vssmtiny_dp01_ckpt_epoch_292.pth"
-VMAMBA_URL = "https://github.com/MzeroMiko/VMamba/releases/download/%2320240218/" + VMAMBA_FILE
+VMAMBA_URL = "https://github.com/MzeroMiko/VMamba/releases/download/%23v0cls/" + VMAMBA_FILE  # moved there, 2024-08
 
 
 class PickledConfig:
@@ -65,6 +65,7 @@ def read_vmamba_weights(path: str) -> dict[str, Tensor]:
 
 
 def sha256_of(path: str) -> str:
+    """The SHA-256 of the file at ``path``, hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -78,13 +79,14 @@ def check_vmamba_file(path: str) -> str:
     or misshapen (nothing is trained or loaded here)."""
     import torch
 
+    from nnunetv2_segresmamba.networks.swin_umamba import SwinUMamba, SwinUMambaD
     from nnunetv2_segresmamba.networks.vmamba import VSSMEncoder, encoder_state_from_vmamba
 
     weights = read_vmamba_weights(path)
     lines = [f"{path}", f"  sha256 {sha256_of(path)}", f"  {len(weights)} tensors"]
-    encoders = {"Swin-UMamba": {"patch_size": 2, "in_chans": 48},
-                "Swin-UMamba-dagger, 3 input channels": {"patch_size": 4, "in_chans": 3},
-                "Swin-UMamba-dagger, other channel counts": {"patch_size": 4, "in_chans": 1}}
+    encoders = {"Swin-UMamba": SwinUMamba.encoder_kwargs(),
+                "Swin-UMamba-dagger, 3 input channels": SwinUMambaD.encoder_kwargs(3),
+                "Swin-UMamba-dagger, other channel counts": SwinUMambaD.encoder_kwargs(1)}
     for name, kwargs in encoders.items():
         with torch.device("meta"):
             encoder = VSSMEncoder(**kwargs)

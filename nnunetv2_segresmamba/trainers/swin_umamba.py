@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunetv2_segresmamba.networks.swin_umamba import DS_SCALES, SwinUMamba, SwinUMambaD
+from nnunetv2_segresmamba.networks.swin_umamba import SwinUMamba, SwinUMambaD
 from nnunetv2_segresmamba.networks.vmamba import VSSMEncoder, encoder_state_from_vmamba
 from nnunetv2_segresmamba.registry import member
 from nnunetv2_segresmamba.tools.pretrained import read_vmamba_weights, sha256_of, vmamba_weights_path
@@ -58,7 +58,7 @@ class SwinUMambaRecipe(ComparisonTrainerBase):
     def _get_deep_supervision_scales(self) -> list[list[float]] | None:
         if not self.enable_deep_supervision:
             return None
-        return [[s, s] for s in DS_SCALES[self.network_class.__name__]]
+        return [[s, s] for s in self.network_class.deep_supervision_scales]
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         _unwrapped(self.network).set_deep_supervision(enabled)
@@ -73,16 +73,27 @@ class SwinUMambaRecipe(ComparisonTrainerBase):
         super().initialize()
         self._built_encoder_checksum = encoder_checksum(self.encoder)
 
+    @property
+    def freezes_encoder(self) -> bool:
+        return self.imagenet_encoder and self.frozen_encoder_epochs > 0
+
     def on_train_start(self) -> None:
         if not self.was_initialized:
             self.initialize()
+        if self.is_ddp and self.freezes_encoder and self.current_epoch < self.frozen_encoder_epochs:
+            raise RuntimeError(
+                f"{type(self).__name__} freezes its encoder for the first {self.frozen_encoder_epochs} epochs, "
+                "which nnU-Net's DistributedDataParallel does not allow (it waits for the frozen parameters' "
+                "gradients). Train these epochs on one GPU and resume on more with --c, or train from scratch: "
+                "nnUNetTrainerSwinUMambaScratch, nnUNetTrainerSwinUMambaDScratch.")
         if self.imagenet_encoder:
             self._maybe_load_imagenet_encoder()
         super().on_train_start()
 
     def _maybe_load_imagenet_encoder(self) -> None:
         if self.current_epoch > 0:
-            return  # resumed with --c: the checkpoint's weights
+            self.print_to_log_file("resumed: the encoder keeps the checkpoint's weights (VMamba's are not loaded)")
+            return
         if encoder_checksum(self.encoder) != self._built_encoder_checksum:
             self.print_to_log_file("the encoder holds weights loaded since it was built (-pretrained_weights): "
                                    "VMamba's ImageNet weights are not loaded over them")
@@ -90,9 +101,9 @@ class SwinUMambaRecipe(ComparisonTrainerBase):
         self.print_to_log_file(load_imagenet_encoder(self.encoder))
 
     def on_train_epoch_start(self) -> None:
-        frozen = self.imagenet_encoder and self.current_epoch < self.frozen_encoder_epochs
+        frozen = self.freezes_encoder and self.current_epoch < self.frozen_encoder_epochs
         self.encoder.freeze(frozen)
-        if frozen or self.current_epoch == self.frozen_encoder_epochs:
+        if self.freezes_encoder and self.current_epoch <= self.frozen_encoder_epochs:
             self.print_to_log_file(f"encoder {'frozen except its patch embedding' if frozen else 'trained'} "
                                    f"(frozen for the first {self.frozen_encoder_epochs} epochs)")
         super().on_train_epoch_start()
