@@ -30,33 +30,37 @@ Builder = Callable[..., "nn.Module"]  # (in_channels, out_channels, patch_size, 
 
 def segresmamba_with(tom_directions: Sequence[str] = DIRECTIONS) -> Builder:
     """A builder of SegResMamba with the ToM scanning ``tom_directions`` (empty: no ToM), its
-    strides planned for the patch (:meth:`SegResMamba.for_patch_size`)."""
+    strides planned for the patch (:meth:`SegResMamba.for_patch_size`); ``checkpointing``:
+    activation checkpointing while training."""
 
-    def build(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+    def build(in_channels: int, out_channels: int, patch_size: Sequence[int], checkpointing: bool = False
+              ) -> nn.Module:
         from nnunetv2_segresmamba.networks.segresmamba import SegResMamba
 
-        return SegResMamba.for_patch_size(in_channels, out_channels, patch_size, tom_directions=tom_directions)
+        return SegResMamba.for_patch_size(in_channels, out_channels, patch_size, tom_directions=tom_directions,
+                                          checkpointing=checkpointing)
 
     return build
 
 
 def build_segmamba(in_channels: int, out_channels: int, patch_size: Sequence[int], **widths) -> nn.Module:
     """SegMamba as published (``widths``: SegMamba's ``feature_sizes``, ``hidden_size``, for
-    smaller smoke runs); its patch must be a multiple of 16 (stem and three stride-2
-    downsamplings), checked by :meth:`Member.build`."""
+    smaller smoke runs, or ``checkpointing``); its patch must be a multiple of 16 (stem and three
+    stride-2 downsamplings), checked by :meth:`Member.build`."""
     from nnunetv2_segresmamba.networks.segmamba import SegMamba
 
     return SegMamba(in_channels, out_channels, **widths)
 
 
 def build_swinunetr(in_channels: int, out_channels: int, patch_size: Sequence[int],
-                    feature_size: int = 48) -> nn.Module:
+                    feature_size: int = 48, checkpointing: bool = False) -> nn.Module:
     """MONAI's SwinUNETR, feature size 48 (the paper's), 2D or 3D as the patch; its patch must
-    be a multiple of 32 (five stride-2 stages), checked by :meth:`Member.build`."""
+    be a multiple of 32 (five stride-2 stages), checked by :meth:`Member.build`. ``checkpointing``:
+    MONAI's ``use_checkpoint`` (each Swin block's attention and MLP halves checkpointed)."""
     from monai.networks.nets import SwinUNETR
 
     return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size,
-                     spatial_dims=len(patch_size))
+                     spatial_dims=len(patch_size), use_checkpoint=checkpointing)
 
 
 def build_unetr(in_channels: int, out_channels: int, patch_size: Sequence[int], hidden_size: int = 768,
@@ -84,25 +88,30 @@ def umamba_plan(patch_size: Sequence[int]) -> dict:
             "strides": topology.strides, "n_blocks_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1)}
 
 
-def build_umamba_bot(in_channels: int, out_channels: int, patch_size: Sequence[int], mamba: bool = True
-                     ) -> nn.Module:
+def build_umamba_bot(in_channels: int, out_channels: int, patch_size: Sequence[int], mamba: bool = True,
+                     checkpointing: bool = False) -> nn.Module:
     """U-Mamba Bot (``mamba=False``: the No-Mamba control) on :func:`umamba_plan`, He-initialised
-    as the official builders do."""
+    as the official builders do; ``checkpointing``: activation checkpointing while training."""
     from nnunetv2_segresmamba.networks.umamba import UMambaBot
 
-    return UMambaBot(in_channels, out_channels, **umamba_plan(patch_size), mamba=mamba).initialize()
+    return UMambaBot(in_channels, out_channels, **umamba_plan(patch_size), mamba=mamba,
+                     checkpointing=checkpointing).initialize()
 
 
-def build_umamba_enc(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
-    """U-Mamba Enc on :func:`umamba_plan`, for inputs of ``patch_size``, He-initialised."""
+def build_umamba_enc(in_channels: int, out_channels: int, patch_size: Sequence[int], checkpointing: bool = False
+                     ) -> nn.Module:
+    """U-Mamba Enc on :func:`umamba_plan`, for inputs of ``patch_size``, He-initialised;
+    ``checkpointing``: activation checkpointing while training."""
     from nnunetv2_segresmamba.networks.umamba import UMambaEnc
 
-    return UMambaEnc(in_channels, out_channels, patch_size, **umamba_plan(patch_size)).initialize()
+    return UMambaEnc(in_channels, out_channels, patch_size, **umamba_plan(patch_size),
+                     checkpointing=checkpointing).initialize()
 
 
-def build_umamba_no_mamba(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
+def build_umamba_no_mamba(in_channels: int, out_channels: int, patch_size: Sequence[int],
+                          checkpointing: bool = False) -> nn.Module:
     """U-Mamba Bot with its Mamba layer replaced by identity (:func:`build_umamba_bot`)."""
-    return build_umamba_bot(in_channels, out_channels, patch_size, mamba=False)
+    return build_umamba_bot(in_channels, out_channels, patch_size, mamba=False, checkpointing=checkpointing)
 
 
 def build_swin_umamba(in_channels: int, out_channels: int, patch_size: Sequence[int]) -> nn.Module:
@@ -170,6 +179,8 @@ GROUPS = (COMPARISON, BASELINE, ABLATION)
 DEFAULT_PLANS = "nnUNetPlans"  # nnU-Net's default planner's plans identifier
 BOTH, ONLY_3D, ONLY_2D = (2, 3), (3,), (2,)  # the spatial dims of the configurations a member trains
 SCHEDULE_SUFFIXES = ("_smoke", "_2epochs", "_demo", "_pipeline")  # shorter runs of a member's trainer
+# the member's network and recipe in less memory: activation checkpointing, GaLore-AdamW, both
+MEMORY_SUFFIXES = ("_lowmem_GaLore", "_lowmem", "_GaLore")
 
 
 @dataclass(frozen=True)
@@ -223,8 +234,9 @@ class Member:
 
     def build(self, in_channels: int, out_channels: int, patch_size: Sequence[int], **widths) -> nn.Module:
         """The network for ``patch_size`` (2D or 3D as it has 2 or 3 axes), at the builder's
-        default widths unless ``widths`` overrides them; ValueError when the patch breaks
-        :attr:`spatial_dims` or :attr:`patch_divisor`."""
+        default widths unless ``widths`` overrides them (and ``checkpointing=True`` for the
+        builders that take it: SegResMamba's, SegMamba's, SwinUNETR's, U-Mamba's); ValueError
+        when the patch breaks :attr:`spatial_dims` or :attr:`patch_divisor`."""
         require_spatial_dims(patch_size, self.spatial_dims, self.network)
         require_divisible(patch_size, self.patch_divisor, self.network)
         return self.builder(in_channels, out_channels, patch_size, **widths)
@@ -307,10 +319,13 @@ def members(group: str | None = COMPARISON) -> list[Member]:
 
 
 def member(trainer: str, plans: str = DEFAULT_PLANS) -> Member:
-    """The family member that trains ``trainer`` (a ``_smoke``/``_2epochs`` suffix is allowed) on
-    ``plans``; for plans no member names (a SegResMamba on ResEnc plans, say), the trainer's
-    member on the default plans."""
-    base = next((trainer[: -len(s)] for s in SCHEDULE_SUFFIXES if trainer.endswith(s)), trainer)
+    """The family member that trains ``trainer`` (a schedule suffix such as ``_smoke`` or
+    ``_2epochs``, after a ``_lowmem`` one or not, is allowed: the member's network) on ``plans``;
+    for plans no member names (a SegResMamba on ResEnc plans, say), the trainer's member on the
+    default plans."""
+    base = trainer
+    for suffixes in (SCHEDULE_SUFFIXES, MEMORY_SUFFIXES):
+        base = next((base[: -len(s)] for s in suffixes if base.endswith(s)), base)
     candidates = [m for m in FAMILY if m.trainer == base]
     if candidates:
         return min(candidates, key=lambda m: (m.plans != plans, m.plans != DEFAULT_PLANS))

@@ -6,6 +6,7 @@ test_e2e.py's sweep), a training of each ablation's, and the cascade,
 under pytest-xdist."""
 
 import glob
+import io
 import json
 import os
 
@@ -32,9 +33,11 @@ BASELINES = {  # smoke trainer -> (the patch it must train with ((16, 32, 32) pl
 }
 # Variants of networks and recipes that the runs above and TRAINER's cover: found by nnU-Net,
 # trained 1 epoch x 2 iterations and validated (nnU-Net's sliding-window prediction and export).
+# The forward-and-reverse ToM differs from the forward one by a direction only: built in
+# test_trainers.py, its two scan kinds in the kernel tests.
 ABLATIONS = ["nnUNetTrainerSegResMambaNoToM_smoke", "nnUNetTrainerSegResMambaForwardToM_smoke",
-             "nnUNetTrainerSegResMambaForwardReverseToM_smoke", "nnUNetTrainerSegResMamba_nnUNetRecipe_smoke",
-             "nnUNetTrainerComparisonNnUNet_paperRecipe_smoke", "nnUNetTrainerUMambaBotNoMamba_smoke"]
+             "nnUNetTrainerSegResMamba_nnUNetRecipe_smoke", "nnUNetTrainerComparisonNnUNet_paperRecipe_smoke",
+             "nnUNetTrainerUMambaBotNoMamba_smoke"]
 
 
 def train_smoke(e2e_workspace, trainer, epochs):
@@ -57,6 +60,11 @@ def test_baseline_trains_and_predicts_through_the_cli(e2e_workspace, trainer):
     with open(os.path.join(folder, "plans.json")) as f:
         assert json.load(f)["configurations"]["3d_fullres"]["patch_size"] == patch
 
+    assert_predicts(e2e_workspace, trainer)
+
+
+def assert_predicts(e2e_workspace, trainer):
+    """``trainer``'s fold 0 predicts the test images, without test-time mirroring."""
     raw = os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name)
     out = os.path.join(e2e_workspace.root, f"predictions_{trainer}")
     run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", out, "-d", DID, "-c", "3d_fullres",
@@ -71,6 +79,27 @@ def test_baseline_trains_and_predicts_through_the_cli(e2e_workspace, trainer):
 @pytest.mark.parametrize("trainer", ABLATIONS)
 def test_ablation_trains_and_validates_through_the_cli(e2e_workspace, trainer):
     train_smoke(e2e_workspace, trainer, epochs=1)
+
+
+def test_checkpointing_and_galore_train_and_predict_through_the_cli(e2e_workspace):
+    """Activation checkpointing and GaLore-AdamW together: the checkpoint's optimizer state is
+    plain tensors (it reads weights-only), a projector and 2D moments for every Linear and conv
+    weight, and the run predicts."""
+    import torch
+
+    trainer = "nnUNetTrainerSegResMamba_lowmem_GaLore_smoke"
+    folder = train_smoke(e2e_workspace, trainer, epochs=1)
+    checkpoint = load_checkpoint_file(os.path.join(folder, "fold_0", "checkpoint_final.pth"), "cpu")
+    buffer = io.BytesIO()
+    torch.save(checkpoint["optimizer_state"], buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)  # no Python object in GaLore's state
+    groups = checkpoint["optimizer_state"]["param_groups"]
+    projected = [i for g in groups if "rank" in g for i in g["params"]]
+    state = checkpoint["optimizer_state"]["state"]
+    assert projected and all("projector" in state[i] and state[i]["exp_avg"].dim() == 2 for i in projected)
+    assert checkpoint["architecture"]["arch_kwargs"]["checkpointing"] is True
+    assert_predicts(e2e_workspace, trainer)
 
 
 # the cascade: 3d_lowres, then 3d_cascade_fullres on its predictions

@@ -112,7 +112,7 @@ def test_the_network_built_from_stock_plans_is_the_one_trained(planned, monkeypa
         manager, manager.get_configuration("3d_fullres"), 1, 2, False)
     assert trainer.network.arch_kwargs == stock.arch_kwargs == {
         "feature_sizes": [48, 96, 192, 384], **ANISOTROPIC_STRIDES, "tom_directions": ["", "_b", "_s"],
-        "patch_size": [20, 96, 80], "spatial_dims": 3}
+        "patch_size": [20, 96, 80], "spatial_dims": 3, "checkpointing": False}
     assert stock.state_dict().keys() == trainer.network.state_dict().keys()
     assert all(stock.state_dict()[k].shape == v.shape for k, v in trainer.network.state_dict().items())
     assert trainer.network.size_divisor == (4, 16, 16)
@@ -142,6 +142,44 @@ def test_checkpoints_carry_the_architecture_and_refuse_another(planned, monkeypa
     with pytest.raises(ValueError, match=r"block_strides: checkpoint \[\[2, 2, 2\].*plans \[\[2, 2, 2\], \[2, 2, 2\], "
                                          r"\[1, 2, 2\], \[1, 1, 1\]\].*Nothing was loaded"):
         trainer.load_checkpoint(path)
+
+
+def checkpointing_flags(network) -> list[bool]:
+    """Every activation-checkpointing switch in ``network``: ours (``checkpointing``) and MONAI's
+    (``use_checkpoint``)."""
+    return [getattr(m, flag) for m in network.modules() for flag in ("checkpointing", "use_checkpoint")
+            if hasattr(m, flag)]
+
+
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerSegResMamba", "nnUNetTrainerSegMamba", "nnUNetTrainerSwinUNETR",
+                                     "nnUNetTrainerUMambaBot", "nnUNetTrainerUMambaEnc"])
+def test_lowmem_trainers_build_their_network_with_checkpointing(planned, monkeypatch, trainer):
+    """A ``_lowmem`` trainer builds its plain sibling's network, with the same parameter names,
+    its checkpointing on (SwinUNETR: MONAI's use_checkpoint in every Swin layer and block)."""
+    plain = initialized(f"{trainer}_smoke", planned, monkeypatch)
+    lowmem = initialized(f"{trainer}_lowmem_smoke", planned, monkeypatch)
+    assert type(plain.network) is type(lowmem.network)
+    assert plain.network.state_dict().keys() == lowmem.network.state_dict().keys()
+    flags, plain_flags = checkpointing_flags(lowmem.network), checkpointing_flags(plain.network)
+    assert flags and all(flags) and len(plain_flags) == len(flags) and not any(plain_flags)
+    if hasattr(lowmem.network, "arch_kwargs"):
+        assert lowmem.architecture()["arch_kwargs"]["checkpointing"] is True
+        assert plain.architecture()["arch_kwargs"]["checkpointing"] is False
+
+
+def test_a_lowmem_run_and_a_plain_one_load_each_others_checkpoints(planned, monkeypatch, tmp_path):
+    """The checkpoint records checkpointing (arch_kwargs) but loads into either trainer: the same
+    weights, whichever way they were trained."""
+    lowmem = initialized("nnUNetTrainerSegResMamba_lowmem_smoke", planned, monkeypatch)
+    plain = initialized("nnUNetTrainerSegResMamba_pipeline", planned, monkeypatch)  # the same small widths
+    for source, target in ((lowmem, plain), (plain, lowmem)):
+        path = str(tmp_path / f"{type(source).__name__}.pth")
+        source.save_checkpoint(path)
+        assert torch.load(path, weights_only=True)["architecture"]["arch_kwargs"]["checkpointing"] == \
+            source.network.checkpointing
+        target.load_checkpoint(path)
+        weights, loaded = source.network.state_dict(), target.network.state_dict()
+        assert all(torch.equal(weights[k], loaded[k]) for k in weights)
 
 
 @pytest.mark.parametrize("trainer_name,directions", [
@@ -403,3 +441,20 @@ def test_imagenet_weights_load_when_training_starts_and_the_encoder_thaws_at_epo
     trainer.is_ddp, trainer.current_epoch = True, 9  # frozen epochs left: DDP would wait for their gradients
     with pytest.raises(RuntimeError, match=r"DistributedDataParallel.*one GPU and resume on more with --c"):
         trainer.on_train_start()
+
+
+def test_galore_trainers_project_linear_and_conv_weights_only(planned, monkeypatch):
+    from nnunetv2_segresmamba.optimizers.galore import GaLoreAdamW
+
+    trainer = initialized("nnUNetTrainerSegResMamba_lowmem_GaLore_smoke", planned, monkeypatch)
+    optimizer, network = trainer.optimizer, trainer.network
+    assert isinstance(optimizer, GaLoreAdamW) and network.arch_kwargs["checkpointing"]
+    names = {id(p): n for n, p in network.named_parameters()}
+    projected = {names[id(p)] for g in optimizer.param_groups if "rank" in g for p in g["params"]}
+    linear_and_conv = {f"{n}.weight" for n, m in network.named_modules()
+                       if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv3d, torch.nn.ConvTranspose3d))}
+    assert projected == linear_and_conv and not any(n.rsplit(".", 1)[-1] in ("A_log", "D") for n in projected)
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {trainer.recipe_weight_decay, 0.0}  # A_log, D
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(names)
+    assert all(g["rank"] == 128 and g["update_proj_gap"] == 200 and g["scale"] == 0.25
+               for g in optimizer.param_groups if "rank" in g)

@@ -7,15 +7,18 @@ Tensors are (B, C, D, H, W) in 3D and (B, C, H, W) in 2D; the layers of each com
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, TypeVar
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 Stride = Sequence[int]  # one stride per spatial axis ((D,) H, W)
 SPATIAL_DIMS = (2, 3)
+T = TypeVar("T")
 
 
 class Layers(NamedTuple):
@@ -142,3 +145,16 @@ def pad_to_multiple(x: Tensor, divisor: Sequence[int]) -> Tensor:
 def crop_to(x: Tensor, size: Sequence[int]) -> Tensor:
     """The first ``size`` voxels of each spatial axis of x."""
     return x[(..., *(slice(0, s) for s in size))]
+
+
+def checkpointed(function: Callable[..., T], *args, enabled: bool = True) -> T:
+    """``function(*args)``, under activation checkpointing when ``enabled`` and autograd is
+    recording (training): the forward pass keeps only ``args`` for the backward pass, which runs
+    ``function`` again to get its activations back (``torch.utils.checkpoint``, non-reentrant,
+    with the random state and autocast of the first run). The same outputs and gradients for less
+    memory and one more forward of ``function``. Under ``torch.no_grad`` (validation, inference)
+    or with ``enabled`` False, the plain call. The modules that ``function`` runs keep their names:
+    the state_dict is the same either way."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(function, *args, use_reentrant=False)
+    return function(*args)

@@ -10,13 +10,14 @@ at a depth of 128, so outputs match the official model there and stay meaningful
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch.nn as nn
 from monai.networks.blocks.dynunet_block import UnetOutBlock
 from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrUpBlock
 from torch import Tensor
 
-from nnunetv2_segresmamba.networks.blocks import MlpChannel, crop_to, pad_to_multiple
+from nnunetv2_segresmamba.networks.blocks import MlpChannel, checkpointed, crop_to, pad_to_multiple
 from nnunetv2_segresmamba.operators.tom import MambaLayer
 
 SIZE_DIVISOR = 16  # stem stride 2, then three stride-2 downsamplings
@@ -45,11 +46,14 @@ class MambaEncoder(nn.Module):
     """Stem and downsamplings, a GSC and ``depths[i]`` ToM layers per stage, IN + MLP skips.
 
     ``forward(x (B, in_chans, D, H, W))`` returns 4 features at 1/2, 1/4, 1/8, 1/16.
+    ``checkpointing``: each stage under activation checkpointing while training
+    (:func:`~.blocks.checkpointed`).
     """
 
     def __init__(self, in_chans: int = 1, depths: Sequence[int] = (2, 2, 2, 2),
-                 dims: Sequence[int] = (48, 96, 192, 384), backend: str = "auto"):
+                 dims: Sequence[int] = (48, 96, 192, 384), backend: str = "auto", checkpointing: bool = False):
         super().__init__()
+        self.checkpointing = checkpointing
         self.downsample_layers = nn.ModuleList([nn.Sequential(nn.Conv3d(in_chans, dims[0], 7, stride=2, padding=3))])
         for i in range(3):
             self.downsample_layers.append(
@@ -66,9 +70,14 @@ class MambaEncoder(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         outs = []
         for i in range(4):
-            x = self.stages[i](self.gscs[i](self.downsample_layers[i](x)))
-            outs.append(self.mlps[i](getattr(self, f"norm{i}")(x)))
+            x, out = checkpointed(self._stage, i, x, enabled=self.checkpointing)
+            outs.append(out)
         return tuple(outs)
+
+    def _stage(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Stage ``i``: (its output, its skip feature)."""
+        x = self.stages[i](self.gscs[i](self.downsample_layers[i](x)))
+        return x, self.mlps[i](getattr(self, f"norm{i}")(x))
 
 
 class SegMamba(nn.Module):
@@ -81,6 +90,9 @@ class SegMamba(nn.Module):
         feature_sizes: encoder widths.
         hidden_size: width of the bottleneck block (``encoder5``).
         backend: ToM backend, "auto", "pure" or "cuda".
+        checkpointing: activation checkpointing while training (:func:`~.blocks.checkpointed`):
+            each encoder stage and each UNETR block (``encoder1..5``, ``decoder1..5``) keeps only
+            its inputs for the backward pass. The same outputs, gradients and state_dict keys.
 
     Shapes: ``forward(x (B, in_channels, D, H, W)) -> logits (B, out_channels, D, H, W)``. Each
     axis is zero-padded at its end to a multiple of 16 (at least 32) and cropped back; nnU-Net
@@ -95,6 +107,7 @@ class SegMamba(nn.Module):
         feature_sizes: Sequence[int] = (48, 96, 192, 384),
         hidden_size: int = 768,
         backend: str = "auto",
+        checkpointing: bool = False,
     ):
         super().__init__()
         if in_channels < 1 or out_channels < 1:
@@ -102,7 +115,8 @@ class SegMamba(nn.Module):
         if len(depths) != 4 or len(feature_sizes) != 4:
             raise ValueError(f"depths and feature_sizes need 4 entries, got {list(depths)}, {list(feature_sizes)}")
         f = list(feature_sizes)
-        self.vit = MambaEncoder(in_channels, depths, f, backend)
+        self.checkpointing = checkpointing
+        self.vit = MambaEncoder(in_channels, depths, f, backend, checkpointing)
 
         def basic(cin: int, cout: int) -> UnetrBasicBlock:
             return UnetrBasicBlock(3, cin, cout, kernel_size=3, stride=1, norm_name="instance", res_block=True)
@@ -124,10 +138,11 @@ class SegMamba(nn.Module):
             raise ValueError(f"SegMamba expects (B, C, D, H, W) input, got shape {tuple(x.shape)}")
         size = x.shape[2:]
         x = pad_to_multiple(x, (SIZE_DIVISOR,) * 3)
+        run = partial(checkpointed, enabled=self.checkpointing)
         outs = self.vit(x)
-        hidden = self.encoder5(outs[3])
-        dec = self.decoder5(hidden, self.encoder4(outs[2]))
-        dec = self.decoder4(dec, self.encoder3(outs[1]))
-        dec = self.decoder3(dec, self.encoder2(outs[0]))
-        dec = self.decoder2(dec, self.encoder1(x))
-        return crop_to(self.out(self.decoder1(dec)), size)
+        hidden = run(self.encoder5, outs[3])
+        dec = run(self.decoder5, hidden, run(self.encoder4, outs[2]))
+        dec = run(self.decoder4, dec, run(self.encoder3, outs[1]))
+        dec = run(self.decoder3, dec, run(self.encoder2, outs[0]))
+        dec = run(self.decoder2, dec, run(self.encoder1, x))
+        return crop_to(self.out(run(self.decoder1, dec)), size)

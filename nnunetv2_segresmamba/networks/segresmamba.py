@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch.nn as nn
 from torch import Tensor
@@ -30,6 +31,7 @@ from nnunetv2_segresmamba.networks.blocks import (
     AdditiveUpBlock,
     SkipProjection,
     Stride,
+    checkpointed,
     conv_in_relu,
     crop_to,
     layers,
@@ -86,7 +88,7 @@ def arch_kwargs_for_plan(pool_op_kernel_sizes: Sequence[Sequence[int]], patch_si
     """The SegResMamba arguments for a configuration of nnU-Net's plans: strides from
     :func:`strides_from_pools`, the patch, the ToM's directions, the widths and the
     dimensionality (the patch's). ``SegResMamba(in_channels, out_channels, **kwargs)``; the
-    network's :attr:`SegResMamba.arch_kwargs` are the same, in JSON form."""
+    network's :attr:`SegResMamba.arch_kwargs` are the same, in JSON form, and ``checkpointing``."""
     stage_strides, block_strides = strides_from_pools(pool_op_kernel_sizes)
     return {"feature_sizes": feature_sizes, "stage_strides": stage_strides, "block_strides": block_strides,
             "tom_directions": tom_directions, "patch_size": patch_size, "spatial_dims": len(patch_size)}
@@ -165,6 +167,12 @@ class SegResMamba(nn.Module):
         spatial_dims: 3 (the paper) or 2: Conv2d, InstanceNorm2d and bilinear upsampling,
             strides of two axes, and the ToM's inter-slice scan running across rows (see the
             module's docstring). Parameter names are the same in both.
+        checkpointing: activation checkpointing while training (:func:`~.blocks.checkpointed`):
+            each encoder stage (stem or downsampling, mixed block, stage conv, skip projection)
+            and each decoder block keeps only its inputs for the backward pass and runs again
+            there. Less training memory for about one more forward pass; the same outputs,
+            gradients and parameter names, so weights trained either way load into both.
+            Without grad (validation, inference) nothing changes.
 
     Shapes: ``forward(x (B, in_channels, D, H, W)) -> logits (B, out_channels, D, H, W)``;
     in 2D ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
@@ -175,7 +183,8 @@ class SegResMamba(nn.Module):
     patch.
 
     :attr:`arch_kwargs` are the arguments above in JSON form (``backend`` is a runtime choice,
-    not architecture); the trainers store them in every checkpoint, beside the weights. The
+    not architecture; ``checkpointing`` is recorded, but a checkpoint loads whatever it says);
+    the trainers store them in every checkpoint, beside the weights. The
     output layer is ``head.seg_layers``, a name that nnU-Net's ``-pretrained_weights`` does not
     transfer, so a network fine-tunes on a dataset with other classes.
     """
@@ -191,6 +200,7 @@ class SegResMamba(nn.Module):
         tom_directions: Sequence[str] = DIRECTIONS,
         patch_size: Sequence[int] | None = None,
         spatial_dims: int = 3,
+        checkpointing: bool = False,
     ):
         super().__init__()
         if in_channels < 1 or out_channels < 1:
@@ -202,6 +212,7 @@ class SegResMamba(nn.Module):
         block_strides = _checked_strides(block_strides, "block_strides", spatial_dims)
         tom_directions = check_directions(tom_directions) if tom_directions else ()
         self.spatial_dims = spatial_dims
+        self.checkpointing = bool(checkpointing)
         self.size_divisor = _size_divisor(stage_strides, block_strides)
         if patch_size is not None:
             check_patch_size(patch_size, self.size_divisor)
@@ -210,6 +221,7 @@ class SegResMamba(nn.Module):
             "feature_sizes": widths, "stage_strides": [list(s) for s in stage_strides],
             "block_strides": [list(s) for s in block_strides], "tom_directions": list(tom_directions),
             "patch_size": None if patch_size is None else [int(s) for s in patch_size], "spatial_dims": spatial_dims,
+            "checkpointing": self.checkpointing,
         }
 
         self.stem = ops.conv(in_channels, widths[0], 7, stride=stage_strides[0], padding=3)
@@ -247,16 +259,22 @@ class SegResMamba(nn.Module):
             raise ValueError(f"This {self.spatial_dims}D SegResMamba expects {axes} input, got shape "
                              f"{tuple(x.shape)}; build it with spatial_dims={x.dim() - 2} for that input")
         size = x.shape[2:]
+        run = partial(checkpointed, enabled=self.checkpointing)
         x = pad_to_multiple(x, self.size_divisor)
         skips = []
         for stage in range(NUM_STAGES):
-            x = self.stem(x) if stage == 0 else self.downsamplings[stage - 1](x)
-            x = self.stage_convs[stage](self.mixed_blocks[stage](x))
-            skips.append(self.skips[stage](x))
+            x, skip = run(self._encoder_stage, stage, x)
+            skips.append(skip)
         x = skips.pop()
         for up_block in self.up_blocks:
-            x = up_block(x, skips.pop())
+            x = run(up_block, x, skips.pop())
         return crop_to(self.head(x), size)
+
+    def _encoder_stage(self, stage: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder stage ``stage``: (its output, its skip)."""
+        x = self.stem(x) if stage == 0 else self.downsamplings[stage - 1](x)
+        x = self.stage_convs[stage](self.mixed_blocks[stage](x))
+        return x, self.skips[stage](x)
 
 
 def check_patch_size(patch_size: Sequence[int], size_divisor: Sequence[int]) -> None:

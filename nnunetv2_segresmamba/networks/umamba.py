@@ -33,7 +33,7 @@ from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import Tensor
 
-from nnunetv2_segresmamba.networks.blocks import SPATIAL_DIMS, layers
+from nnunetv2_segresmamba.networks.blocks import SPATIAL_DIMS, checkpointed, layers
 from nnunetv2_segresmamba.networks.planning import NNUNET_NORM_KWARGS as NORM_KWARGS
 from nnunetv2_segresmamba.operators.directions import DIRECTIONS, FORWARD
 from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
@@ -121,7 +121,10 @@ class UpsampleLayer(nn.Module):
 class ResidualEncoder(nn.Module):
     """Stem and residual stages; ``forward(x (B, C_in, *patch))`` gives every stage's output (the
     skips, (B, features_per_stage[s], *patch / strides up to s)), each through its
-    ``mamba_layers`` entry when given (U-Mamba Enc)."""
+    ``mamba_layers`` entry when given (U-Mamba Enc). With :attr:`checkpointing` the stem and each
+    stage (with its Mamba layer) run under activation checkpointing while training."""
+
+    checkpointing = False
 
     def __init__(self, in_channels: int, features_per_stage: Sequence[int], kernel_sizes: Sizes, strides: Sizes,
                  n_blocks_per_stage: Sequence[int], mamba_layers: Sequence[nn.Module] | None = None):
@@ -137,21 +140,27 @@ class ResidualEncoder(nn.Module):
         self.mamba_layers = None if mamba_layers is None else nn.ModuleList(mamba_layers)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)
+        x = checkpointed(self.stem, x, enabled=self.checkpointing)
         skips = []
-        for s, stage in enumerate(self.stages):
-            x = stage(x)
-            if self.mamba_layers is not None:
-                x = self.mamba_layers[s](x)
+        for s in range(len(self.stages)):
+            x = checkpointed(self._stage, s, x, enabled=self.checkpointing)
             skips.append(x)
         return skips
+
+    def _stage(self, s: int, x: Tensor) -> Tensor:
+        x = self.stages[s](x)
+        return x if self.mamba_layers is None else self.mamba_layers[s](x)
 
 
 class ResidualDecoder(nn.Module):
     """Upsample, concatenate the skip, residual stage, per resolution; a 1x1 segmentation conv
     per stage. ``forward(skips)`` (the encoder's) gives the logits (B, num_classes, *patch), or
     with ``deep_supervision`` those of every decoder stage, highest resolution first.
-    ``skip_last=False`` (the 2D U-Mambas): the last stage takes the upsampled map alone."""
+    ``skip_last=False`` (the 2D U-Mambas): the last stage takes the upsampled map alone. With
+    :attr:`checkpointing` each stage (upsampling, concatenation, residual blocks) runs under
+    activation checkpointing while training."""
+
+    checkpointing = False
 
     def __init__(self, encoder: ResidualEncoder, num_classes: int, n_conv_per_stage: Sequence[int],
                  deep_supervision: bool, skip_last: bool = True):
@@ -172,14 +181,16 @@ class ResidualDecoder(nn.Module):
     def forward(self, skips: list[Tensor]) -> Tensor | list[Tensor]:
         x, outputs = skips[-1], []
         last = len(self.stages) - 1
-        for s, (upsample, stage) in enumerate(zip(self.upsample_layers, self.stages)):
-            x = upsample(x)
-            if s < last or self.skip_last:
-                x = torch.cat((x, skips[-(s + 2)]), 1)
-            x = stage(x)
+        for s in range(len(self.stages)):
+            skip = skips[-(s + 2)] if s < last or self.skip_last else None
+            x = checkpointed(self._stage, s, x, skip, enabled=self.checkpointing)
             if self.deep_supervision or s == last:
                 outputs.append(self.seg_layers[s](x))
         return outputs[::-1] if self.deep_supervision else outputs[0]
+
+    def _stage(self, s: int, x: Tensor, skip: Tensor | None) -> Tensor:
+        x = self.upsample_layers[s](x)
+        return self.stages[s](x if skip is None else torch.cat((x, skip), 1))
 
 
 def official_block_counts(n_blocks_per_stage: Sequence[int], n_conv_per_stage_decoder: Sequence[int]
@@ -208,7 +219,7 @@ class _UMamba(nn.Module):
     def __init__(self, input_channels: int, num_classes: int, features_per_stage: Sequence[int],
                  kernel_sizes: Sizes, strides: Sizes, n_blocks_per_stage: Sequence[int],
                  n_conv_per_stage_decoder: Sequence[int], deep_supervision: bool = False,
-                 mamba_layers: Sequence[nn.Module] | None = None):
+                 mamba_layers: Sequence[nn.Module] | None = None, checkpointing: bool = False):
         super().__init__()
         spatial_dims = len(kernel_sizes[0])
         _check_stage_lists(features_per_stage, kernel_sizes, strides, n_blocks_per_stage, n_conv_per_stage_decoder,
@@ -218,11 +229,12 @@ class _UMamba(nn.Module):
         self.arch_kwargs = {  # what a checkpoint records of this network (see the trainers)
             "features_per_stage": list(features_per_stage), "kernel_sizes": [list(k) for k in kernel_sizes],
             "strides": [list(s) for s in strides], "n_blocks_per_stage": list(n_blocks_per_stage),
-            "n_conv_per_stage_decoder": list(n_conv_per_stage_decoder),
+            "n_conv_per_stage_decoder": list(n_conv_per_stage_decoder), "checkpointing": bool(checkpointing),
         }
         self.encoder = ResidualEncoder(input_channels, features_per_stage, kernel_sizes, strides, blocks, mamba_layers)
         self.decoder = ResidualDecoder(self.encoder, num_classes, decoder_blocks, deep_supervision,
                                        skip_last=spatial_dims == 3)
+        self.encoder.checkpointing = self.decoder.checkpointing = bool(checkpointing)
 
     def initialize(self) -> _UMamba:
         """nnU-Net's He initialisation (``InitWeights_He(1e-2)``: convs only, zero biases), as the
@@ -243,6 +255,10 @@ class UMambaBot(_UMamba):
         deep_supervision: return every decoder resolution's logits, highest first.
         mamba: False builds the "No-Mamba Base" control (the Mamba layer is identity).
         backend: the ToM backend of the Mamba layer ("auto", "pure", "numba", "triton", "cuda").
+        checkpointing: activation checkpointing while training: the stem, each encoder stage (with
+            its Mamba layer) and each decoder stage keep only their inputs for the backward pass
+            and run again there. The same outputs, gradients and state_dict keys; recorded in
+            ``arch_kwargs``, which a checkpoint loads whatever it says.
 
     Shapes: ``forward(x (B, input_channels, *patch)) -> (B, num_classes, *patch)`` (a list of
     such logits at falling resolutions with deep supervision). Every axis of the patch must be a
@@ -252,9 +268,9 @@ class UMambaBot(_UMamba):
     def __init__(self, input_channels: int, num_classes: int, features_per_stage: Sequence[int],
                  kernel_sizes: Sizes, strides: Sizes, n_blocks_per_stage: Sequence[int],
                  n_conv_per_stage_decoder: Sequence[int], deep_supervision: bool = False, mamba: bool = True,
-                 backend: str = "auto"):
+                 backend: str = "auto", checkpointing: bool = False):
         super().__init__(input_channels, num_classes, features_per_stage, kernel_sizes, strides, n_blocks_per_stage,
-                         n_conv_per_stage_decoder, deep_supervision)
+                         n_conv_per_stage_decoder, deep_supervision, checkpointing=checkpointing)
         self.mamba_layer = UMambaLayer(features_per_stage[-1], backend=backend) if mamba else nn.Identity()
         self.arch_kwargs["mamba"] = mamba
 
@@ -278,14 +294,14 @@ class UMambaEnc(_UMamba):
     def __init__(self, input_channels: int, num_classes: int, input_size: Sequence[int],
                  features_per_stage: Sequence[int], kernel_sizes: Sizes, strides: Sizes,
                  n_blocks_per_stage: Sequence[int], n_conv_per_stage_decoder: Sequence[int],
-                 deep_supervision: bool = False, backend: str = "auto"):
+                 deep_supervision: bool = False, backend: str = "auto", checkpointing: bool = False):
         if len(input_size) != len(kernel_sizes[0]):
             raise ValueError(f"input_size {list(input_size)} needs one value per axis of the kernels "
                              f"{list(kernel_sizes[0])}")
         mamba_layers = [self._mamba_layer(s, size, c, len(strides), backend)
                         for s, (size, c) in enumerate(zip(feature_map_sizes(input_size, strides), features_per_stage))]
         super().__init__(input_channels, num_classes, features_per_stage, kernel_sizes, strides, n_blocks_per_stage,
-                         n_conv_per_stage_decoder, deep_supervision, mamba_layers)
+                         n_conv_per_stage_decoder, deep_supervision, mamba_layers, checkpointing)
         self.arch_kwargs["input_size"] = list(input_size)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:

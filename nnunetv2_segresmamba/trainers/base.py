@@ -20,6 +20,7 @@ from nnunetv2.utilities.helpers import softmax_helper_dim1
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch.optim.lr_scheduler import _LRScheduler
 
+from nnunetv2_segresmamba.optimizers.galore import DEFAULT_GAP, DEFAULT_RANK, DEFAULT_SCALE, GaLoreAdamW
 from nnunetv2_segresmamba.registry import BOTH, Member
 from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
@@ -68,7 +69,7 @@ class ComparisonTrainerBase(nnUNetTrainer):
     comparison_save_every = 50  # epochs between checkpoint_latest.pth writes
 
     # recipe: each trainer takes a recipe mixin (NnUNetRecipe, PaperRecipe) or sets these itself
-    optimizer_name: str  # "SGD" (nesterov, momentum 0.99) or "AdamW"
+    optimizer_name: str  # "SGD" (nesterov, momentum 0.99), "AdamW" or "GaLoreAdamW" (optimizers.galore)
     recipe_initial_lr: float
     recipe_weight_decay: float
     lr_schedule: str  # "poly" or "cosine"
@@ -82,6 +83,9 @@ class ComparisonTrainerBase(nnUNetTrainer):
     seed: int | None = None  # seeds the network's initialisation and the batches; None: unseeded, as nnU-Net
     network_widths: dict = {}  # overrides of the network's default widths (smaller networks for smoke runs)
     decay_every_parameter = False  # True: also the ToM's A_log and D (as nnU-Net's own SGD over all parameters)
+    activation_checkpointing = False  # True: the network recomputes activations in the backward pass (_lowmem)
+    # optimizer_name "GaLoreAdamW" (the _GaLore variants): the projection of Linear and conv weights' gradients
+    galore_rank, galore_update_proj_gap, galore_scale = DEFAULT_RANK, DEFAULT_GAP, DEFAULT_SCALE
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
@@ -204,11 +208,15 @@ class ComparisonTrainerBase(nnUNetTrainer):
         if self.optimizer_name == "AdamW":
             optimizer = fused_if_available(torch.optim.AdamW, params, lr=self.initial_lr,
                                            weight_decay=self.weight_decay, eps=self.recipe_adam_eps)
+        elif self.optimizer_name == "GaLoreAdamW":
+            optimizer = GaLoreAdamW(galore_groups(self.network, params, self.galore_rank, self.galore_update_proj_gap,
+                                                  self.galore_scale),
+                                    lr=self.initial_lr, weight_decay=self.weight_decay, eps=self.recipe_adam_eps)
         elif self.optimizer_name == "SGD":
             optimizer = fused_if_available(torch.optim.SGD, params, lr=self.initial_lr,
                                            weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
         else:
-            raise ValueError(f"unknown optimizer_name {self.optimizer_name!r}: use 'SGD' or 'AdamW'")
+            raise ValueError(f"unknown optimizer_name {self.optimizer_name!r}: use 'SGD', 'AdamW' or 'GaLoreAdamW'")
         if self.lr_schedule == "cosine":
             return optimizer, CosineAnnealingScheduler(optimizer, self.initial_lr, self.num_epochs,
                                                        min_lr=self.recipe_min_lr)
@@ -268,6 +276,25 @@ def environment_variable(name: str, value: str) -> Iterator[None]:
 SMOKE_FEATURE_SIZES = (16, 32, 64, 128)  # SegResMamba's and SegMamba's stage widths in smoke runs: a third
 
 
+class LowMemory:
+    """Mixin: the same network with activation checkpointing (its ``checkpointing`` argument, or
+    MONAI's ``use_checkpoint``): its encoder stages and decoder blocks keep only their inputs for
+    the backward pass and run again there. Less training memory for about one more forward pass a
+    step; the same weights, gradients and parameter names, so a ``_lowmem`` run predicts like any
+    other (its checkpoint loads into the plain network too)."""
+
+    activation_checkpointing = True
+
+
+class GaLore:
+    """Mixin: the recipe's AdamW as GaLore-AdamW (:mod:`nnunetv2_segresmamba.optimizers.galore`):
+    the gradients of Linear and conv weights projected to ``galore_rank`` dimensions, Adam's moments
+    kept there; the other parameters take unprojected steps. A smaller optimizer state; the same
+    network and checkpoints, which predict without any GaLore import."""
+
+    optimizer_name = "GaLoreAdamW"
+
+
 class TwoEpochs:
     """Mixin: two epochs of the full iteration count, a quick check on a real dataset."""
 
@@ -319,16 +346,37 @@ def parameter_groups(network: nn.Module, weight_decay: float, exempt_marked: boo
     return groups
 
 
+PROJECTED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def galore_groups(network: nn.Module, groups: list[dict], rank: int, update_proj_gap: int,
+                  scale: float) -> list[dict]:
+    """``groups`` (:func:`parameter_groups`) with the weights of ``network``'s Linear and conv
+    layers split off into groups of their own, which GaLore projects (``rank``, ``update_proj_gap``,
+    ``scale``); each keeps its group's weight decay."""
+    projected_ids = {id(m.weight) for m in network.modules() if isinstance(m, PROJECTED_MODULES)}
+    split = []
+    for group in groups:
+        projected = [p for p in group["params"] if id(p) in projected_ids]
+        rest = [p for p in group["params"] if id(p) not in projected_ids]
+        galore = {"rank": rank, "update_proj_gap": update_proj_gap, "scale": scale}
+        split += [{**group, "params": params, **extra} for params, extra in ((projected, galore), (rest, {}))
+                  if params]
+    return split
+
+
 def network_of(member: Member) -> classmethod:
     """A ``build_network`` (nnU-Net 2.8's ``build_network_architecture`` signature) that builds
     the registry ``member``'s network for the configuration's patch, with the trainer's
-    ``network_widths``. No deep supervision: the flag is ignored."""
+    ``network_widths``, and ``checkpointing=True`` for a trainer with ``activation_checkpointing``
+    (the member's builder must take it). No deep supervision: the flag is ignored."""
 
     def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                       num_input_channels: int, num_output_channels: int,
                       enable_deep_supervision: bool = True) -> nn.Module:
+        options = {"checkpointing": True} if cls.activation_checkpointing else {}
         return member.build(num_input_channels, num_output_channels, configuration_manager.patch_size,
-                            **cls.network_widths)
+                            **cls.network_widths, **options)
 
     return classmethod(build_network)
 
@@ -350,13 +398,20 @@ def require_input_channels(network: nn.Module, num_input_channels: int) -> None:
     network.register_forward_pre_hook(check)
 
 
+RUNTIME_ARCH_KWARGS = ("checkpointing",)  # recorded in arch_kwargs, but the weights do not depend on them
+
+
 def require_same_architecture(saved: dict | None, built: dict, path: str) -> None:
     """ValueError, naming what differs and what to do, unless a checkpoint's ``architecture``
     (``saved``; None in checkpoints that record none, such as nnU-Net's own) is ``built``, the
-    :meth:`ComparisonTrainerBase.architecture` of the network built now."""
-    if saved is None or saved == built:
+    :meth:`ComparisonTrainerBase.architecture` of the network built now. The
+    :data:`RUNTIME_ARCH_KWARGS` may differ (or be missing, in checkpoints written before them):
+    a run trained with activation checkpointing loads into the network without, and back."""
+    if saved is None:
         return
     saved, built = _flat_architecture(saved), _flat_architecture(built)
+    if saved == built:
+        return
     details = "; ".join(f"{key}: checkpoint {saved.get(key)}, plans {built.get(key)}"
                         for key in sorted({**saved, **built}) if saved.get(key) != built.get(key))
     raise ValueError(
@@ -367,7 +422,8 @@ def require_same_architecture(saved: dict | None, built: dict, path: str) -> Non
 
 
 def _flat_architecture(architecture: dict) -> dict:
-    return {"network_class_name": architecture.get("network_class_name"), **(architecture.get("arch_kwargs") or {})}
+    kwargs = {k: v for k, v in (architecture.get("arch_kwargs") or {}).items() if k not in RUNTIME_ARCH_KWARGS}
+    return {"network_class_name": architecture.get("network_class_name"), **kwargs}
 
 
 def round_patch_in_plans(plans: dict, configuration: str, divisor: int | None, min_multiple: int = 2) -> list[int]:

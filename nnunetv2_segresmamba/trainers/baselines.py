@@ -12,6 +12,7 @@ from nnunetv2_segresmamba.registry import network
 from nnunetv2_segresmamba.trainers.base import (
     SMOKE_FEATURE_SIZES,
     ComparisonTrainerBase,
+    LowMemory,
     NnUNetRecipe,
     PaperRecipe,
     QuickSmokeSchedule,
@@ -87,12 +88,30 @@ class nnUNetTrainerSegMamba_smoke(QuickSmokeSchedule, nnUNetTrainerSegMamba):
     network_widths = {"feature_sizes": SMOKE_FEATURE_SIZES, "hidden_size": 256}  # a third of the paper's
 
 
+class nnUNetTrainerSegMamba_lowmem(LowMemory, nnUNetTrainerSegMamba):
+    """SegMamba with activation checkpointing: each encoder stage and UNETR block recomputed in the
+    backward pass (:class:`~.base.LowMemory`); the same network, weights and recipe."""
+
+
+class nnUNetTrainerSegMamba_lowmem_smoke(QuickSmokeSchedule, nnUNetTrainerSegMamba_lowmem):
+    network_widths = nnUNetTrainerSegMamba_smoke.network_widths
+
+
 class nnUNetTrainerSwinUNETR_2epochs(TwoEpochs, nnUNetTrainerSwinUNETR):
     pass
 
 
 class nnUNetTrainerSwinUNETR_smoke(QuickSmokeSchedule, nnUNetTrainerSwinUNETR):
     network_widths = {"feature_size": 12}  # a quarter of the paper's
+
+
+class nnUNetTrainerSwinUNETR_lowmem(LowMemory, nnUNetTrainerSwinUNETR):
+    """SwinUNETR with MONAI's ``use_checkpoint``: the attention and MLP halves of every Swin block
+    recomputed in the backward pass (:class:`~.base.LowMemory`); the same network, weights and recipe."""
+
+
+class nnUNetTrainerSwinUNETR_lowmem_smoke(QuickSmokeSchedule, nnUNetTrainerSwinUNETR_lowmem):
+    network_widths = nnUNetTrainerSwinUNETR_smoke.network_widths
 
 
 class nnUNetTrainerUNETR_2epochs(TwoEpochs, nnUNetTrainerUNETR):

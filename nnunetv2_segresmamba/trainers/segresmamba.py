@@ -10,6 +10,8 @@ from nnunetv2_segresmamba.registry import network
 from nnunetv2_segresmamba.trainers.base import (
     SMOKE_FEATURE_SIZES,
     ComparisonTrainerBase,
+    GaLore,
+    LowMemory,
     NnUNetRecipe,
     PaperRecipe,
     QuickSmokeSchedule,
@@ -35,6 +37,7 @@ class nnUNetTrainerSegResMamba(PaperRecipe, ComparisonTrainerBase):
       (:func:`nnunetv2_segresmamba.networks.segresmamba.arch_kwargs_for_plan`), so that the
       preprocessed plans, the run's plans.json and every checkpoint (its ``architecture``
       entry) give the same network.
+    - activation checkpointing: off (on in the ``_lowmem`` variants, :class:`~.base.LowMemory`).
     - torch.compile: off.
     """
 
@@ -44,11 +47,13 @@ class nnUNetTrainerSegResMamba(PaperRecipe, ComparisonTrainerBase):
     def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                       num_input_channels: int, num_output_channels: int,
                       enable_deep_supervision: bool = True) -> nn.Module:
-        """The SegResMamba of the configuration's pools and patch. No deep supervision: the flag
+        """The SegResMamba of the configuration's pools and patch, checkpointing its activations
+        when the trainer says so (``activation_checkpointing``). No deep supervision: the flag
         is ignored."""
         kwargs = arch_kwargs_for_plan(configuration_manager.pool_op_kernel_sizes, configuration_manager.patch_size,
                                       cls.tom_directions, **cls.network_widths)
-        return SegResMamba(num_input_channels, num_output_channels, **kwargs)
+        return SegResMamba(num_input_channels, num_output_channels, **kwargs,
+                           checkpointing=cls.activation_checkpointing)
 
 
 class SmallWidths:
@@ -94,6 +99,29 @@ class nnUNetTrainerSegResMamba_demo(nnUNetTrainerSegResMamba_smoke):
     network_widths = {}  # the paper's
     comparison_num_epochs = 5
     comparison_iterations_per_epoch = 24
+
+
+class nnUNetTrainerSegResMamba_lowmem(LowMemory, nnUNetTrainerSegResMamba):
+    """The paper's network and recipe with activation checkpointing (:class:`~.base.LowMemory`):
+    each encoder stage and decoder block runs again in the backward pass instead of keeping its
+    activations. The same network and weights as :class:`nnUNetTrainerSegResMamba`."""
+
+
+class nnUNetTrainerSegResMamba_lowmem_smoke(SmallQuickSmoke, nnUNetTrainerSegResMamba_lowmem):
+    """The cheapest CLI run (1 epoch x 2 iterations, :class:`SmallWidths`) with checkpointing."""
+
+
+class nnUNetTrainerSegResMamba_GaLore(GaLore, nnUNetTrainerSegResMamba):
+    """The paper's network and recipe with GaLore-AdamW (:class:`~.base.GaLore`) in place of AdamW:
+    a smaller optimizer state. The same network and weights as :class:`nnUNetTrainerSegResMamba`."""
+
+
+class nnUNetTrainerSegResMamba_lowmem_GaLore(GaLore, nnUNetTrainerSegResMamba_lowmem):
+    """Both: activation checkpointing and GaLore-AdamW."""
+
+
+class nnUNetTrainerSegResMamba_lowmem_GaLore_smoke(SmallQuickSmoke, nnUNetTrainerSegResMamba_lowmem_GaLore):
+    """The cheapest CLI run of both, 1 epoch x 2 iterations at small widths."""
 
 
 class nnUNetTrainerSegResMambaNoToM(nnUNetTrainerSegResMamba):

@@ -8,7 +8,13 @@ import torch.nn as nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_segresmamba.networks.umamba import UMambaBot, UMambaEnc, arch_kwargs_for_plan
-from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, NnUNetRecipe, QuickSmokeSchedule, TwoEpochs
+from nnunetv2_segresmamba.trainers.base import (
+    ComparisonTrainerBase,
+    LowMemory,
+    NnUNetRecipe,
+    QuickSmokeSchedule,
+    TwoEpochs,
+)
 
 
 class UMambaRecipe(NnUNetRecipe, ComparisonTrainerBase):
@@ -42,7 +48,7 @@ class nnUNetTrainerUMambaBot(UMambaRecipe):
                       enable_deep_supervision: bool = True) -> nn.Module:
         kwargs = arch_kwargs_for_plan(configuration_manager.network_arch_init_kwargs)
         return UMambaBot(num_input_channels, num_output_channels, **kwargs, deep_supervision=enable_deep_supervision,
-                         mamba=cls.mamba).initialize()
+                         mamba=cls.mamba, checkpointing=cls.activation_checkpointing).initialize()
 
 
 class nnUNetTrainerUMambaEnc(UMambaRecipe):
@@ -56,7 +62,8 @@ class nnUNetTrainerUMambaEnc(UMambaRecipe):
                       enable_deep_supervision: bool = True) -> nn.Module:
         kwargs = arch_kwargs_for_plan(configuration_manager.network_arch_init_kwargs)
         return UMambaEnc(num_input_channels, num_output_channels, configuration_manager.patch_size, **kwargs,
-                         deep_supervision=enable_deep_supervision).initialize()
+                         deep_supervision=enable_deep_supervision,
+                         checkpointing=cls.activation_checkpointing).initialize()
 
 
 class nnUNetTrainerUMambaBotNoMamba(nnUNetTrainerUMambaBot):
@@ -64,6 +71,16 @@ class nnUNetTrainerUMambaBotNoMamba(nnUNetTrainerUMambaBot):
     "No-Mamba Base" of nnU-Net Revisited, which scored as well as U-Mamba Bot."""
 
     mamba = False
+
+
+class nnUNetTrainerUMambaBot_lowmem(LowMemory, nnUNetTrainerUMambaBot):
+    """U-Mamba Bot with activation checkpointing: the stem, each encoder stage and each decoder
+    stage recomputed in the backward pass (:class:`~.base.LowMemory`); the same network and recipe."""
+
+
+class nnUNetTrainerUMambaEnc_lowmem(LowMemory, nnUNetTrainerUMambaEnc):
+    """U-Mamba Enc with activation checkpointing, as :class:`nnUNetTrainerUMambaBot_lowmem` (each
+    encoder stage with its Mamba layer)."""
 
 
 class nnUNetTrainerUMambaBot_2epochs(TwoEpochs, nnUNetTrainerUMambaBot):
@@ -79,6 +96,14 @@ class nnUNetTrainerUMambaEnc_2epochs(TwoEpochs, nnUNetTrainerUMambaEnc):
 
 
 class nnUNetTrainerUMambaEnc_smoke(QuickSmokeSchedule, nnUNetTrainerUMambaEnc):
+    pass
+
+
+class nnUNetTrainerUMambaBot_lowmem_smoke(QuickSmokeSchedule, nnUNetTrainerUMambaBot_lowmem):
+    pass
+
+
+class nnUNetTrainerUMambaEnc_lowmem_smoke(QuickSmokeSchedule, nnUNetTrainerUMambaEnc_lowmem):
     pass
 
 

@@ -1,0 +1,1 @@
+"""Optimizers the trainers can choose besides torch's: GaLore-AdamW (``optimizers.galore``)."""
