@@ -92,7 +92,7 @@ def test_state_is_plain_tensors_and_resumes_exactly():
     for (gradient,) in gradients[3:]:
         resumed.grad = gradient.clone()
         optimizer.step()
-    assert torch.equal(resumed, straight)  # the projector is refreshed at step 4, as without the stop
+    assert torch.equal(resumed, straight)  # step 4 uses the saved projector, step 5 refreshes it
 
 
 def test_the_projected_state_is_a_third_of_adamws_for_a_wide_conv():
@@ -103,6 +103,15 @@ def test_the_projected_state_is_a_third_of_adamws_for_a_wide_conv():
     adamw_bytes = 2 * conv.weight.numel() * 4
     assert optimizer.state_bytes() / adamw_bytes == pytest.approx((2 * 128 * 10368 + 384 * 128) / (2 * 384 * 10368))
     assert optimizer.state_bytes() / adamw_bytes < 0.35
+
+
+def test_groups_added_later_get_the_defaults_and_checks():
+    optimizer = GaLoreAdamW([torch.zeros(2, requires_grad=True)])
+    optimizer.add_param_group({"params": [torch.zeros(3, 3, requires_grad=True)], "rank": 2})
+    assert optimizer.param_groups[1]["update_proj_gap"] == 200 and optimizer.param_groups[1]["scale"] == 0.25
+    with pytest.raises(ValueError, match="must be positive"):
+        optimizer.add_param_group({"params": [torch.zeros(3, 3, requires_grad=True)], "rank": 2,
+                                   "update_proj_gap": 0})
 
 
 def test_bad_settings_are_refused():

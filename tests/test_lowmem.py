@@ -152,8 +152,8 @@ def test_the_state_dict_is_the_same_with_and_without(name):
     plain, lowmem = pair(build, **kwargs)  # strict load
     state, state_ck = plain.state_dict(), lowmem.state_dict()
     assert list(state) == list(state_ck) and all(torch.equal(state[k], state_ck[k]) for k in state)
-    assert getattr(lowmem, "arch_kwargs", {}).get("checkpointing", True) is True
-    assert getattr(plain, "arch_kwargs", {}).get("checkpointing", False) is False
+    if hasattr(plain, "arch_kwargs"):  # SegResMamba's and U-Mamba's record it
+        assert lowmem.arch_kwargs["checkpointing"] is True and plain.arch_kwargs["checkpointing"] is False
 
 
 def test_checkpoints_load_whatever_checkpointing_they_record():

@@ -27,11 +27,12 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-DEFAULT_RANK, DEFAULT_GAP, DEFAULT_SCALE = 128, 200, 0.25  # GaLore's defaults
+DEFAULT_RANK, DEFAULT_GAP, DEFAULT_SCALE = 128, 200, 0.25  # the GaLore README's example (LLaMA, width 512)
 
 
 def as_matrix(weight: Tensor) -> Tensor:
-    """A weight as GaLore projects it: (out, everything else)."""
+    """A weight as GaLore projects it: (first axis, everything else); (out, in x k...) for a conv,
+    (in, out x k...) for a transposed one."""
     return weight.reshape(weight.shape[0], -1)
 
 
@@ -71,13 +72,16 @@ class GaLoreAdamW(torch.optim.Optimizer):
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"invalid AdamW settings: lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
-        for group in self.param_groups:
-            if "rank" in group:
-                group.setdefault("update_proj_gap", DEFAULT_GAP)
-                group.setdefault("scale", DEFAULT_SCALE)
-                if group["rank"] < 1 or group["update_proj_gap"] < 1:
-                    raise ValueError(f"rank and update_proj_gap must be positive, got {group['rank']}, "
-                                     f"{group['update_proj_gap']}")
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's, and a projected group's defaults and checks."""
+        if "rank" in param_group:
+            param_group.setdefault("update_proj_gap", DEFAULT_GAP)
+            param_group.setdefault("scale", DEFAULT_SCALE)
+            if param_group["rank"] < 1 or param_group["update_proj_gap"] < 1:
+                raise ValueError(f"rank and update_proj_gap must be positive, got {param_group['rank']}, "
+                                 f"{param_group['update_proj_gap']}")
+        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -20,7 +20,7 @@ from nnunetv2.utilities.helpers import softmax_helper_dim1
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch.optim.lr_scheduler import _LRScheduler
 
-from nnunetv2_segresmamba.optimizers.galore import DEFAULT_GAP, DEFAULT_RANK, DEFAULT_SCALE, GaLoreAdamW
+from nnunetv2_segresmamba.optimizers.galore import DEFAULT_GAP, DEFAULT_SCALE, GaLoreAdamW, as_matrix
 from nnunetv2_segresmamba.registry import BOTH, Member
 from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
@@ -84,8 +84,9 @@ class ComparisonTrainerBase(nnUNetTrainer):
     network_widths: dict = {}  # overrides of the network's default widths (smaller networks for smoke runs)
     decay_every_parameter = False  # True: also the ToM's A_log and D (as nnU-Net's own SGD over all parameters)
     activation_checkpointing = False  # True: the network recomputes activations in the backward pass (_lowmem)
-    # optimizer_name "GaLoreAdamW" (the _GaLore variants): the projection of Linear and conv weights' gradients
-    galore_rank, galore_update_proj_gap, galore_scale = DEFAULT_RANK, DEFAULT_GAP, DEFAULT_SCALE
+    # optimizer_name "GaLoreAdamW" (the _GaLore variants): the projection of Linear and conv weights' gradients.
+    # Rank 64 (GaLore's example: 128 for width 512): SegResMamba's state 0.25x AdamW's at paper widths
+    galore_rank, galore_update_proj_gap, galore_scale = 64, DEFAULT_GAP, DEFAULT_SCALE
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
@@ -353,8 +354,11 @@ def galore_groups(network: nn.Module, groups: list[dict], rank: int, update_proj
                   scale: float) -> list[dict]:
     """``groups`` (:func:`parameter_groups`) with the weights of ``network``'s Linear and conv
     layers split off into groups of their own, which GaLore projects (``rank``, ``update_proj_gap``,
-    ``scale``); each keeps its group's weight decay."""
-    projected_ids = {id(m.weight) for m in network.modules() if isinstance(m, PROJECTED_MODULES)}
+    ``scale``), where their matrices (:func:`~nnunetv2_segresmamba.optimizers.galore.as_matrix`)
+    have more than ``rank`` rows and columns (else a projection saves nothing); each keeps its
+    group's weight decay."""
+    projected_ids = {id(m.weight) for m in network.modules()
+                     if isinstance(m, PROJECTED_MODULES) and min(as_matrix(m.weight).shape) > rank}
     split = []
     for group in groups:
         projected = [p for p in group["params"] if id(p) in projected_ids]
