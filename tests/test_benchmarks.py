@@ -335,3 +335,15 @@ def test_the_gpu_checks_ss2d_comparison_passes_a_fused_path_and_fails_a_wrong_on
     assert result["output_error"] < 1e-5 and set(result["gradient_errors"]) >= {"x", "A_logs", "in_proj.weight"}
     monkeypatch.setattr(ss2d, "SS2D_KINDS", ss2d.SS2D_KINDS[::-1])  # the fused path's four orders swapped
     assert not gpu_check.compare_ss2d("numba", "cpu", (1, 4, 6, 8))["ok"]
+
+
+def test_memory_modes_run_each_mode_in_a_process_and_divide_by_the_plain_step(tmp_path):
+    from benchmarks.memory_modes import main
+
+    main(["--sizes", "32", "--batches", "1", "--modes", "plain", "GaLore", "--out", str(tmp_path)])
+    plain, galore = json.loads((tmp_path / "memory_modes.json").read_text())["rows"]
+    assert plain["mode"] == "plain" and galore["mode"] == "GaLore" and plain["peak_train_mib"] > 0
+    assert galore["optimizer_state_mib"] < 0.35 * plain["optimizer_state_mib"]  # SegResMamba at paper widths
+    table = (tmp_path / "memory_modes.md").read_text()
+    state_ratio = galore["optimizer_state_mib"] / plain["optimizer_state_mib"]
+    assert "| 32^3 | 1 | plain |" in table and f"| {state_ratio:.2f} |" in table
