@@ -41,7 +41,7 @@ from benchmarks.model_cost import PATCH_DIMS, count_row
 from benchmarks.network_step import PRECISIONS, measure_network
 from benchmarks.scan_operator import BACKENDS, KINDS, fp32_rate, operator_row
 from nnunetv2_segresmamba import registry
-from nnunetv2_segresmamba.registry import FAMILY, Member, members, require_divisible, require_spatial_dims
+from nnunetv2_segresmamba.registry import FAMILY, Member, members
 from nnunetv2_segresmamba.tools.layout import write_atomically
 
 RESULTS = Path(__file__).parent / "results"
@@ -143,10 +143,9 @@ def plan(s: Settings) -> list[Task]:
 
 def size_error(member: Member, size: Sequence[int]) -> str | None:
     """Why ``member`` does not build a network for a patch of ``size`` (its dimensionality or its
-    divisor, as :meth:`Member.build` checks them), or None."""
+    divisor: :meth:`Member.require_patch`), or None."""
     try:
-        require_spatial_dims(size, member.spatial_dims, member.network)
-        require_divisible(size, member.patch_divisor, member.network)
+        member.require_patch(size)
     except ValueError as err:
         return describe_failure(err)
     return None

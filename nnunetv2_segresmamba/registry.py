@@ -237,9 +237,14 @@ class Member:
         default widths unless ``widths`` overrides them (and ``checkpointing=True`` for the
         builders that take it: SegResMamba's, SegMamba's, SwinUNETR's, U-Mamba's); ValueError
         when the patch breaks :attr:`spatial_dims` or :attr:`patch_divisor`."""
+        self.require_patch(patch_size)
+        return self.builder(in_channels, out_channels, patch_size, **widths)
+
+    def require_patch(self, patch_size: Sequence[int]) -> None:
+        """ValueError unless the network takes ``patch_size``: :attr:`spatial_dims` axes, each a
+        multiple of :attr:`patch_divisor`."""
         require_spatial_dims(patch_size, self.spatial_dims, self.network)
         require_divisible(patch_size, self.patch_divisor, self.network)
-        return self.builder(in_channels, out_channels, patch_size, **widths)
 
 
 def segresmamba_member(trainer: str, network: str, tom_directions: Sequence[str] = DIRECTIONS,

@@ -34,16 +34,12 @@ from nnunetv2_segresmamba.tools.pretrained import (
     vmamba_weights_path,
 )
 from tests.reference import ATOL, GRAD_ATOL, GRAD_RTOL, RTOL, backends_to_test, device_of, reference_scan
+from tests.test_umamba import official_shapes  # the official key lists' reader (tests/data)
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 OFFICIAL = {"swin_umamba": lambda: SwinUMamba(1, 14, deep_supervision=True),
             "swin_umamba_d": lambda: SwinUMambaD(3, 14, deep_supervision=True)}
 
-
-def official_shapes(stem: str) -> dict[str, tuple[int, ...]]:
-    with open(os.path.join(DATA, f"{stem}_official_state_dict.txt")) as f:
-        rows = [line.split() for line in f if line.strip()]
-    return {key: tuple(int(s) for s in shape.split("x")) for key, shape in rows}
 
 
 @pytest.mark.parametrize("stem", sorted(OFFICIAL))

@@ -153,11 +153,15 @@ class ComparisonTrainerBase(nnUNetTrainer):
 
     build_network = staticmethod(nnUNetTrainer.build_network_architecture)  # from the plans; subclasses override
 
+    def bare_network(self) -> nn.Module:
+        """The network itself, out of DDP's and torch.compile's wrappers."""
+        network = self.network.module if self.is_ddp else self.network
+        return getattr(network, "_orig_mod", network)  # torch.compile's wrapper
+
     def architecture(self) -> dict:
         """What a checkpoint records of its network, beside ``network_weights``: the class and,
         for networks that have them (SegResMamba), the arguments it was built with."""
-        network = self.network.module if self.is_ddp else self.network
-        network = getattr(network, "_orig_mod", network)  # torch.compile's wrapper
+        network = self.bare_network()
         return {"network_class_name": f"{type(network).__module__}.{type(network).__qualname__}",
                 "arch_kwargs": getattr(network, "arch_kwargs", None)}
 
@@ -167,9 +171,8 @@ class ComparisonTrainerBase(nnUNetTrainer):
         previous checkpoint intact instead of a truncated one."""
         if self.local_rank != 0 or self.disable_checkpointing:
             return super().save_checkpoint(filename)  # nothing to write (nnU-Net logs why)
-        network = self.network.module if self.is_ddp else self.network
         checkpoint = {
-            "network_weights": getattr(network, "_orig_mod", network).state_dict(),
+            "network_weights": self.bare_network().state_dict(),
             "architecture": self.architecture(),
             "optimizer_state": self.optimizer.state_dict(),
             "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,

@@ -23,11 +23,6 @@ from nnunetv2_segresmamba.tools.pretrained import read_vmamba_weights, sha256_of
 from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, QuickSmokeSchedule, TwoEpochs
 
 
-def _unwrapped(network: nn.Module) -> nn.Module:
-    network = getattr(network, "module", network)  # DDP
-    return getattr(network, "_orig_mod", network)  # torch.compile
-
-
 class SwinUMambaRecipe(ComparisonTrainerBase):
     """What the Swin-UMamba trainers share: the official recipe, the 2d configuration, patches
     rounded to multiples of 32, and the ImageNet encoder with its frozen first epochs."""
@@ -61,11 +56,11 @@ class SwinUMambaRecipe(ComparisonTrainerBase):
         return [[s, s] for s in self.network_class.deep_supervision_scales]
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
-        _unwrapped(self.network).set_deep_supervision(enabled)
+        self.bare_network().set_deep_supervision(enabled)
 
     @property
     def encoder(self) -> VSSMEncoder:
-        return _unwrapped(self.network).vssm_encoder
+        return self.bare_network().vssm_encoder
 
     def initialize(self) -> None:
         """nnU-Net's, then a checksum of the encoder as built, so that training can tell whether
