@@ -101,26 +101,38 @@ class ConvMambaMixedBlock(nn.Module):
     ``forward(x (B, C, D, H, W)) -> (B, C, D, H, W)`` (in 2D (B, C, H, W)); each axis of x
     must be divisible by its stride. ``tom_directions`` are the ToM's scans (see
     :data:`DIRECTIONS`); empty replaces both ToMs by identity (the NoToM ablation).
+    ``checkpointing``: while training, F1-F2 and F4-F5 + X are checkpointed segments and each
+    ToM checkpoints its directions one by one (:class:`~nnunetv2_segresmamba.operators.tom.TriOrientedMamba`).
     """
 
     def __init__(self, channels: int, stride: Stride = (2, 2, 2), backend: str = "auto",
-                 tom_directions: Sequence[str] = DIRECTIONS, spatial_dims: int = 3):
+                 tom_directions: Sequence[str] = DIRECTIONS, spatial_dims: int = 3, checkpointing: bool = False):
         super().__init__()
+        self.checkpointing = checkpointing
         self.down = conv_in_relu(channels, 5, stride, spatial_dims)
         self.local = conv_in_relu(channels, 3, spatial_dims=spatial_dims)
-        self.mamba_low = tom_or_identity(channels, backend, tom_directions)
+        self.mamba_low = tom_or_identity(channels, backend, tom_directions, checkpointing)
         self.refine = conv_in_relu(channels, 3, spatial_dims=spatial_dims)
         self.up = transposed_conv_in_relu(channels, 5, stride, spatial_dims)
-        self.mamba = tom_or_identity(channels, backend, tom_directions)
+        self.mamba = tom_or_identity(channels, backend, tom_directions, checkpointing)
 
     def forward(self, x: Tensor) -> Tensor:
-        low = self.refine(self.mamba_low(self.local(self.down(x))))
-        return self.mamba(self.up(low) + x)
+        run = partial(checkpointed, enabled=self.checkpointing)
+        low = self.mamba_low(run(self._down_local, x))
+        return self.mamba(run(self._refine_up_add, low, x))
+
+    def _down_local(self, x: Tensor) -> Tensor:
+        return self.local(self.down(x))
+
+    def _refine_up_add(self, low: Tensor, x: Tensor) -> Tensor:
+        return self.up(self.refine(low)) + x
 
 
-def tom_or_identity(channels: int, backend: str, directions: Sequence[str]) -> nn.Module:
+def tom_or_identity(channels: int, backend: str, directions: Sequence[str], checkpointing: bool = False) -> nn.Module:
     """A :class:`MambaLayer` scanning ``directions``, or identity when there are none."""
-    return MambaLayer(channels, backend=backend, directions=directions) if directions else nn.Identity()
+    if not directions:
+        return nn.Identity()
+    return MambaLayer(channels, backend=backend, directions=directions, checkpointing=checkpointing)
 
 
 def downsampling(in_channels: int, out_channels: int, stride: Stride, spatial_dims: int = 3) -> nn.Sequential:
@@ -168,11 +180,15 @@ class SegResMamba(nn.Module):
             strides of two axes, and the ToM's inter-slice scan running across rows (see the
             module's docstring). Parameter names are the same in both.
         checkpointing: activation checkpointing while training (:func:`~.blocks.checkpointed`):
-            each encoder stage (stem or downsampling, mixed block, stage conv, skip projection)
-            and each decoder block keeps only its inputs for the backward pass and runs again
-            there. Less training memory for about one more forward pass; the same outputs,
-            gradients and parameter names, so weights trained either way load into both.
-            Without grad (validation, inference) nothing changes.
+            the stem, each downsampling, stage conv, skip projection and decoder block, the
+            mixed blocks' convolutions before and after their low-resolution ToM, and each
+            direction of every ToM keep only their inputs for the backward pass and run again
+            there. Less training memory (the largest segment, one direction of the first
+            stage's ToM, keeps about a sixth of what that stage keeps) for about one more
+            forward pass; the same parameter names, so weights trained either way load into
+            both; outputs and gradients equal to fp32 rounding (see
+            :class:`~nnunetv2_segresmamba.operators.tom.TriOrientedMamba`), exactly without
+            ToMs. Without grad (validation, inference) nothing changes.
 
     Shapes: ``forward(x (B, in_channels, D, H, W)) -> logits (B, out_channels, D, H, W)``;
     in 2D ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
@@ -229,7 +245,8 @@ class SegResMamba(nn.Module):
             downsampling(widths[i - 1], widths[i], stage_strides[i], spatial_dims) for i in range(1, NUM_STAGES)
         )
         self.mixed_blocks = nn.ModuleList(
-            ConvMambaMixedBlock(w, s, backend, tom_directions, spatial_dims) for w, s in zip(widths, block_strides)
+            ConvMambaMixedBlock(w, s, backend, tom_directions, spatial_dims, self.checkpointing)
+            for w, s in zip(widths, block_strides)
         )
         self.stage_convs = nn.ModuleList(ops.conv(w, w, 3, padding=1) for w in widths)
         self.skips = nn.ModuleList(SkipProjection(w, spatial_dims) for w in widths)
@@ -261,20 +278,20 @@ class SegResMamba(nn.Module):
         size = x.shape[2:]
         run = partial(checkpointed, enabled=self.checkpointing)
         x = pad_to_multiple(x, self.size_divisor)
-        skips = []
+        stage_outputs = []
         for stage in range(NUM_STAGES):
-            x, skip = run(self._encoder_stage, stage, x)
-            skips.append(skip)
-        x = skips.pop()
-        for up_block in self.up_blocks:
-            x = run(up_block, x, skips.pop())
+            x = run(self.stem if stage == 0 else self.downsamplings[stage - 1], x)
+            x = run(self.stage_convs[stage], self.mixed_blocks[stage](x))  # the mixed block checkpoints its parts
+            stage_outputs.append(x)
+        x = run(self.skips[-1], stage_outputs.pop())
+        for up_block, stage in zip(self.up_blocks, reversed(range(NUM_STAGES - 1))):
+            x = run(self._decoder_block, up_block, stage, x, stage_outputs.pop())
         return crop_to(self.head(x), size)
 
-    def _encoder_stage(self, stage: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Encoder stage ``stage``: (its output, its skip)."""
-        x = self.stem(x) if stage == 0 else self.downsamplings[stage - 1](x)
-        x = self.stage_convs[stage](self.mixed_blocks[stage](x))
-        return x, self.skips[stage](x)
+    def _decoder_block(self, up_block: nn.Module, stage: int, x: Tensor, stage_output: Tensor) -> Tensor:
+        """``up_block`` on x and the skip of encoder stage ``stage`` (projected here, so that with
+        checkpointing only the stage's output is kept for the backward pass)."""
+        return up_block(x, self.skips[stage](stage_output))
 
 
 def check_patch_size(patch_size: Sequence[int], size_divisor: Sequence[int]) -> None:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from types import ModuleType
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from nnunetv2_segresmamba.operators.backends import (
     causal_depthwise_conv1d,
@@ -82,9 +85,9 @@ class TriOrientedMamba(nn.Module):
             (to compare other implementations in this layer), called like mamba_ssm's
             ``selective_scan_fn`` and :func:`~nnunetv2_segresmamba.operators.selective_scan.selective_scan`:
             ``(u, delta, A, B, C, D, z, delta_bias=..., delta_softplus=True) -> y * silu(z)``
-            with u, delta, z and the result (B, E, L), A (E, N), B and C (B, N, L), D (E,).
-            Needs backend "pure" or "cuda"; None (the default) for the backend's own. It adds
-            no parameter: the state_dict stays the same.
+            (y alone for z None) with u, delta, z and the result (B, E, L), A (E, N), B and C
+            (B, N, L), D (E,). Needs backend "pure" or "cuda"; None (the default) for the
+            backend's own. It adds no parameter: the state_dict stays the same.
 
     Shapes: ``forward(hidden_states (B, L, D), num_slices) -> (B, L, D)``; ``L`` must be a
     multiple of ``num_slices``.
@@ -146,65 +149,124 @@ class TriOrientedMamba(nn.Module):
             raise ValueError(f"expected {self.d_model} channels in (B, L, D) input, got {width}")
         if num_slices < 1 or length % num_slices:
             raise ValueError(f"sequence length {length} is not a multiple of num_slices={num_slices}")
-        xz = self.in_proj(hidden_states)  # (B, L, 2E)
-        path = resolve_path(self.backend, xz, self.d_state, self.d_conv)
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, E) each
+        return self.out_proj(self._scans(x, z, self.directions, num_slices))
+
+    def direction_conv(self, hidden_states: Tensor, suffix: str, num_slices: int) -> Tensor:
+        """The first part of one direction's scan, for :class:`MambaLayer`'s checkpointing:
+        ``in_proj``'s x half, then the direction's causal conv and silu. (B, L, D) -> u, in the
+        layout of the path that runs it, which :meth:`direction_scan` takes."""
+        x = F.linear(hidden_states, self.in_proj.weight[: self.d_inner])  # (B, L, E)
+        path, runner = self._path(x)
         if path in FUSED_PATHS:
-            return self.out_proj(self._fused_scans(xz, num_slices, fused_module(path)))
-        kernels = load_cuda_kernels() if path == "cuda" else None
-        xz = xz.transpose(1, 2)  # (B, 2E, L)
-        out = sum(self._scan_in_order(xz, suffix, num_slices, kernels) for suffix in self.directions)
-        return self.out_proj(out.transpose(1, 2))
+            return self._fused_conv(x, (suffix,), num_slices, runner)
+        order, _ = self._orders(suffix, num_slices)
+        return self._conv(order(x.transpose(1, 2)), suffix, runner)
 
-    def _stacked(self, name: str) -> Tensor:
-        """Every direction's parameter ``name.format(suffix)``, stacked in fp32: (K, ...)."""
-        return torch.stack([self.get_parameter(name.format(suffix)) for suffix in self.directions]).float()
+    def direction_scan(self, u: Tensor, suffix: str, num_slices: int) -> Tensor:
+        """The rest of one direction's scan, ungated: u from :meth:`direction_conv` ->
+        (B, L, E). ``gate_and_project(h, y)``, y the sum over the directions of
+        ``direction_scan(direction_conv(h, s), s)``, is ``forward(h)`` up to rounding."""
+        path, runner = self._path(u)
+        if path in FUSED_PATHS:
+            return self._fused_scan(u, None, (suffix,), num_slices, runner)
+        _, restore = self._orders(suffix, num_slices)
+        return restore(self._selective_scan(u, None, suffix, runner)).transpose(1, 2)
 
-    def _fused_scans(self, xz: Tensor, num_slices: int, fused: ModuleType) -> Tensor:
-        """Every direction at once, in fp32: (B, L, 2E) -> (B, L, E), with ``fused``'s kernels
-        (:func:`fused_module`)."""
-        kinds = kinds_of(self.directions)
-        with torch.autocast(device_type=xz.device.type, enabled=False):
-            x, z = (half.contiguous() for half in xz.float().chunk(2, dim=-1))  # (B, L, E), channels-last
-            conv_weight = self._stacked("conv1d{}.weight").squeeze(2).transpose(1, 2).contiguous()  # (K, W, E)
-            conv_bias = self._stacked("conv1d{}.bias")
-            u = fused.directional_conv(x, conv_weight, conv_bias, kinds, num_slices)  # (B, K, L, E)
-            x_dbl = u @ self._stacked("x_proj{}.weight").transpose(1, 2)  # (B, K, L, R + 2N)
+    def gate_and_project(self, hidden_states: Tensor, y: Tensor) -> Tensor:
+        """``out_proj(y * silu(z))`` with z from ``in_proj``: (B, L, D), (B, L, E) -> (B, L, D)."""
+        z = F.linear(hidden_states, self.in_proj.weight[self.d_inner:])
+        return self.out_proj(y * F.silu(z))
+
+    def _path(self, x: Tensor) -> tuple[str, ModuleType | None]:
+        """The path that runs x (:func:`resolve_path`) and its kernels: the fused module, mamba_ssm's
+        kernels ("cuda") or None ("pure")."""
+        path = resolve_path(self.backend, x, self.d_state, self.d_conv)
+        if path in FUSED_PATHS:
+            return path, fused_module(path)
+        return path, load_cuda_kernels() if path == "cuda" else None
+
+    def _scans(self, x: Tensor, z: Tensor | None, suffixes: Sequence[str], num_slices: int) -> Tensor:
+        """The scans of the directions ``suffixes``, summed and gated by silu(z) (ungated when z
+        is None): x, z (B, L, E) -> (B, L, E)."""
+        path, runner = self._path(x)
+        if path in FUSED_PATHS:
+            return self._fused_scan(self._fused_conv(x, suffixes, num_slices, runner), z, suffixes, num_slices, runner)
+        x = x.transpose(1, 2)  # (B, E, L)
+        z = None if z is None else z.transpose(1, 2)
+        return sum(self._scan_in_order(x, z, suffix, num_slices, runner) for suffix in suffixes).transpose(1, 2)
+
+    def _stacked(self, name: str, suffixes: Sequence[str]) -> Tensor:
+        """The parameter ``name.format(suffix)`` of each direction in ``suffixes``, stacked in fp32: (K, ...)."""
+        return torch.stack([self.get_parameter(name.format(suffix)) for suffix in suffixes]).float()
+
+    def _fused_conv(self, x: Tensor, suffixes: Sequence[str], num_slices: int, fused: ModuleType) -> Tensor:
+        """The causal conv and silu of the directions ``suffixes``, in fp32, with ``fused``'s kernel
+        (:func:`fused_module`): x (B, L, E) -> u (B, K, L, E), at sequence positions."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float().contiguous()  # (B, L, E), channels-last
+            conv_weight = self._stacked("conv1d{}.weight", suffixes).squeeze(2).transpose(1, 2).contiguous()
+            return fused.directional_conv(x, conv_weight, self._stacked("conv1d{}.bias", suffixes),
+                                          kinds_of(suffixes), num_slices)
+
+    def _fused_scan(self, u: Tensor, z: Tensor | None, suffixes: Sequence[str], num_slices: int,
+                    fused: ModuleType) -> Tensor:
+        """The selective scans of the directions ``suffixes`` on u (B, K, L, E), summed, in fp32, with
+        ``fused``'s kernel: -> (B, L, E), gated by silu(z) (z (B, L, E)) unless z is None."""
+        stacked = partial(self._stacked, suffixes=suffixes)
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            z = None if z is None else z.float().contiguous()
+            x_dbl = u @ stacked("x_proj{}.weight").transpose(1, 2)  # (B, K, L, R + 2N)
             dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-            delta = dt @ self._stacked("dt_proj{}.weight").transpose(1, 2)  # (B, K, L, E); bias added in the scan
-            A = -torch.exp(self._stacked("A{}_log")).transpose(1, 2).contiguous()  # (K, N, E)
-            return fused.fused_scan(u, delta, A, B.contiguous(), C.contiguous(), self._stacked("D{}"),
-                                    self._stacked("dt_proj{}.bias"), z, kinds, num_slices)
+            delta = dt @ stacked("dt_proj{}.weight").transpose(1, 2)  # (B, K, L, E); bias added in the scan
+            A = -torch.exp(stacked("A{}_log")).transpose(1, 2).contiguous()  # (K, N, E)
+            return fused.fused_scan(u, delta, A, B.contiguous(), C.contiguous(), stacked("D{}"),
+                                    stacked("dt_proj{}.bias"), z, kinds_of(suffixes), num_slices)
 
-    def _scan_in_order(self, xz: Tensor, suffix: str, num_slices: int, kernels) -> Tensor:
-        """One direction's y * silu(z), (B, E, L), scanned in its order and put back in place."""
+    @staticmethod
+    def _orders(suffix: str, num_slices: int) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        """For (B, E, L) tensors: (into the direction's scan order, back to sequence order)."""
         if suffix == "_b":
-            return self._scan(xz.flip(-1), suffix, kernels).flip(-1)
+            return partial(torch.flip, dims=(-1,)), partial(torch.flip, dims=(-1,))
         if suffix == "_s":
-            return from_inter_slice(self._scan(to_inter_slice(xz, num_slices), suffix, kernels), num_slices)
-        return self._scan(xz, suffix, kernels)
+            return partial(to_inter_slice, num_slices=num_slices), partial(from_inter_slice, num_slices=num_slices)
+        return _identity, _identity
 
-    def _scan(self, xz: Tensor, suffix: str, kernels) -> Tensor:
-        """One direction without out_proj: (B, 2E, L) -> y * silu(z), (B, E, L)."""
+    def _scan_in_order(self, x: Tensor, z: Tensor | None, suffix: str, num_slices: int, kernels) -> Tensor:
+        """One direction's y * silu(z) (y alone when z is None), x, z (B, E, L) -> (B, E, L),
+        scanned in its order and put back in place."""
+        order, restore = self._orders(suffix, num_slices)
+        u = self._conv(order(x), suffix, kernels)
+        return restore(self._selective_scan(u, None if z is None else order(z), suffix, kernels))
+
+    def _conv(self, x: Tensor, suffix: str, kernels) -> Tensor:
+        """One direction's causal conv and silu, (B, E, L) in its scan order."""
         conv1d: nn.Conv1d = getattr(self, f"conv1d{suffix}")
+        if kernels is None:
+            return causal_depthwise_conv1d(x, conv1d.weight, conv1d.bias)
+        return kernels.causal_conv1d_fn(x.contiguous(), conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
+
+    def _selective_scan(self, u: Tensor, z: Tensor | None, suffix: str, kernels) -> Tensor:
+        """One direction's selective scan of its conv output u: u, z (B, E, L) in scan order ->
+        y * silu(z) (y when z is None), (B, E, L)."""
         x_proj: nn.Linear = getattr(self, f"x_proj{suffix}")
         dt_proj: nn.Linear = getattr(self, f"dt_proj{suffix}")
         A = -torch.exp(getattr(self, f"A{suffix}_log").float())
         D = getattr(self, f"D{suffix}").float()
-        x, z = xz.chunk(2, dim=1)
-        if kernels is None:
-            x = causal_depthwise_conv1d(x, conv1d.weight, conv1d.bias)
-        else:
-            x = kernels.causal_conv1d_fn(x.contiguous(), conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
-        dt, B, C = torch.split(x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = torch.split(x_proj(u.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias is added inside the scan
         B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
         scan = self.scan_function
         if scan is None:
             scan = selective_scan if kernels is None else kernels.selective_scan_fn
         return scan(
-            x.contiguous(), delta.contiguous(), A, B, C, D, z.contiguous(),
+            u.contiguous(), delta.contiguous(), A, B, C, D, None if z is None else z.contiguous(),
             delta_bias=dt_proj.bias.float(), delta_softplus=True,
         )
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
 
 
 class MambaLayer(nn.Module):
@@ -214,11 +276,21 @@ class MambaLayer(nn.Module):
     D of the feature map as its slice count (SegMamba hard-codes the depth at 128^3).
     Attribute names ``norm`` and ``mamba`` match SegMamba's state_dict. ``tom_kwargs`` are
     :class:`TriOrientedMamba`'s keyword arguments (``d_state``, ``backend``, ``directions``...).
+
+    ``checkpointing``: while training, scan one direction at a time and keep none of its
+    activations for the backward pass, which runs it again (``torch.utils.checkpoint``): the
+    norm and each direction's scan, ungated, are a segment of their own, and so are the norm,
+    the gate and ``out_proj`` on the directions' sum. The largest segment keeps about a third
+    of what the whole layer keeps, and between segments only x and that sum are kept. The same
+    parameters; outputs and gradients equal the plain layer's up to fp32 rounding (the gate
+    multiplies the directions' sum, not each direction, and ``in_proj``'s halves are separate
+    products). Without grad (validation, inference) nothing changes.
     """
 
-    def __init__(self, dim: int, **tom_kwargs):
+    def __init__(self, dim: int, checkpointing: bool = False, **tom_kwargs):
         super().__init__()
         self.dim = dim
+        self.checkpointing = checkpointing
         self.norm = nn.LayerNorm(dim)
         self.mamba = TriOrientedMamba(dim, **tom_kwargs)
 
@@ -227,5 +299,25 @@ class MambaLayer(nn.Module):
         if channels != self.dim:
             raise ValueError(f"MambaLayer expects {self.dim} channels, got {channels}")
         tokens = x.reshape(batch, channels, -1).transpose(1, 2)  # (B, L, C)
-        out = self.mamba(self.norm(tokens), num_slices=spatial[0])
+        if self.checkpointing and torch.is_grad_enabled():
+            out = self._direction_by_direction(tokens, num_slices=spatial[0])
+        else:
+            out = self.mamba(self.norm(tokens), num_slices=spatial[0])
         return out.transpose(1, 2).reshape(x.shape) + x
+
+    def _direction_by_direction(self, tokens: Tensor, num_slices: int) -> Tensor:
+        y = sum(checkpoint(self._ungated_scan, tokens, suffix, num_slices, use_reentrant=False)
+                for suffix in self.mamba.directions)
+        return checkpoint(self._gate_and_project, tokens, y, use_reentrant=False)
+
+    def _ungated_scan(self, tokens: Tensor, suffix: str, num_slices: int) -> Tensor:
+        """One direction: its conv's input (norm, in_proj's x half) is not kept either, but run a
+        third time for the conv's backward (a segment within this one)."""
+        u = checkpoint(self._direction_conv, tokens, suffix, num_slices, use_reentrant=False)
+        return self.mamba.direction_scan(u, suffix, num_slices)
+
+    def _direction_conv(self, tokens: Tensor, suffix: str, num_slices: int) -> Tensor:
+        return self.mamba.direction_conv(self.norm(tokens), suffix, num_slices)
+
+    def _gate_and_project(self, tokens: Tensor, y: Tensor) -> Tensor:
+        return self.mamba.gate_and_project(self.norm(tokens), y)
