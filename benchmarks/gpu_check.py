@@ -15,7 +15,11 @@ that writes its figures to ``benchmarks/results/<gpu>/`` (or ``--out``):
    batch 2, AMP, for Swin-UMamba, Swin-UMamba-dagger and nnU-Net's network, whose figures they
    are divided by (``swin2d/efficiency.md``); their SS2D layers must have run Triton or mamba_ssm
    (three measuring processes; planned, not yet timed);
-6. ``train``: the demo through the stock CLI on the GPU: ``nnUNetv2_train`` with AMP for
+6. ``memory_modes``: SegResMamba's training step at 128^3, batch 1 and 2, AMP, plain, ``_lowmem``,
+   ``_GaLore`` and both (:mod:`benchmarks.memory_modes`, eight measuring processes; planned, not
+   yet timed): peak memory, step time and optimizer state as ratios to the plain step
+   (``memory_modes/memory_modes.md``), with the targets of issue 20;
+7. ``train``: the demo through the stock CLI on the GPU: ``nnUNetv2_train`` with AMP for
    5 x 24 steps, then predict and evaluate; every logged loss must be finite (``train.log``),
    and ``nnUNetv2_predict``, in inference mode, must have run the fused kernels (Triton, or
    mamba_ssm where it loads), as the backends' path log says (``paths.jsonl``).
@@ -47,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import efficiency, report
+from benchmarks import efficiency, memory_modes, report
 from benchmarks.machine import describe, slug
 from benchmarks.network_step import median_time
 from benchmarks.scan_operator import make_call
@@ -218,6 +222,25 @@ def run_swin2d(out: Path) -> dict:
     return {"ok": fast and not any("error" in r for r in steps.values()), "steps": steps}
 
 
+def run_memory_modes(out: Path) -> dict:
+    """SegResMamba's memory modes at 128^3, batch 1 and 2, AMP, in ``out/memory_modes/``; ok where
+    every step ran. The issue's targets (ratios to plain): checkpointing's peak at batch 1 <= 0.55
+    and its step <= 1.4; GaLore's optimizer state <= 0.35; both at batch 2 below plain at batch 1."""
+    rows = memory_modes.run([128], [1, 2], list(memory_modes.MODES), 3, "cuda", "amp", out / "memory_modes",
+                            "python -m benchmarks.gpu_check --parts memory_modes")
+    measured = {(r["mode"], r["batch"]): r for r in rows if "error" not in r}
+    plain = measured.get(("plain", 1))
+
+    def ratio(mode: str, batch: int, key: str) -> float | None:
+        row = measured.get((mode, batch))
+        return None if row is None or plain is None else round(row[key] / plain[key], 3)
+
+    return {"ok": len(measured) == len(rows),
+            "lowmem_peak_b1": ratio("lowmem", 1, "peak_train_mib"), "lowmem_step_b1": ratio("lowmem", 1, "step_s"),
+            "galore_state": ratio("GaLore", 1, "optimizer_state_mib"),
+            "both_b2_peak_over_plain_b1": ratio("lowmem_GaLore", 2, "peak_train_mib")}
+
+
 def run_train(out: Path) -> dict:
     from nnunetv2_segresmamba.discovery import activate
     from nnunetv2_segresmamba.operators.backends import PATH_LOG_VAR
@@ -255,6 +278,7 @@ PARTS = (
     Part("ss2d", ("triton",), run_ss2d),
     Part("networks", ("monai", "dynamic_network_architectures", "nnunetv2"), run_networks),  # nnU-Net plans pools
     Part("swin2d", ("monai", "dynamic_network_architectures"), run_swin2d),
+    Part("memory_modes", ("nnunetv2",), run_memory_modes),  # the GaLore groups come from the trainers' base
     Part("train", NNUNET_PACKAGES, run_train),
 )
 

@@ -2,14 +2,23 @@
 ``lowmem`` (activation checkpointing), ``GaLore`` (GaLore-AdamW at the trainers' rank, Linear and
 conv weights wider than it projected) and both; each mode's peak training memory, median step
 time and optimizer state, in processes of their own, as ratios to the plain step of the same run.
+In fp32 on the CPU; on a GPU (``--device cuda``, part ``memory_modes`` of ``benchmarks.gpu_check``)
+also with AMP (fp16 autocast and a GradScaler, as nnU-Net trains).
 
-    python -m benchmarks.memory_modes --sizes 64 96 --batches 1 2 --out benchmarks/results/cpu-2core/memory_modes
+    python -m benchmarks.memory_modes --sizes 64 96 128 --batches 1 2 --repeats 3 \
+        --out benchmarks/results/cpu-2core/memory_modes
+
+With ``--demo-dice WORKDIR`` it runs the demo instead (``nnunetv2_segresmamba demo``: plan, train
+5 x 24 steps, predict, evaluate) once per mode, with the mode's ``_demo`` trainer, and writes each
+mode's mean Dice on the held-out cases beside plain AdamW's (``demo_dice.{json,md}``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -17,7 +26,7 @@ import torch.nn.functional as F
 
 from benchmarks.isolate import PeakMemory, default_memory_cap_gib, run_isolated
 from benchmarks.machine import describe
-from benchmarks.network_step import median_time
+from benchmarks.network_step import PRECISIONS, autocast, median_time
 from nnunetv2_segresmamba.operators.tom import MambaLayer
 from nnunetv2_segresmamba.optimizers.galore import GaLoreAdamW
 from nnunetv2_segresmamba.registry import network
@@ -34,16 +43,18 @@ def load_scan_kernels() -> None:
     layer(torch.randn(1, 16, 2, 2, 2, requires_grad=True)).sum().backward()
 
 
-def measure_mode(mode: str, size: int, batch: int, repeats: int, classes: int = 14) -> dict:
-    """One mode's training step (cross-entropy, backward, optimizer step) at ``size``^3, in fp32 on
-    the CPU: peak memory from before the network is built (the scan kernels loaded before), median
-    time after a warm-up step, and the optimizer state's bytes."""
+def measure_mode(mode: str, size: int, batch: int, repeats: int, device: str = "cpu", precision: str = "fp32",
+                 classes: int = 14) -> dict:
+    """One mode's training step (cross-entropy, backward, optimizer step) at ``size``^3 on ``device``
+    in ``precision``: peak memory from before the network is built (on the CPU, the scan kernels
+    loaded before), median time after a warm-up step, and the optimizer state's bytes."""
     checkpointing, galore = MODES[mode]
-    load_scan_kernels()
+    if device == "cpu":
+        load_scan_kernels()
     torch.manual_seed(0)
-    memory = PeakMemory("cpu")
+    memory = PeakMemory(device)
     memory.reset()
-    net = network("SegResMamba").build(1, classes, [size] * 3, checkpointing=checkpointing)
+    net = network("SegResMamba").build(1, classes, [size] * 3, checkpointing=checkpointing).to(device)
     groups = parameter_groups(net, 1e-5)
     if galore:
         t = ComparisonTrainerBase
@@ -51,18 +62,23 @@ def measure_mode(mode: str, size: int, batch: int, repeats: int, classes: int = 
                                 lr=1e-4)
     else:
         optimizer = torch.optim.AdamW(groups, lr=1e-4)
-    x, target = torch.randn(batch, 1, size, size, size), torch.randint(0, classes, (batch, size, size, size))
+    scaler = torch.amp.GradScaler(device, enabled=precision == "amp" and device == "cuda")
+    x = torch.randn(batch, 1, size, size, size, device=device)
+    target = torch.randint(0, classes, (batch, size, size, size), device=device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), target).backward()
-        optimizer.step()
+        with autocast(device, precision):
+            loss = F.cross_entropy(net(x), target)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
-    seconds = median_time(step, "cpu", repeats)
+    seconds = median_time(step, device, repeats)
     state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
                 if isinstance(t, torch.Tensor) and t.dim() > 0)
-    return {"mode": mode, "size": size, "batch": batch, "peak_train_mib": memory.mib(), "step_s": seconds,
-            "optimizer_state_mib": state / 2**20}
+    return {"mode": mode, "size": size, "batch": batch, "device": device, "precision": precision,
+            "peak_train_mib": memory.mib(), "step_s": seconds, "optimizer_state_mib": state / 2**20}
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -85,22 +101,71 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="amp: fp16 autocast, on CUDA only")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--demo-dice", type=Path, metavar="WORKDIR",
+                        help="run the demo once per mode in WORKDIR/<mode> (a new folder) instead, for its Dice")
     args = parser.parse_args(argv)
+    command = "python -m benchmarks.memory_modes " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.demo_dice:
+        run_demo_dice(args.modes, args.demo_dice, args.out, command)
+        return
+    if args.precision == "amp" and args.device != "cuda":
+        parser.error("--precision amp is nnU-Net's GPU training (fp16 autocast, GradScaler): use it with --device cuda")
+    run(args.sizes, args.batches, args.modes, args.repeats, args.device, args.precision, args.out, command)
+
+
+def demo_trainer(mode: str) -> str:
+    """The demo's trainer in ``mode``, e.g. ``nnUNetTrainerSegResMamba_GaLore_demo``."""
+    return "nnUNetTrainerSegResMamba" + ("" if mode == "plain" else f"_{mode}") + "_demo"
+
+
+def run_demo_dice(modes: list[str], workdir: Path, out: Path, command: str) -> list[dict]:
+    """The demo once per mode, each in ``workdir/<mode>``; rows of mean Dice and seconds, also
+    written to ``out/demo_dice.{json,md}``."""
+    from nnunetv2_segresmamba.tools.demo import run_demo
+
     rows = []
-    for size in args.sizes:
-        for batch in args.batches:
-            for mode in args.modes:
-                result = run_isolated(measure_mode, mode, size, batch, args.repeats,
-                                      memory_cap_gib=default_memory_cap_gib())
+    for mode in modes:
+        start = time.perf_counter()
+        summary = run_demo(str(workdir / mode), trainer=demo_trainer(mode))
+        rows.append({"mode": mode, "trainer": demo_trainer(mode), "mean_dice": summary["foreground_mean"]["Dice"],
+                     "dice_per_class": {k: v["Dice"] for k, v in summary["mean"].items()},
+                     "seconds": time.perf_counter() - start})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_dice.json").write_text(json.dumps({"machine": describe(), "command": command, "rows": rows},
+                                                   indent=2))
+    plain = next((r["mean_dice"] for r in rows if r["mode"] == "plain"), None)
+    table_rows = [[r["mode"], r["trainer"], f"{r['mean_dice']:.3f}",
+                   "-" if plain is None else f"{r['mean_dice'] - plain:+.3f}", f"{r['seconds']:.0f}"] for r in rows]
+    (out / "demo_dice.md").write_text("\n".join([
+        "# The demo's mean Dice (held-out cases) per memory mode", "", f"Command: `{command}`", "",
+        *markdown_table(["mode", "trainer", "mean Dice", "- plain", "seconds (plan, train, predict)"], table_rows),
+        ""]))
+    return rows
+
+
+def run(sizes: list[int], batches: list[int], modes: list[str], repeats: int, device: str, precision: str,
+        out: Path, command: str) -> list[dict]:
+    """Every mode at every size and batch, each in a process of its own; the rows, also written to
+    ``out/memory_modes.{json,md}``."""
+    rows = []
+    for size in sizes:
+        for batch in batches:
+            for mode in modes:
+                result = run_isolated(measure_mode, mode, size, batch, repeats, device, precision,
+                                      memory_cap_gib=default_memory_cap_gib() if device == "cpu" else None)
                 rows.append({"mode": mode, "size": size, "batch": batch, **result})
                 print(rows[-1], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = {"machine": describe(), "command": "python -m benchmarks.memory_modes " + " ".join(argv or []),
-               "rows": rows}
-    (args.out / "memory_modes.json").write_text(json.dumps(results, indent=2))
-    (args.out / "memory_modes.md").write_text("\n".join(["# SegResMamba's memory modes, fp32, CPU", "",
-                                                          *table(rows), ""]))
+    out.mkdir(parents=True, exist_ok=True)
+    machine = describe()
+    results = {"machine": machine, "command": command, "rows": rows}
+    (out / "memory_modes.json").write_text(json.dumps(results, indent=2))
+    where = machine.get("gpu") if device == "cuda" else f"{machine['cpu']}, {machine['cores']} cores"
+    title = f"# SegResMamba's memory modes, {precision}, {where}, torch {machine['torch']}"
+    (out / "memory_modes.md").write_text("\n".join([title, "", f"Command: `{command}`", "", *table(rows), ""]))
+    return rows
 
 
 if __name__ == "__main__":

@@ -346,4 +346,6 @@ def test_memory_modes_run_each_mode_in_a_process_and_divide_by_the_plain_step(tm
     assert galore["optimizer_state_mib"] < 0.35 * plain["optimizer_state_mib"]  # SegResMamba at paper widths
     table = (tmp_path / "memory_modes.md").read_text()
     state_ratio = galore["optimizer_state_mib"] / plain["optimizer_state_mib"]
-    assert "| 32^3 | 1 | plain |" in table and f"| {state_ratio:.2f} |" in table
+    assert "| 32^3 | 1 | plain |" in table and f"| {state_ratio:.2f} |" in table and "memory modes, fp32, " in table
+    with pytest.raises(SystemExit):  # AMP is nnU-Net's GPU training: refused on the CPU, with advice
+        main(["--sizes", "32", "--precision", "amp", "--out", str(tmp_path)])

@@ -462,6 +462,50 @@ def test_galore_trainers_project_linear_and_conv_weights_only(planned, monkeypat
                for g in optimizer.param_groups if "rank" in g)
 
 
+@pytest.mark.parametrize("name", ["nnUNetTrainerSwinUNETR_GaLore", "nnUNetTrainerSwinUNETR_lowmem_GaLore",
+                                  "nnUNetTrainerUNETR_GaLore"])
+def test_siblings_galore_trainers_keep_their_recipe_and_take_a_step(name, planned, monkeypatch):
+    """MONAI's SwinUNETR and UNETR (AdamW recipes) with GaLore-AdamW: the recipe's lr and weight
+    decay, their wide Linear and conv weights projected, and a training step that changes them."""
+    from nnunetv2_segresmamba.optimizers.galore import GaLoreAdamW
+
+    trainer = initialized(name, planned, monkeypatch)
+    recipe = getattr(trainers, name.replace("_lowmem", "").replace("_GaLore", ""))
+    optimizer, network = trainer.optimizer, trainer.network
+    assert isinstance(optimizer, GaLoreAdamW) and trainer.activation_checkpointing == ("_lowmem" in name)
+    assert {g["lr"] for g in optimizer.param_groups} == {recipe.recipe_initial_lr}
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {recipe.recipe_weight_decay}
+    projected = [p for g in optimizer.param_groups if "rank" in g for p in g["params"]]
+    assert projected and all(min(p.reshape(p.shape[0], -1).shape) > trainer.galore_rank for p in projected)
+    before = [p.detach().clone() for p in projected]
+    x = torch.randn(1, 1, *trainer.configuration_manager.patch_size)
+    network(x).square().mean().backward()
+    optimizer.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, projected))
+    assert optimizer.state_bytes() < sum(2 * p.numel() * 4 for p in network.parameters())
+
+
+def test_galore_is_refused_on_a_recipe_without_adamw():
+    from nnunetv2_segresmamba.trainers.base import GaLore
+
+    with pytest.raises(TypeError, match=r"GaLore replaces a recipe's AdamW, but this trainer's recipe trains with SGD"):
+        type("nnUNetTrainerSegMamba_GaLore", (GaLore, trainers.nnUNetTrainerSegMamba), {})
+
+
+@pytest.mark.parametrize("mode", ["_lowmem", "_GaLore", "_lowmem_GaLore"])
+def test_the_demos_memory_modes_are_the_demo_in_that_mode(mode):
+    """The runs whose Dice the memory benchmark compares: the demo's schedule and network, with the
+    optimizer and checkpointing of the ``mode`` trainer."""
+    demo, variant = trainers.nnUNetTrainerSegResMamba_demo, getattr(trainers, f"nnUNetTrainerSegResMamba{mode}_demo")
+    full = getattr(trainers, f"nnUNetTrainerSegResMamba{mode}")
+    assert issubclass(variant, demo)
+    for attribute in ("comparison_num_epochs", "comparison_iterations_per_epoch", "network_widths", "seed",
+                      "recipe_initial_lr", "loss_name"):
+        assert getattr(variant, attribute) == getattr(demo, attribute), attribute
+    for attribute in ("optimizer_name", "activation_checkpointing"):
+        assert getattr(variant, attribute) == getattr(full, attribute), attribute
+
+
 def test_galore_state_goes_through_nnunets_checkpoint_and_resumes_exactly(planned, monkeypatch, tmp_path):
     """Two steps, nnU-Net's save_checkpoint, load_checkpoint into a new trainer (as --c does): the
     next step gives both the same weights, bit for bit."""

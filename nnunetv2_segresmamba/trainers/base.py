@@ -294,9 +294,18 @@ class GaLore:
     """Mixin: the recipe's AdamW as GaLore-AdamW (:mod:`nnunetv2_segresmamba.optimizers.galore`):
     the gradients of Linear and conv weights projected to ``galore_rank`` dimensions, Adam's moments
     kept there; the other parameters take unprojected steps. A smaller optimizer state; the same
-    network and checkpoints, which predict without any GaLore import."""
+    network and checkpoints, which predict without any GaLore import. Only for trainers whose
+    recipe trains with AdamW: a trainer with another optimizer is refused where it is defined."""
 
     optimizer_name = "GaLoreAdamW"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        recipe = next((vars(c)["optimizer_name"] for c in cls.__mro__
+                       if not issubclass(c, GaLore) and "optimizer_name" in vars(c)), None)
+        if recipe != "AdamW":
+            raise TypeError(f"{cls.__name__}: GaLore replaces a recipe's AdamW, but this trainer's recipe trains "
+                            f"with {recipe}; put GaLore in front of a trainer whose optimizer_name is 'AdamW'")
 
 
 class TwoEpochs:

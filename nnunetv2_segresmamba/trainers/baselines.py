@@ -12,6 +12,7 @@ from nnunetv2_segresmamba.registry import network
 from nnunetv2_segresmamba.trainers.base import (
     SMOKE_FEATURE_SIZES,
     ComparisonTrainerBase,
+    GaLore,
     LowMemory,
     NnUNetRecipe,
     PaperRecipe,
@@ -114,12 +115,25 @@ class nnUNetTrainerSwinUNETR_lowmem_smoke(QuickSmokeSchedule, nnUNetTrainerSwinU
     network_widths = nnUNetTrainerSwinUNETR_smoke.network_widths
 
 
+class nnUNetTrainerSwinUNETR_GaLore(GaLore, nnUNetTrainerSwinUNETR):
+    """SwinUNETR and its recipe with GaLore-AdamW in place of AdamW (:class:`~.base.GaLore`)."""
+
+
+class nnUNetTrainerSwinUNETR_lowmem_GaLore(GaLore, nnUNetTrainerSwinUNETR_lowmem):
+    """SwinUNETR with both: MONAI's ``use_checkpoint`` and GaLore-AdamW."""
+
+
 class nnUNetTrainerUNETR_2epochs(TwoEpochs, nnUNetTrainerUNETR):
     pass
 
 
 class nnUNetTrainerUNETR_smoke(QuickSmokeSchedule, nnUNetTrainerUNETR):
     network_widths = {"hidden_size": 192, "mlp_dim": 768, "num_heads": 3}  # a quarter of ViT-B's
+
+
+class nnUNetTrainerUNETR_GaLore(GaLore, nnUNetTrainerUNETR):
+    """UNETR and its recipe with GaLore-AdamW in place of AdamW (:class:`~.base.GaLore`): ViT-B's
+    768-wide Linear weights are where it saves."""
 
 
 class nnUNetTrainerComparisonNnUNet_2epochs(TwoEpochs, nnUNetTrainerComparisonNnUNet):

@@ -124,6 +124,19 @@ class nnUNetTrainerSegResMamba_lowmem_GaLore_smoke(SmallQuickSmoke, nnUNetTraine
     """The cheapest CLI run of both, 1 epoch x 2 iterations at small widths."""
 
 
+class nnUNetTrainerSegResMamba_lowmem_demo(LowMemory, nnUNetTrainerSegResMamba_demo):
+    """The demo's run with activation checkpointing, for its Dice beside the demo's
+    (``benchmarks/results/cpu-2core/memory_modes``)."""
+
+
+class nnUNetTrainerSegResMamba_GaLore_demo(GaLore, nnUNetTrainerSegResMamba_demo):
+    """The demo's run with GaLore-AdamW, for its Dice beside the demo's AdamW."""
+
+
+class nnUNetTrainerSegResMamba_lowmem_GaLore_demo(GaLore, nnUNetTrainerSegResMamba_lowmem_demo):
+    """The demo's run with both."""
+
+
 class nnUNetTrainerSegResMambaNoToM(nnUNetTrainerSegResMamba):
     """Ablation: every ToM (MambaLayer) replaced by identity, everything else the same; the
     control that nnU-Net Revisited ran for U-Mamba ("No-Mamba Base")."""
