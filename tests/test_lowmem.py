@@ -68,17 +68,20 @@ def calls_of(net, module_name):
     return calls
 
 
-def assert_close_step(plain, lowmem, rtol=1e-5):
-    """Outputs, input gradients and parameter gradients equal to fp32 rounding: each within ``rtol``
-    of the largest of its kind (the gradient of a conv bias before an InstanceNorm is rounding
-    noise around 0, so it is compared on the scale of the others)."""
+def assert_close_step(plain, lowmem, rel=1e-5):
+    """Outputs, input gradients and parameter gradients equal to fp32 rounding: each within ``rel``
+    of its own largest magnitude. A bias whose gradient is rounding noise around 0 (below 1e-6 of
+    the largest, as a conv bias's before an InstanceNorm is) is compared on the largest's scale."""
     (out, x_grad, grads), (out_ck, x_grad_ck, grads_ck) = plain, lowmem
-    torch.testing.assert_close(out_ck, out, rtol=0, atol=rtol * out.abs().max().item())
-    torch.testing.assert_close(x_grad_ck, x_grad, rtol=0, atol=rtol * x_grad.abs().max().item())
-    assert grads.keys() == grads_ck.keys()
-    scale = max(g.abs().max().item() for g in grads.values())
-    for name in grads:
-        torch.testing.assert_close(grads_ck[name], grads[name], rtol=0, atol=rtol * scale, msg=name)
+    torch.testing.assert_close(out_ck, out, rtol=0, atol=rel * out.abs().max().item())
+    torch.testing.assert_close(x_grad_ck, x_grad, rtol=0, atol=rel * x_grad.abs().max().item())
+    assert grads.keys() == grads_ck.keys() and x_grad.abs().max() > 0
+    largest = max(g.abs().max().item() for g in grads.values())
+    noise = {name for name, g in grads.items() if name.endswith("bias") and g.abs().max() < 1e-6 * largest}
+    assert len(noise) < len(grads) / 4, sorted(noise)
+    for name, grad in grads.items():
+        scale = largest if name in noise else grad.abs().max().item()
+        torch.testing.assert_close(grads_ck[name], grad, rtol=0, atol=rel * scale, msg=name)
 
 
 @pytest.mark.parametrize("patch", [(32, 32, 32), (32, 32)], ids=["3d", "2d"])
@@ -133,18 +136,20 @@ def test_segresmamba_under_bf16_autocast_equals_the_plain_network(monkeypatch):
     assert_same_step(step(plain, x, bf16=True), step(lowmem, x, bf16=True))
     plain, lowmem = pair(MambaLayer, dim=12, backend="numba")
     x = torch.randn(2, 12, 3, 5, 7)
-    assert_close_step(step(plain, x, bf16=True), step(lowmem, x, bf16=True), rtol=2e-2)
+    assert_close_step(step(plain, x, bf16=True), step(lowmem, x, bf16=True), rel=2e-2)
 
 
 @pytest.mark.parametrize("name", SIBLINGS)
 def test_siblings_gradients_equal_the_plain_networks(name):
-    """SegMamba (encoder stages, UNETR blocks), MONAI's SwinUNETR (``use_checkpoint``: each Swin
-    block's halves) and U-Mamba (stem, encoder and decoder stages), fp32 on the CPU."""
+    """SegMamba (encoder stages, UNETR blocks, its ToM layers direction by direction: to fp32
+    rounding), MONAI's SwinUNETR (``use_checkpoint``: each Swin block's halves) and U-Mamba (stem,
+    encoder and decoder stages), bit for bit; fp32 on the CPU."""
     plain, lowmem = pair(sibling, name=name)
     inner = SIBLINGS[name][2]
     calls, calls_ck = calls_of(plain, inner), calls_of(lowmem, inner)
     x = torch.randn(1, 2, *SIBLINGS[name][0])
-    assert_same_step(step(plain, x), step(lowmem, x))
+    compare = assert_close_step if name == "SegMamba" else assert_same_step
+    compare(step(plain, x), step(lowmem, x))
     assert (len(calls), len(calls_ck)) == (1, 2)
 
 

@@ -47,7 +47,8 @@ class MambaEncoder(nn.Module):
 
     ``forward(x (B, in_chans, D, H, W))`` returns 4 features at 1/2, 1/4, 1/8, 1/16.
     ``checkpointing``: each stage under activation checkpointing while training
-    (:func:`~.blocks.checkpointed`).
+    (:func:`~.blocks.checkpointed`), and in it each ToM layer direction by direction
+    (:class:`~nnunetv2_segresmamba.operators.tom.MambaLayer`'s ``checkpointing``).
     """
 
     def __init__(self, in_chans: int = 1, depths: Sequence[int] = (2, 2, 2, 2),
@@ -60,7 +61,8 @@ class MambaEncoder(nn.Module):
                 nn.Sequential(nn.InstanceNorm3d(dims[i]), nn.Conv3d(dims[i], dims[i + 1], kernel_size=2, stride=2))
             )
         self.stages = nn.ModuleList(
-            nn.Sequential(*(MambaLayer(d, backend=backend) for _ in range(depth))) for d, depth in zip(dims, depths)
+            nn.Sequential(*(MambaLayer(d, checkpointing=checkpointing, backend=backend) for _ in range(depth)))
+            for d, depth in zip(dims, depths, strict=True)
         )
         self.gscs = nn.ModuleList(GSC(d) for d in dims)
         for i, d in enumerate(dims):
@@ -92,7 +94,8 @@ class SegMamba(nn.Module):
         backend: ToM backend, "auto", "pure" or "cuda".
         checkpointing: activation checkpointing while training (:func:`~.blocks.checkpointed`):
             each encoder stage and each UNETR block (``encoder1..5``, ``decoder1..5``) keeps only
-            its inputs for the backward pass. The same outputs, gradients and state_dict keys.
+            its inputs for the backward pass, and each ToM layer runs direction by direction. The
+            same outputs and state_dict keys; gradients equal to fp32 rounding (MambaLayer's).
 
     Shapes: ``forward(x (B, in_channels, D, H, W)) -> logits (B, out_channels, D, H, W)``. Each
     axis is zero-padded at its end to a multiple of 16 (at least 32) and cropped back; nnU-Net
