@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from benchmarks.isolate import PeakMemory, default_memory_cap_gib, run_isolated
 from benchmarks.machine import describe
-from benchmarks.network_step import PRECISIONS, autocast, median_time
+from benchmarks.network_step import PRECISIONS, autocast, median_time, recorded_tom_paths
 from nnunetv2_segresmamba.operators.tom import MambaLayer
 from nnunetv2_segresmamba.optimizers.galore import GaLoreAdamW
 from nnunetv2_segresmamba.registry import network
@@ -47,7 +47,13 @@ def measure_mode(mode: str, size: int, batch: int, repeats: int, device: str = "
                  classes: int = 14) -> dict:
     """One mode's training step (cross-entropy, backward, optimizer step) at ``size``^3 on ``device``
     in ``precision``: peak memory from before the network is built (on the CPU, the scan kernels
-    loaded before), median time after a warm-up step, and the optimizer state's bytes."""
+    loaded before), median time after a warm-up step, the optimizer state's bytes, and the scan
+    paths the ToMs took (``tom_paths``)."""
+    with recorded_tom_paths() as paths:
+        return {**_measure_mode(mode, size, batch, repeats, device, precision, classes), "tom_paths": paths()}
+
+
+def _measure_mode(mode: str, size: int, batch: int, repeats: int, device: str, precision: str, classes: int) -> dict:
     checkpointing, galore = MODES[mode]
     if device == "cpu":
         load_scan_kernels()
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = "python -m benchmarks.memory_modes " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.demo_dice:
-        run_demo_dice(args.modes, args.demo_dice, args.out, command)
+        run_demo_dice(args.modes, args.demo_dice, args.out, command, args.device)
         return
     if args.precision == "amp" and args.device != "cuda":
         parser.error("--precision amp is nnU-Net's GPU training (fp16 autocast, GradScaler): use it with --device cuda")
@@ -121,18 +127,23 @@ def demo_trainer(mode: str) -> str:
     return "nnUNetTrainerSegResMamba" + ("" if mode == "plain" else f"_{mode}") + "_demo"
 
 
-def run_demo_dice(modes: list[str], workdir: Path, out: Path, command: str) -> list[dict]:
-    """The demo once per mode, each in ``workdir/<mode>``; rows of mean Dice and seconds, also
-    written to ``out/demo_dice.{json,md}``."""
+def run_demo_dice(modes: list[str], workdir: Path, out: Path, command: str, device: str = "cpu") -> list[dict]:
+    """The demo once per mode on ``device``, each in ``workdir/<mode>``; rows of mean Dice and
+    seconds, written to ``out/demo_dice.{json,md}`` after each mode."""
     from nnunetv2_segresmamba.tools.demo import run_demo
 
     rows = []
     for mode in modes:
         start = time.perf_counter()
-        summary = run_demo(str(workdir / mode), trainer=demo_trainer(mode))
+        summary = run_demo(str(workdir / mode), trainer=demo_trainer(mode), device=device)
         rows.append({"mode": mode, "trainer": demo_trainer(mode), "mean_dice": summary["foreground_mean"]["Dice"],
                      "dice_per_class": {k: v["Dice"] for k, v in summary["mean"].items()},
                      "seconds": time.perf_counter() - start})
+        write_demo_dice(rows, out, command)
+    return rows
+
+
+def write_demo_dice(rows: list[dict], out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_dice.json").write_text(json.dumps({"machine": describe(), "command": command, "rows": rows},
                                                    indent=2))
@@ -143,7 +154,6 @@ def run_demo_dice(modes: list[str], workdir: Path, out: Path, command: str) -> l
         "# The demo's mean Dice (held-out cases) per memory mode", "", f"Command: `{command}`", "",
         *markdown_table(["mode", "trainer", "mean Dice", "- plain", "seconds (plan, train, predict)"], table_rows),
         ""]))
-    return rows
 
 
 def run(sizes: list[int], batches: list[int], modes: list[str], repeats: int, device: str, precision: str,

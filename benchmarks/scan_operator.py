@@ -41,14 +41,16 @@ FLOPS_PER_UPDATE = {"fwd": 7, "fwd+bwd": 34}
 
 
 def mambapy_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    """mambapy's ``MambaBlock.selective_scan`` behind the ``selective_scan_fn`` signature."""
+    """mambapy's ``MambaBlock.selective_scan`` behind the ``selective_scan_fn`` signature (z None:
+    ungated, as a ToM direction under checkpointing calls it)."""
     from mambapy.mamba import MambaBlock
 
     delta = delta + delta_bias[:, None]
     delta = F.softplus(delta) if delta_softplus else delta
     y = MambaBlock.selective_scan(None, u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2),
                                   C.transpose(1, 2), D)  # the method uses no state of its block
-    return y.transpose(1, 2) * F.silu(z)
+    y = y.transpose(1, 2)
+    return y if z is None else y * F.silu(z)
 
 
 def make_call(kind: str, backend: str, length: int, d_model: int, device: str, backward: bool,

@@ -325,7 +325,8 @@ def members(group: str | None = COMPARISON) -> list[Member]:
 
 def member(trainer: str, plans: str = DEFAULT_PLANS) -> Member:
     """The family member that trains ``trainer`` (a schedule suffix such as ``_smoke`` or
-    ``_2epochs``, after a ``_lowmem`` one or not, is allowed: the member's network) on ``plans``;
+    ``_2epochs``, after a memory suffix such as ``_lowmem``, ``_GaLore`` or ``_lowmem_GaLore``
+    or not, is allowed: the member's network) on ``plans``;
     for plans no member names (a SegResMamba on ResEnc plans, say), the trainer's member on the
     default plans."""
     base = trainer

@@ -337,8 +337,9 @@ def test_the_gpu_checks_ss2d_comparison_passes_a_fused_path_and_fails_a_wrong_on
     assert not gpu_check.compare_ss2d("numba", "cpu", (1, 4, 6, 8))["ok"]
 
 
-def test_memory_modes_run_each_mode_in_a_process_and_divide_by_the_plain_step(tmp_path):
-    from benchmarks.memory_modes import main
+def test_memory_modes_run_each_mode_in_a_process_and_divide_by_the_plain_step(tmp_path, capsys):
+    from benchmarks.memory_modes import MODES, demo_trainer, main
+    from nnunetv2_segresmamba import trainers
 
     main(["--sizes", "32", "--batches", "1", "--modes", "plain", "GaLore", "--out", str(tmp_path)])
     plain, galore = json.loads((tmp_path / "memory_modes.json").read_text())["rows"]
@@ -347,5 +348,7 @@ def test_memory_modes_run_each_mode_in_a_process_and_divide_by_the_plain_step(tm
     table = (tmp_path / "memory_modes.md").read_text()
     state_ratio = galore["optimizer_state_mib"] / plain["optimizer_state_mib"]
     assert "| 32^3 | 1 | plain |" in table and f"| {state_ratio:.2f} |" in table and "memory modes, fp32, " in table
-    with pytest.raises(SystemExit):  # AMP is nnU-Net's GPU training: refused on the CPU, with advice
+    with pytest.raises(SystemExit) as refused:  # AMP is nnU-Net's GPU training: refused on the CPU, with advice
         main(["--sizes", "32", "--precision", "amp", "--out", str(tmp_path)])
+    assert refused.value.code == 2 and "use it with --device cuda" in capsys.readouterr().err
+    assert all(hasattr(trainers, demo_trainer(mode)) for mode in MODES)  # --demo-dice's trainers

@@ -10,7 +10,7 @@ from nnunetv2_segresmamba.networks import SegResMamba
 from nnunetv2_segresmamba.operators.tom import MambaLayer
 from nnunetv2_segresmamba.registry import member, network
 from nnunetv2_segresmamba.trainers.base import require_same_architecture
-from tests.reference import backends_to_test
+from tests.reference import backends_to_test, device_of
 
 SMALL = (8, 16, 32, 64)  # SegResMamba's stage widths here: a sixth of the paper's
 SIBLINGS = {  # network: (patch, width overrides, a module inside a checkpointed segment)
@@ -46,7 +46,7 @@ def step(net, x, bf16=False):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = net(x)
     out = out[0] if isinstance(out, list) else out  # U-Mamba's deep supervision: the full resolution
-    (out.float() * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+    (out.float() * torch.linspace(-1, 1, out.numel(), device=out.device).view(out.shape)).sum().backward()
     return out.detach(), x.grad, {name: p.grad for name, p in net.named_parameters()}
 
 
@@ -110,14 +110,21 @@ def test_segresmamba_gradients_equal_the_plain_networks_to_rounding(patch):
     assert len(calls) == 1 and len(calls_ck) == (directions + 1) + (2 * directions + 1)
 
 
-@pytest.mark.parametrize("backend", backends_to_test("numba", "pure"))
+TRITON_ON_A_GPU = pytest.param("triton", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="Triton on a GPU (interpreted: minutes; its kernels are tested in test_fused_tom)"))
+
+
+@pytest.mark.parametrize("backend", [*backends_to_test("numba", "pure"), TRITON_ON_A_GPU])
 @pytest.mark.parametrize("directions", [("", "_b", "_s"), ("_s",)], ids=["tom", "inter-slice"])
 def test_a_tom_direction_by_direction_equals_the_plain_tom(backend, directions):
     """A MambaLayer with ``checkpointing`` against the plain one, at an odd size (3 slices of 5x7):
-    outputs and the gradients of the input and every parameter to fp32 rounding, fp32 on the CPU,
-    on the fused and the pure path; nothing kept of the scans but x and the directions' sum."""
-    plain, lowmem = pair(MambaLayer, dim=12, backend=backend, directions=directions)
-    x = torch.randn(2, 12, 3, 5, 7)
+    outputs and the gradients of the input and every parameter to fp32 rounding, in fp32 on the
+    fused CPU path, the pure one and, on a GPU (``benchmarks.gpu_check``), Triton's kernels;
+    nothing kept of the scans but x and the directions' sum."""
+    plain, lowmem = (net.to(device_of(backend)) for net in pair(MambaLayer, dim=12, backend=backend,
+                                                                 directions=directions))
+    x = torch.randn(2, 12, 3, 5, 7, device=device_of(backend))
     assert_close_step(step(plain, x), step(lowmem, x))
     assert saved_bytes(lowmem, x) == x.nbytes + x.nbytes * 2  # x, and the sum at twice its width
     with torch.no_grad():

@@ -482,7 +482,8 @@ def test_siblings_galore_trainers_keep_their_recipe_and_take_a_step(name, planne
     network(x).square().mean().backward()
     optimizer.step()
     assert all(not torch.equal(b, p) for b, p in zip(before, projected))
-    assert optimizer.state_bytes() < sum(2 * p.numel() * 4 for p in network.parameters())
+    adamw_bytes = sum(2 * p.numel() * 4 for p in network.parameters())  # two fp32 moments per weight
+    assert 0 < optimizer.state_bytes() < 0.6 * adamw_bytes, optimizer.state_bytes() / adamw_bytes
 
 
 def test_galore_is_refused_on_a_recipe_without_adamw():

@@ -102,7 +102,7 @@ class ConvMambaMixedBlock(nn.Module):
     must be divisible by its stride. ``tom_directions`` are the ToM's scans (see
     :data:`DIRECTIONS`); empty replaces both ToMs by identity (the NoToM ablation).
     ``checkpointing``: while training, F1-F2 and F4-F5 + X are checkpointed segments and each
-    ToM checkpoints its directions one by one (:class:`~nnunetv2_segresmamba.operators.tom.TriOrientedMamba`).
+    ToM checkpoints its directions one by one (:class:`~nnunetv2_segresmamba.operators.tom.MambaLayer`).
     """
 
     def __init__(self, channels: int, stride: Stride = (2, 2, 2), backend: str = "auto",
@@ -129,7 +129,8 @@ class ConvMambaMixedBlock(nn.Module):
 
 
 def tom_or_identity(channels: int, backend: str, directions: Sequence[str], checkpointing: bool = False) -> nn.Module:
-    """A :class:`MambaLayer` scanning ``directions``, or identity when there are none."""
+    """A :class:`MambaLayer` scanning ``directions`` (direction by direction under ``checkpointing``),
+    or identity when there are none."""
     if not directions:
         return nn.Identity()
     return MambaLayer(channels, backend=backend, directions=directions, checkpointing=checkpointing)
@@ -183,12 +184,12 @@ class SegResMamba(nn.Module):
             the stem, each downsampling, stage conv, skip projection and decoder block, the
             mixed blocks' convolutions before and after their low-resolution ToM, and each
             direction of every ToM keep only their inputs for the backward pass and run again
-            there. Less training memory (the largest segment, one direction of the first
-            stage's ToM, keeps about a sixth of what that stage keeps) for about one more
-            forward pass; the same parameter names, so weights trained either way load into
-            both; outputs and gradients equal to fp32 rounding (see
-            :class:`~nnunetv2_segresmamba.operators.tom.TriOrientedMamba`), exactly without
-            ToMs. Without grad (validation, inference) nothing changes.
+            there. Less training memory (the largest segment recomputed is one direction of the
+            first stage's ToM) for one more forward pass and a little more (each direction's
+            conv input runs a third time); the same parameter names, so weights trained either
+            way load into both; outputs and gradients equal to fp32 rounding (see
+            :class:`~nnunetv2_segresmamba.operators.tom.MambaLayer`), exactly without ToMs.
+            Without grad (validation, inference) nothing changes.
 
     Shapes: ``forward(x (B, in_channels, D, H, W)) -> logits (B, out_channels, D, H, W)``;
     in 2D ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
@@ -284,7 +285,7 @@ class SegResMamba(nn.Module):
             x = run(self.stage_convs[stage], self.mixed_blocks[stage](x))  # the mixed block checkpoints its parts
             stage_outputs.append(x)
         x = run(self.skips[-1], stage_outputs.pop())
-        for up_block, stage in zip(self.up_blocks, reversed(range(NUM_STAGES - 1))):
+        for up_block, stage in zip(self.up_blocks, reversed(range(NUM_STAGES - 1)), strict=True):
             x = run(self._decoder_block, up_block, stage, x, stage_outputs.pop())
         return crop_to(self.head(x), size)
 

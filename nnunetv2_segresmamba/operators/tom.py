@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from types import ModuleType
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -174,9 +175,10 @@ class TriOrientedMamba(nn.Module):
         return restore(self._selective_scan(u, None, suffix, runner)).transpose(1, 2)
 
     def gate_and_project(self, hidden_states: Tensor, y: Tensor) -> Tensor:
-        """``out_proj(y * silu(z))`` with z from ``in_proj``: (B, L, D), (B, L, E) -> (B, L, D)."""
+        """``out_proj(y * silu(z))`` with z from ``in_proj``: (B, L, D), (B, L, E) -> (B, L, D). The
+        gate in y's dtype (the scans' fp32 under autocast, as the fused kernels gate)."""
         z = F.linear(hidden_states, self.in_proj.weight[self.d_inner:])
-        return self.out_proj(y * F.silu(z))
+        return self.out_proj(y * F.silu(z.to(y.dtype)))
 
     def _path(self, x: Tensor) -> tuple[str, ModuleType | None]:
         """The path that runs x (:func:`resolve_path`) and its kernels: the fused module, mamba_ssm's
@@ -232,21 +234,22 @@ class TriOrientedMamba(nn.Module):
             return partial(to_inter_slice, num_slices=num_slices), partial(from_inter_slice, num_slices=num_slices)
         return _identity, _identity
 
-    def _scan_in_order(self, x: Tensor, z: Tensor | None, suffix: str, num_slices: int, kernels) -> Tensor:
+    def _scan_in_order(self, x: Tensor, z: Tensor | None, suffix: str, num_slices: int,
+                       kernels: ModuleType | None) -> Tensor:
         """One direction's y * silu(z) (y alone when z is None), x, z (B, E, L) -> (B, E, L),
         scanned in its order and put back in place."""
         order, restore = self._orders(suffix, num_slices)
         u = self._conv(order(x), suffix, kernels)
         return restore(self._selective_scan(u, None if z is None else order(z), suffix, kernels))
 
-    def _conv(self, x: Tensor, suffix: str, kernels) -> Tensor:
+    def _conv(self, x: Tensor, suffix: str, kernels: ModuleType | None) -> Tensor:
         """One direction's causal conv and silu, (B, E, L) in its scan order."""
         conv1d: nn.Conv1d = getattr(self, f"conv1d{suffix}")
         if kernels is None:
             return causal_depthwise_conv1d(x, conv1d.weight, conv1d.bias)
         return kernels.causal_conv1d_fn(x.contiguous(), conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
 
-    def _selective_scan(self, u: Tensor, z: Tensor | None, suffix: str, kernels) -> Tensor:
+    def _selective_scan(self, u: Tensor, z: Tensor | None, suffix: str, kernels: ModuleType | None) -> Tensor:
         """One direction's selective scan of its conv output u: u, z (B, E, L) in scan order ->
         y * silu(z) (y when z is None), (B, E, L)."""
         x_proj: nn.Linear = getattr(self, f"x_proj{suffix}")
@@ -287,7 +290,7 @@ class MambaLayer(nn.Module):
     products). Without grad (validation, inference) nothing changes.
     """
 
-    def __init__(self, dim: int, checkpointing: bool = False, **tom_kwargs):
+    def __init__(self, dim: int, checkpointing: bool = False, **tom_kwargs: Any) -> None:
         super().__init__()
         self.dim = dim
         self.checkpointing = checkpointing

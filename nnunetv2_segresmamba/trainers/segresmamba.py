@@ -103,8 +103,9 @@ class nnUNetTrainerSegResMamba_demo(nnUNetTrainerSegResMamba_smoke):
 
 class nnUNetTrainerSegResMamba_lowmem(LowMemory, nnUNetTrainerSegResMamba):
     """The paper's network and recipe with activation checkpointing (:class:`~.base.LowMemory`):
-    each encoder stage and decoder block runs again in the backward pass instead of keeping its
-    activations. The same network and weights as :class:`nnUNetTrainerSegResMamba`."""
+    the encoder's convolutions, its ToMs direction by direction, and the decoder blocks run again
+    in the backward pass instead of keeping their activations. The same network and weights as
+    :class:`nnUNetTrainerSegResMamba`."""
 
 
 class nnUNetTrainerSegResMamba_lowmem_smoke(SmallQuickSmoke, nnUNetTrainerSegResMamba_lowmem):
