@@ -473,6 +473,8 @@ def test_siblings_galore_trainers_keep_their_recipe_and_take_a_step(name, planne
     recipe = getattr(trainers, name.replace("_lowmem", "").replace("_GaLore", ""))
     optimizer, network = trainer.optimizer, trainer.network
     assert isinstance(optimizer, GaLoreAdamW) and trainer.activation_checkpointing == ("_lowmem" in name)
+    lowmem, flags = "_lowmem" in name, checkpointing_flags(network)
+    assert all(flag == lowmem for flag in flags) and (flags or not lowmem)  # MONAI's use_checkpoint where asked
     assert {g["lr"] for g in optimizer.param_groups} == {recipe.recipe_initial_lr}
     assert {g["weight_decay"] for g in optimizer.param_groups} == {recipe.recipe_weight_decay}
     projected = [p for g in optimizer.param_groups if "rank" in g for p in g["params"]]
@@ -491,6 +493,8 @@ def test_galore_is_refused_on_a_recipe_without_adamw():
 
     with pytest.raises(TypeError, match=r"GaLore replaces a recipe's AdamW, but this trainer's recipe trains with SGD"):
         type("nnUNetTrainerSegMamba_GaLore", (GaLore, trainers.nnUNetTrainerSegMamba), {})
+    with pytest.raises(TypeError, match="put GaLore first among its bases"):  # else its AdamW would win
+        type("nnUNetTrainerSegResMamba_GaLore", (trainers.nnUNetTrainerSegResMamba, GaLore), {})
 
 
 @pytest.mark.parametrize("mode", ["_lowmem", "_GaLore", "_lowmem_GaLore"])

@@ -46,9 +46,9 @@ class MambaEncoder(nn.Module):
     """Stem and downsamplings, a GSC and ``depths[i]`` ToM layers per stage, IN + MLP skips.
 
     ``forward(x (B, in_chans, D, H, W))`` returns 4 features at 1/2, 1/4, 1/8, 1/16.
-    ``checkpointing``: each stage under activation checkpointing while training
-    (:func:`~.blocks.checkpointed`), and in it each ToM layer direction by direction
-    (:class:`~nnunetv2_segresmamba.operators.tom.MambaLayer`'s ``checkpointing``).
+    ``checkpointing``: while training, each stage's downsampling and GSC, and its skip (IN + MLP),
+    are checkpointed segments (:func:`~.blocks.checkpointed`), and its ToM layers run direction by
+    direction (:class:`~nnunetv2_segresmamba.operators.tom.MambaLayer`'s ``checkpointing``).
     """
 
     def __init__(self, in_chans: int = 1, depths: Sequence[int] = (2, 2, 2, 2),
@@ -70,16 +70,19 @@ class MambaEncoder(nn.Module):
         self.mlps = nn.ModuleList(MlpChannel(d, 2 * d) for d in dims)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        run = partial(checkpointed, enabled=self.checkpointing)
         outs = []
         for i in range(4):
-            x, out = checkpointed(self._stage, i, x, enabled=self.checkpointing)
-            outs.append(out)
+            x = self.stages[i](run(self._down_gsc, i, x))  # the ToM layers checkpoint themselves
+            outs.append(run(self._skip, i, x))
         return tuple(outs)
 
-    def _stage(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Stage ``i``: (its output, its skip feature)."""
-        x = self.stages[i](self.gscs[i](self.downsample_layers[i](x)))
-        return x, self.mlps[i](getattr(self, f"norm{i}")(x))
+    def _down_gsc(self, i: int, x: Tensor) -> Tensor:
+        return self.gscs[i](self.downsample_layers[i](x))
+
+    def _skip(self, i: int, x: Tensor) -> Tensor:
+        """Stage ``i``'s skip feature: IN + MLP of its output."""
+        return self.mlps[i](getattr(self, f"norm{i}")(x))
 
 
 class SegMamba(nn.Module):
@@ -93,9 +96,11 @@ class SegMamba(nn.Module):
         hidden_size: width of the bottleneck block (``encoder5``).
         backend: ToM backend, "auto", "pure" or "cuda".
         checkpointing: activation checkpointing while training (:func:`~.blocks.checkpointed`):
-            each encoder stage and each UNETR block (``encoder1..5``, ``decoder1..5``) keeps only
-            its inputs for the backward pass, and each ToM layer runs direction by direction. The
-            same outputs and state_dict keys; gradients equal to fp32 rounding (MambaLayer's).
+            each encoder stage's downsampling and GSC and its skip, and each UNETR block
+            (``encoder1..5``, ``decoder1..5``) keep only their inputs for the backward pass, and
+            each ToM layer runs direction by direction (:class:`MambaEncoder`). The
+            same state_dict keys; outputs and gradients equal to fp32 rounding while training
+            (MambaLayer's), the same outputs without grad.
 
     Shapes: ``forward(x (B, in_channels, D, H, W)) -> logits (B, out_channels, D, H, W)``. Each
     axis is zero-padded at its end to a multiple of 16 (at least 32) and cropped back; nnU-Net

@@ -283,11 +283,12 @@ class MambaLayer(nn.Module):
     ``checkpointing``: while training, scan one direction at a time and keep none of its
     activations for the backward pass, which runs it again (``torch.utils.checkpoint``): the
     norm and each direction's scan, ungated, are a segment of their own, and so are the norm,
-    the gate and ``out_proj`` on the directions' sum. The largest segment keeps about a third
-    of what the whole layer keeps, and between segments only x and that sum are kept. The same
-    parameters; outputs and gradients equal the plain layer's up to fp32 rounding (the gate
-    multiplies the directions' sum, not each direction, and ``in_proj``'s halves are separate
-    products). Without grad (validation, inference) nothing changes.
+    the gate and ``out_proj`` on the directions' sum. The largest segment is one direction's scan,
+    and between segments only x and that sum are kept. The same parameters; outputs and
+    gradients equal the plain layer's up to fp32 rounding: ``in_proj``'s halves are separate
+    products, the directions are summed in PyTorch rather than in the fused kernels, and on the
+    pure path and mamba_ssm's the gate multiplies that sum rather than each direction. Without
+    grad (validation, inference) nothing changes.
     """
 
     def __init__(self, dim: int, checkpointing: bool = False, **tom_kwargs: Any) -> None:

@@ -283,12 +283,12 @@ SMOKE_FEATURE_SIZES = (16, 32, 64, 128)  # SegResMamba's and SegMamba's stage wi
 
 class LowMemory:
     """Mixin: the same network with activation checkpointing (its ``checkpointing`` argument, or
-    MONAI's ``use_checkpoint``): the network's segments (encoder stages, decoder blocks, and in
-    SegResMamba's and SegMamba's ToMs each direction) keep only their inputs for the backward pass
-    and run again there. Less training memory for one more forward pass a step and a little more
-    (SegResMamba: 1.2-1.5x the CPU step); the same weights and parameter names, and the gradients
-    to fp32 rounding, so a ``_lowmem`` run predicts like any other (its checkpoint loads into the
-    plain network too)."""
+    MONAI's ``use_checkpoint``): the network's segments (encoder stages or their convolutions,
+    decoder blocks, and in SegResMamba's and SegMamba's ToMs each direction) keep only their
+    inputs for the backward pass and run again there. Less training memory for one more forward
+    pass a step and a little more (SegResMamba at 128^3 on the CPU: 1.26-1.40x the plain step);
+    the same weights and parameter names, and the gradients to fp32 rounding, so a ``_lowmem``
+    run predicts like any other (its checkpoint loads into the plain network too)."""
 
     activation_checkpointing = True
 
@@ -310,6 +310,9 @@ class GaLore:
             trains = "names no optimizer_name" if recipe is None else f"trains with {recipe}"
             raise TypeError(f"{cls.__name__}: GaLore replaces a recipe's AdamW, but this trainer's recipe {trains}; "
                             "put GaLore in front of a trainer whose optimizer_name is 'AdamW'")
+        if cls.optimizer_name != GaLore.optimizer_name:
+            raise TypeError(f"{cls.__name__} would train with {cls.optimizer_name}: put GaLore first among its bases, "
+                            "e.g. class X(GaLore, nnUNetTrainerSegResMamba)")
 
 
 class TwoEpochs:
