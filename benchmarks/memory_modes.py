@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +35,52 @@ from nnunetv2_segresmamba.tools.reporting import markdown_table
 from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, galore_groups, parameter_groups
 
 MODES = {"plain": (False, False), "lowmem": (True, False), "GaLore": (False, True), "lowmem_GaLore": (True, True)}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Issue 20's target: ``mode``'s ``key`` at 128^3, ``batch``, over the plain step's at
+    ``plain_batch`` (the same batch when None) of the same run, at most ``limit``."""
+
+    name: str
+    mode: str
+    batch: int
+    key: str
+    limit: float
+    plain_batch: int | None = None
+
+
+TARGETS = (
+    Target("checkpointing's peak at 128^3, batch 1", "lowmem", 1, "peak_train_mib", 0.55),
+    Target("checkpointing's step time at 128^3, batch 1", "lowmem", 1, "step_s", 1.4),
+    Target("GaLore's optimizer state", "GaLore", 1, "optimizer_state_mib", 0.35),
+    Target("both at 128^3, batch 2, over plain at batch 1", "lowmem_GaLore", 2, "peak_train_mib", 1.0, 1),
+)
+TARGET_SIZE = 128
+DEMO_DICE_TOLERANCE = 0.05  # a mode's demo Dice within this of plain AdamW's
+
+
+def judge(rows: list[dict]) -> list[dict]:
+    """Each of :data:`TARGETS` against ``rows``: its ratio and whether it is met (None where
+    the rows lack a step it needs)."""
+    measured = {(r["mode"], r["size"], r["batch"]): r for r in rows if "error" not in r}
+    verdicts = []
+    for target in TARGETS:
+        row = measured.get((target.mode, TARGET_SIZE, target.batch))
+        plain = measured.get(("plain", TARGET_SIZE, target.plain_batch or target.batch))
+        ratio = None if row is None or plain is None else row[target.key] / plain[target.key]
+        verdicts.append({"target": target.name, "limit": target.limit, "ratio": ratio,
+                         "met": None if ratio is None else ratio <= target.limit})
+    return verdicts
+
+
+def targets_table(rows: list[dict]) -> list[str]:
+    def verdict(v: dict) -> str:
+        return "not measured" if v["met"] is None else ("met" if v["met"] else "missed")
+
+    return markdown_table(["target (ratio to plain)", "at most", "measured", ""],
+                          [[v["target"], f"{v['limit']:.2f}", "-" if v["ratio"] is None else f"{v['ratio']:.3f}",
+                            verdict(v)] for v in judge(rows)])
 
 
 def load_scan_kernels() -> None:
@@ -113,7 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--demo-dice", type=Path, metavar="WORKDIR",
                         help="run the demo once per mode in WORKDIR/<mode> (a new folder) instead, for its Dice")
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.memory_modes " + " ".join(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = "python -m benchmarks.memory_modes " + " ".join(argv)
+    step_options = {"--sizes", "--batches", "--repeats", "--precision"} & {a.split("=")[0] for a in argv}
+    if args.demo_dice and step_options:
+        parser.error(f"--demo-dice runs the demo with its own patch and schedule; {', '.join(sorted(step_options))} "
+                     "set the measured step: leave them out")
     if args.demo_dice:
         run_demo_dice(args.modes, args.demo_dice, args.out, command, args.device)
         return
@@ -148,11 +200,18 @@ def write_demo_dice(rows: list[dict], out: Path, command: str) -> None:
     (out / "demo_dice.json").write_text(json.dumps({"machine": describe(), "command": command, "rows": rows},
                                                    indent=2))
     plain = next((r["mean_dice"] for r in rows if r["mode"] == "plain"), None)
-    table_rows = [[r["mode"], r["trainer"], f"{r['mean_dice']:.3f}",
-                   "-" if plain is None else f"{r['mean_dice'] - plain:+.3f}", f"{r['seconds']:.0f}"] for r in rows]
+
+    def versus_plain(dice: float) -> list[str]:
+        if plain is None:
+            return ["-", "-"]
+        return [f"{dice - plain:+.3f}", "yes" if abs(dice - plain) <= DEMO_DICE_TOLERANCE else "no"]
+
+    table_rows = [[r["mode"], r["trainer"], f"{r['mean_dice']:.3f}", *versus_plain(r["mean_dice"]),
+                   f"{r['seconds']:.0f}"] for r in rows]
     (out / "demo_dice.md").write_text("\n".join([
         "# The demo's mean Dice (held-out cases) per memory mode", "", f"Command: `{command}`", "",
-        *markdown_table(["mode", "trainer", "mean Dice", "- plain", "seconds (plan, train, predict)"], table_rows),
+        *markdown_table(["mode", "trainer", "mean Dice", "- plain", f"within {DEMO_DICE_TOLERANCE} (issue 20)",
+                         "seconds (plan, train, predict)"], table_rows),
         ""]))
 
 
@@ -169,13 +228,20 @@ def run(sizes: list[int], batches: list[int], modes: list[str], repeats: int, de
                 rows.append({"mode": mode, "size": size, "batch": batch, **result})
                 print(rows[-1], flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    machine = describe()
-    results = {"machine": machine, "command": command, "rows": rows}
+    results = {"machine": describe(), "command": command, "device": device, "precision": precision, "rows": rows}
     (out / "memory_modes.json").write_text(json.dumps(results, indent=2))
-    where = machine.get("gpu") if device == "cuda" else f"{machine['cpu']}, {machine['cores']} cores"
-    title = f"# SegResMamba's memory modes, {precision}, {where}, torch {machine['torch']}"
-    (out / "memory_modes.md").write_text("\n".join([title, "", f"Command: `{command}`", "", *table(rows), ""]))
+    write_markdown(results, out)
     return rows
+
+
+def write_markdown(results: dict, out: Path) -> None:
+    """``out/memory_modes.md`` from the results of :func:`run`: the table, and issue 20's targets."""
+    machine, rows = results["machine"], results["rows"]
+    where = machine.get("gpu") if results["device"] == "cuda" else f"{machine['cpu']}, {machine['cores']} cores"
+    title = f"# SegResMamba's memory modes, {results['precision']}, {where}, torch {machine['torch']}"
+    (out / "memory_modes.md").write_text("\n".join([
+        title, "", f"Command: `{results['command']}`", "", *table(rows), "",
+        "Issue 20's targets (ratios to the plain step of this run):", "", *targets_table(rows), ""]))
 
 
 if __name__ == "__main__":

@@ -352,3 +352,22 @@ def test_memory_modes_run_each_mode_in_a_process_and_divide_by_the_plain_step(tm
         main(["--sizes", "32", "--precision", "amp", "--out", str(tmp_path)])
     assert refused.value.code == 2 and "use it with --device cuda" in capsys.readouterr().err
     assert all(hasattr(trainers, demo_trainer(mode)) for mode in MODES)  # --demo-dice's trainers
+    with pytest.raises(SystemExit):  # the demo has its own patch: step options are refused, not ignored
+        main(["--demo-dice", str(tmp_path / "demo"), "--sizes", "64", "--out", str(tmp_path)])
+    assert "--sizes set the measured step" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+
+
+def test_memory_modes_judge_issue_20s_targets_at_128():
+    from benchmarks.memory_modes import TARGETS, judge
+
+    def row(mode, batch, peak, step, state):
+        return {"mode": mode, "size": 128, "batch": batch, "peak_train_mib": peak, "step_s": step,
+                "optimizer_state_mib": state}
+
+    rows = [row("plain", 1, 1000, 10, 400), row("lowmem", 1, 560, 13, 400), row("GaLore", 1, 950, 10, 100),
+            row("plain", 2, 1900, 20, 400), row("lowmem_GaLore", 2, 999, 25, 100)]
+    verdicts = judge(rows)
+    assert [v["target"] for v in verdicts] == [t.name for t in TARGETS]
+    assert [v["met"] for v in verdicts] == [False, True, True, True]  # 0.56 > 0.55; 999 MiB at b2 < 1000 at b1
+    assert verdicts[0]["ratio"] == pytest.approx(0.56) and verdicts[3]["ratio"] == pytest.approx(0.999)
+    assert [v["met"] for v in judge(rows[:1])] == [None] * len(TARGETS)  # nothing but plain measured

@@ -110,9 +110,9 @@ def test_segresmamba_gradients_equal_the_plain_networks_to_rounding(patch):
     assert len(calls) == 1 and len(calls_ck) == (directions + 1) + (2 * directions + 1)
 
 
-TRITON_ON_A_GPU = pytest.param("triton", marks=pytest.mark.skipif(
+TRITON_ON_A_GPU = pytest.param("triton", marks=[*backends_to_test("triton")[0].marks, pytest.mark.skipif(
     not torch.cuda.is_available(),
-    reason="Triton on a GPU (interpreted: minutes; its kernels are tested in test_fused_tom)"))
+    reason="Triton on a GPU (interpreted: minutes; its kernels are tested in test_fused_tom)")])
 
 
 @pytest.mark.parametrize("backend", [*backends_to_test("numba", "pure"), TRITON_ON_A_GPU])
