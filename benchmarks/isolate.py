@@ -2,7 +2,8 @@
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak resident set
 (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the resident set at the start, so
-it covers every allocation, PyTorch's and the allocator's slack included. A child that fails
+it covers every allocation, PyTorch's and the allocator's slack included. On the CPU,
+:func:`cpu_tensor_peak_mib` also gives the tensors' own peak, as a GPU's allocator counts it. A child that fails
 gives an ``error`` row instead of stopping the benchmark: the exception's type and message, or
 the signal or exit code that ended it, prefixed with ``"out of memory: "`` when the failure is
 one (see :func:`is_out_of_memory` and :func:`death_message`).
@@ -10,12 +11,15 @@ one (see :func:`is_out_of_memory` and :func:`death_message`).
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import queue as queue_module
 import resource
 import signal
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -45,6 +49,26 @@ class PeakMemory:
         else:
             peak = _status_kib("VmHWM") * 1024
         return max(peak - self.base, 0) / 2**20
+
+
+def cpu_tensor_peak_mib(work: Callable[[], None], held_bytes: int) -> float:
+    """The peak of the bytes held by CPU tensors during one call of ``work``: ``held_bytes``, the
+    tensors allocated before that it keeps (weights, optimizer state, inputs), plus the largest
+    net allocation within it, from torch's profiler. What ``torch.cuda.max_memory_allocated``
+    counts on a GPU: no allocator slack, no libraries."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        work()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    totals = [(e["args"]["Total Allocated"], e["args"]["Bytes"]) for e in events if e.get("name") == "[memory]"]
+    if not totals:
+        raise RuntimeError("torch's profiler recorded no CPU allocation")
+    start = totals[0][0] - totals[0][1]  # its count before the first allocation it recorded
+    return (held_bytes + max(total for total, _ in totals) - start) / 2**20
 
 
 def _reset_peak_rss() -> None:

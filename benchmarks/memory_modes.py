@@ -2,8 +2,9 @@
 ``lowmem`` (activation checkpointing), ``GaLore`` (GaLore-AdamW at the trainers' rank, Linear and
 conv weights wider than it projected) and both; each mode's peak training memory, median step
 time and optimizer state, in processes of their own, as ratios to the plain step of the same run.
-In fp32 on the CPU; on a GPU (``--device cuda``, part ``memory_modes`` of ``benchmarks.gpu_check``)
-also with AMP (fp16 autocast and a GradScaler, as nnU-Net trains).
+In fp32 on the CPU, where the peak is the resident set's (allocator slack included) and the
+tensors' own peak is measured too; on a GPU (``--device cuda``, part ``memory_modes`` of
+``benchmarks.gpu_check``) also with AMP (fp16 autocast and a GradScaler, as nnU-Net trains).
 
     python -m benchmarks.memory_modes --sizes 64 96 128 --batches 1 2 --repeats 3 \
         --out benchmarks/results/cpu-2core/memory_modes
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.isolate import PeakMemory, default_memory_cap_gib, run_isolated
+from benchmarks.isolate import PeakMemory, cpu_tensor_peak_mib, default_memory_cap_gib, run_isolated
 from benchmarks.machine import describe
 from benchmarks.network_step import PRECISIONS, autocast, median_time, recorded_tom_paths
 from nnunetv2_segresmamba.operators.tom import MambaLayer
@@ -52,10 +53,14 @@ class Target:
 
 TARGETS = (
     Target("checkpointing's peak at 128^3, batch 1", "lowmem", 1, "peak_train_mib", 0.55),
+    Target("checkpointing's tensors' peak at 128^3, batch 1 (CPU; a GPU's peak counts the same)", "lowmem", 1,
+           "peak_tensors_mib", 0.55),
     Target("checkpointing's step time at 128^3, batch 1", "lowmem", 1, "step_s", 1.4),
     Target("GaLore's optimizer state", "GaLore", 1, "optimizer_state_mib", 0.35),
     Target("both at 128^3, batch 2, over plain at batch 1", "lowmem_GaLore", 2, "peak_train_mib", 1.0, 1),
 )
+COLUMNS = (("peak_train_mib", "peak MiB"), ("peak_tensors_mib", "tensors' peak MiB (CPU)"), ("step_s", "step s"),
+           ("optimizer_state_mib", "optimizer state MiB"))
 TARGET_SIZE = 128
 DEMO_DICE_TOLERANCE = 0.05  # a mode's demo Dice within this of plain AdamW's
 
@@ -68,7 +73,8 @@ def judge(rows: list[dict]) -> list[dict]:
     for target in TARGETS:
         row = measured.get((target.mode, TARGET_SIZE, target.batch))
         plain = measured.get(("plain", TARGET_SIZE, target.plain_batch or target.batch))
-        ratio = None if row is None or plain is None else row[target.key] / plain[target.key]
+        ratio = None if target.key not in (row or {}) or target.key not in (plain or {}) \
+            else row[target.key] / plain[target.key]
         verdicts.append({"target": target.name, "limit": target.limit, "ratio": ratio,
                          "met": None if ratio is None else ratio <= target.limit})
     return verdicts
@@ -95,7 +101,8 @@ def measure_mode(mode: str, size: int, batch: int, repeats: int, device: str = "
     """One mode's training step (cross-entropy, backward, optimizer step) at ``size``^3 on ``device``
     in ``precision``: peak memory from before the network is built (on the CPU, the scan kernels
     loaded before), median time after a warm-up step, the optimizer state's bytes, and the scan
-    paths the ToMs took (``tom_paths``)."""
+    paths the ToMs took (``tom_paths``). On the CPU also the tensors' own peak
+    (``peak_tensors_mib``, :func:`~benchmarks.isolate.cpu_tensor_peak_mib`, in one more step)."""
     with recorded_tom_paths() as paths:
         return {**_measure_mode(mode, size, batch, repeats, device, precision, classes), "tom_paths": paths()}
 
@@ -128,24 +135,31 @@ def _measure_mode(mode: str, size: int, batch: int, repeats: int, device: str, p
         scaler.update()
 
     seconds = median_time(step, device, repeats)
+    peak = memory.mib()
     state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
                 if isinstance(t, torch.Tensor) and t.dim() > 0)
-    return {"mode": mode, "size": size, "batch": batch, "device": device, "precision": precision,
-            "peak_train_mib": memory.mib(), "step_s": seconds, "optimizer_state_mib": state / 2**20}
+    row = {"mode": mode, "size": size, "batch": batch, "device": device, "precision": precision,
+           "peak_train_mib": peak, "step_s": seconds, "optimizer_state_mib": state / 2**20}
+    if device == "cpu":  # one more step, profiled (the gradients of the last are freed as it starts)
+        weights = sum(p.numel() * p.element_size() for p in net.parameters())
+        row["peak_tensors_mib"] = cpu_tensor_peak_mib(step, weights + state + x.nbytes + target.nbytes)
+    return row
 
 
 def table(rows: list[dict]) -> list[str]:
     plain = {(r["size"], r["batch"]): r for r in rows if r["mode"] == "plain" and "error" not in r}
 
-    def ratio(r: dict, key: str) -> str:
-        base = plain.get((r["size"], r["batch"]))
-        return "-" if base is None or "error" in r else f"{r[key] / base[key]:.2f}"
+    keys = [(k, label) for k, label in COLUMNS if any(k in r for r in rows)]
 
-    return markdown_table(
-        ["size", "batch", "mode", "peak MiB", "/ plain", "step s", "/ plain", "optimizer state MiB", "/ plain"],
-        [[f"{r['size']}^3", str(r["batch"]), r["mode"], *(["error: " + r["error"]] if "error" in r else [
-            f"{r['peak_train_mib']:.0f}", ratio(r, "peak_train_mib"), f"{r['step_s']:.2f}", ratio(r, "step_s"),
-            f"{r['optimizer_state_mib']:.0f}", ratio(r, "optimizer_state_mib")])] for r in rows])
+    def cells(r: dict) -> list[str]:
+        if "error" in r:
+            return ["error: " + r["error"]]
+        base = plain.get((r["size"], r["batch"]))
+        return [f for k, _ in keys for f in (f"{r[k]:.2f}" if k == "step_s" else f"{r[k]:.0f}",
+                                              "-" if base is None else f"{r[k] / base[k]:.2f}")]
+
+    return markdown_table(["size", "batch", "mode", *(h for _, label in keys for h in (label, "/ plain"))],
+                          [[f"{r['size']}^3", str(r["batch"]), r["mode"], *cells(r)] for r in rows])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -344,6 +344,8 @@ def test_memory_modes_run_each_mode_in_a_process_and_divide_by_the_plain_step(tm
     main(["--sizes", "32", "--batches", "1", "--modes", "plain", "GaLore", "--out", str(tmp_path)])
     plain, galore = json.loads((tmp_path / "memory_modes.json").read_text())["rows"]
     assert plain["mode"] == "plain" and galore["mode"] == "GaLore" and plain["peak_train_mib"] > 0
+    weights_and_moments = 3 * plain["optimizer_state_mib"] / 2  # fp32 weights, and AdamW's two moments
+    assert weights_and_moments < plain["peak_tensors_mib"] < plain["peak_train_mib"]
     assert galore["optimizer_state_mib"] < 0.35 * plain["optimizer_state_mib"]  # SegResMamba at paper widths
     table = (tmp_path / "memory_modes.md").read_text()
     state_ratio = galore["optimizer_state_mib"] / plain["optimizer_state_mib"]
@@ -368,6 +370,7 @@ def test_memory_modes_judge_issue_20s_targets_at_128():
             row("plain", 2, 1900, 20, 400), row("lowmem_GaLore", 2, 999, 25, 100)]
     verdicts = judge(rows)
     assert [v["target"] for v in verdicts] == [t.name for t in TARGETS]
-    assert [v["met"] for v in verdicts] == [False, True, True, True]  # 0.56 > 0.55; 999 MiB at b2 < 1000 at b1
-    assert verdicts[0]["ratio"] == pytest.approx(0.56) and verdicts[3]["ratio"] == pytest.approx(0.999)
+    # 0.56 > 0.55; no tensors' peak in these rows (as on a GPU); 999 MiB at b2 < 1000 at b1
+    assert [v["met"] for v in verdicts] == [False, None, True, True, True]
+    assert verdicts[0]["ratio"] == pytest.approx(0.56) and verdicts[4]["ratio"] == pytest.approx(0.999)
     assert [v["met"] for v in judge(rows[:1])] == [None] * len(TARGETS)  # nothing but plain measured
