@@ -66,8 +66,8 @@ OPERATOR_TESTS = ["tests/test_triton_tom.py", "tests/test_fused_tom.py", "tests/
 # layout and constructors (about 20 s on 2 CPU cores); checkpointing's gradients, with a ToM
 # direction by direction on Triton's compiled kernels (the trainers import nnunetv2, MONAI and
 # dynamic_network_architectures)
-OPTIONAL_TESTS = {"tests/test_umamba.py": ("dynamic_network_architectures",),
-                  "tests/test_lowmem.py": ("nnunetv2", "monai", "dynamic_network_architectures")}
+TRAINER_PACKAGES = ("nnunetv2", "monai", "dynamic_network_architectures")  # what importing our trainers needs
+OPTIONAL_TESTS = {"tests/test_umamba.py": ("dynamic_network_architectures",), "tests/test_lowmem.py": TRAINER_PACKAGES}
 TOM_CASES = ((262144, 48), (32768, 96))  # the ToM's inputs at stages 0 and 1 of a 128^3 patch
 PURE_CHUNKS = (64, 256, 512, 2048)
 TRITON_CHUNKS = (32, 64, 128, 256)
@@ -101,6 +101,11 @@ def triton_version() -> str | None:
     except ImportError:
         return None
     return triton.__version__
+
+
+def took_fast_paths(tom_paths: list[str] | None) -> bool:
+    """Whether a measured row's ToMs ran only on a fast GPU path (none recorded: no)."""
+    return set(tom_paths or ["none"]) <= GPU_FAST_PATHS
 
 
 def tests_to_run() -> list[str]:
@@ -222,7 +227,7 @@ def run_swin2d(out: Path) -> dict:
     efficiency.write_tables(results, out / "swin2d")
     steps = {r["network"]: {k: v for k, v in r.items() if k not in ("network", "batch", "precision")}
              for r in results["steps"]}
-    fast = all(set(steps[n].get("tom_paths") or ["none"]) <= GPU_FAST_PATHS for n in efficiency.BASELINES_2D)
+    fast = all(took_fast_paths(steps[n].get("tom_paths")) for n in efficiency.BASELINES_2D)
     return {"ok": fast and not any("error" in r for r in steps.values()), "steps": steps}
 
 
@@ -235,7 +240,7 @@ def run_memory_modes(out: Path) -> dict:
     rows = memory_modes.run([memory_modes.TARGET_SIZE], [1, 2], list(memory_modes.MODES), 3, "cuda", "amp",
                             out / "memory_modes", "python -m benchmarks.gpu_check --parts memory_modes")
     measured = [r for r in rows if "error" not in r]
-    fast = all(set(r["tom_paths"] or ["none"]) <= GPU_FAST_PATHS for r in measured)
+    fast = all(took_fast_paths(r["tom_paths"]) for r in measured)
     paths = sorted({path for r in measured for path in r["tom_paths"]})
     return {"ok": len(measured) == len(rows) and fast, "tom_paths": paths, "targets": memory_modes.judge(rows)}
 
@@ -277,7 +282,7 @@ PARTS = (
     Part("ss2d", ("triton",), run_ss2d),
     Part("networks", ("monai", "dynamic_network_architectures", "nnunetv2"), run_networks),  # nnU-Net plans pools
     Part("swin2d", ("monai", "dynamic_network_architectures"), run_swin2d),
-    Part("memory_modes", ("nnunetv2", "monai", "dynamic_network_architectures"), run_memory_modes),  # via trainers
+    Part("memory_modes", TRAINER_PACKAGES, run_memory_modes),
     Part("train", NNUNET_PACKAGES, run_train),
 )
 

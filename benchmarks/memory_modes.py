@@ -59,8 +59,8 @@ TARGETS = (
     Target("GaLore's optimizer state", "GaLore", 1, "optimizer_state_mib", 0.35),
     Target("both at 128^3, batch 2, over plain at batch 1", "lowmem_GaLore", 2, "peak_train_mib", 1.0, 1),
 )
-COLUMNS = (("peak_train_mib", "peak MiB"), ("peak_tensors_mib", "tensors' peak MiB (CPU)"), ("step_s", "step s"),
-           ("optimizer_state_mib", "optimizer state MiB"))
+COLUMNS = (("peak_train_mib", "peak MiB", ".0f"), ("peak_tensors_mib", "tensors' peak MiB (CPU)", ".0f"),
+           ("step_s", "step s", ".2f"), ("optimizer_state_mib", "optimizer state MiB", ".0f"))  # key, label, format
 TARGET_SIZE = 128
 DEMO_DICE_TOLERANCE = 0.05  # a mode's demo Dice within this of plain AdamW's
 
@@ -149,16 +149,16 @@ def _measure_mode(mode: str, size: int, batch: int, repeats: int, device: str, p
 def table(rows: list[dict]) -> list[str]:
     plain = {(r["size"], r["batch"]): r for r in rows if r["mode"] == "plain" and "error" not in r}
 
-    keys = [(k, label) for k, label in COLUMNS if any(k in r for r in rows)]
+    columns = [c for c in COLUMNS if any(c[0] in r for r in rows)]
 
     def cells(r: dict) -> list[str]:
         if "error" in r:
             return ["error: " + r["error"]]
         base = plain.get((r["size"], r["batch"]))
-        return [f for k, _ in keys for f in (f"{r[k]:.2f}" if k == "step_s" else f"{r[k]:.0f}",
-                                              "-" if base is None else f"{r[k] / base[k]:.2f}")]
+        return [f for k, _, fmt in columns for f in (format(r[k], fmt),
+                                                      "-" if base is None else f"{r[k] / base[k]:.2f}")]
 
-    return markdown_table(["size", "batch", "mode", *(h for _, label in keys for h in (label, "/ plain"))],
+    return markdown_table(["size", "batch", "mode", *(h for _, label, _ in columns for h in (label, "/ plain"))],
                           [[f"{r['size']}^3", str(r["batch"]), r["mode"], *cells(r)] for r in rows])
 
 
@@ -198,20 +198,20 @@ def run_demo_dice(modes: list[str], workdir: Path, out: Path, command: str, devi
     seconds, written to ``out/demo_dice.{json,md}`` after each mode."""
     from nnunetv2_segresmamba.tools.demo import run_demo
 
-    rows = []
+    rows, machine = [], describe()
     for mode in modes:
         start = time.perf_counter()
         summary = run_demo(str(workdir / mode), trainer=demo_trainer(mode), device=device)
         rows.append({"mode": mode, "trainer": demo_trainer(mode), "mean_dice": summary["foreground_mean"]["Dice"],
                      "dice_per_class": {k: v["Dice"] for k, v in summary["mean"].items()},
                      "seconds": time.perf_counter() - start})
-        write_demo_dice(rows, out, command)
+        write_demo_dice(rows, out, command, machine)
     return rows
 
 
-def write_demo_dice(rows: list[dict], out: Path, command: str) -> None:
+def write_demo_dice(rows: list[dict], out: Path, command: str, machine: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "demo_dice.json").write_text(json.dumps({"machine": describe(), "command": command, "rows": rows},
+    (out / "demo_dice.json").write_text(json.dumps({"machine": machine, "command": command, "rows": rows},
                                                    indent=2))
     plain = next((r["mean_dice"] for r in rows if r["mode"] == "plain"), None)
 
