@@ -1,6 +1,11 @@
 """The demo's progress lines, from nnUNetv2_train's log as nnU-Net 2.8 prints it."""
 
-from nnunetv2_segresmamba.tools.demo import NEXT_STEPS, EpochProgress, num_epochs_of
+import os
+import shlex
+import subprocess
+
+from nnunetv2_segresmamba.tools.demo import NEXT_STEPS, EpochProgress, demo_workspace, keep_working, num_epochs_of
+from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
 
 LOG = """\
 2026-11-29 02:26:25.773551: Epoch 0
@@ -58,3 +63,24 @@ def test_the_demo_trains_a_seeded_segresmamba():
     demo = getattr(trainers, DEMO_TRAINER)
     assert issubclass(demo, trainers.nnUNetTrainerSegResMamba) and demo.seed is not None
     assert member(DEMO_TRAINER).network == "SegResMamba"
+
+
+def test_the_demo_ends_with_the_exports_of_its_own_folders(tmp_path, monkeypatch):
+    """The printed exports, run by a shell, set the three nnU-Net variables to the demo's folders
+    (absolute, a space in the path quoted); the commands after them name the demo's data."""
+    monkeypatch.chdir(tmp_path)
+    ws, spec = demo_workspace("my demo"), SyntheticSpec(dataset_id=7, num_train=2, num_test=1, shape=(16, 16, 16))
+    text = keep_working(ws, spec, "nnUNetTrainerSegResMamba_demo", "cpu")
+    lines = [line.strip() for line in text.splitlines()[1:]]
+    exports, commands = lines[:3], lines[3:]
+    assert all(line.startswith("export nnUNet_") for line in exports)
+    shell = subprocess.run(["bash", "-c", "; ".join(exports) + '; printf "%s\\n" "$nnUNet_raw" '
+                            '"$nnUNet_preprocessed" "$nnUNet_results"'], capture_output=True, text=True, check=True)
+    demo_dir = tmp_path / "my demo"
+    assert shell.stdout.splitlines() == [str(demo_dir / n) for n in ("nnUNet_raw", "nnUNet_preprocessed",
+                                                                        "nnUNet_results")]
+    raw = make_dataset(str(demo_dir / "nnUNet_raw"), spec)  # where run_demo writes its dataset
+    train, predict = (shlex.split(c.split("#")[0]) for c in commands)
+    assert train[:2] == ["nnUNetv2_train", "7"] and train[-2:] == ["-device", "cpu"]
+    assert predict[predict.index("-i") + 1] == os.path.join(raw, "imagesTs")
+    assert os.listdir(os.path.join(raw, "imagesTs"))

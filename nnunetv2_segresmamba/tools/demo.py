@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import time
 from collections.abc import Callable
 
-from nnunetv2_segresmamba.tools.pipeline import Workspace, evaluate_folder, run_command
+from nnunetv2_segresmamba.tools.pipeline import NNUNET_DIRS, Workspace, evaluate_folder, run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
 
 DEMO_TRAINER = "nnUNetTrainerSegResMamba_demo"
@@ -55,6 +56,25 @@ class EpochProgress:
         return text
 
 
+def demo_workspace(workdir: str) -> Workspace:
+    """The demo's three nnU-Net folders under ``workdir``, made absolute."""
+    return Workspace(os.path.abspath(workdir))
+
+
+def keep_working(ws: Workspace, spec: SyntheticSpec, trainer: str, device: str) -> str:
+    """How to go on with the demo's data in a new shell: the three ``export nnUNet_*=...`` lines
+    for ``ws`` (quoted for a POSIX shell), then nnU-Net commands on the demo's dataset."""
+    quote = shlex.quote
+    device_arg = "" if device == "cuda" else f" -device {device}"
+    images = os.path.join(ws.path("nnUNet_raw"), spec.folder_name, "imagesTs")
+    lines = [f"export {name}={quote(ws.path(name))}" for name in NNUNET_DIRS] + [
+        f"nnUNetv2_train {spec.dataset_id} 3d_fullres 1 -tr {trainer}{device_arg}   # another fold (1 to 4)",
+        f"nnUNetv2_predict -i {quote(images)} -o {quote(os.path.join(ws.root, 'predictions_new'))} "
+        f"-d {spec.dataset_id} -c 3d_fullres -f 0 -tr {trainer}{device_arg}",
+    ]
+    return "To keep working on the demo's data, in a new shell:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def num_epochs_of(trainer: str) -> int | None:
     """The epochs ``trainer`` runs, for a trainer of this package; None for others."""
     from nnunetv2_segresmamba import trainers
@@ -68,7 +88,7 @@ def run_demo(workdir: str, trainer: str = DEMO_TRAINER, device: str = "cpu",
     spec = spec or SyntheticSpec()
     if os.path.exists(workdir) and os.listdir(workdir):
         raise FileExistsError(f"{workdir} is not empty; the demo never overwrites results. Pass a new --workdir.")
-    ws = Workspace(os.path.abspath(workdir))
+    ws = demo_workspace(workdir)
     env, did, quiet = ws.env, str(spec.dataset_id), not verbose
     raw = make_dataset(ws.path("nnUNet_raw"), spec)
     steps = [
@@ -95,7 +115,8 @@ def run_demo(workdir: str, trainer: str = DEMO_TRAINER, device: str = "cpu",
     print(f"Dice per class: {', '.join(f'{k}: {v:.3f}' for k, v in per_class.items())}")
     print(f"Mean Dice on {spec.num_test} held-out cases: {summary['foreground_mean']['Dice']:.3f}")
     print(f"Results: {ws.path('nnUNet_results')}\nPredictions: {os.path.join(ws.root, 'predictions')}")
-    print(f"The demo took {time.perf_counter() - start:.0f} s.\n\n{NEXT_STEPS}", flush=True)
+    print(f"The demo took {time.perf_counter() - start:.0f} s.\n\n{keep_working(ws, spec, trainer, device)}"
+          f"\n\n{NEXT_STEPS}", flush=True)
     return summary
 
 
