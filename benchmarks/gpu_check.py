@@ -80,8 +80,8 @@ SWIN_2D_NETWORKS = ["nnU-Net", *efficiency.BASELINES_2D]  # nnU-Net's: the ratio
 GPU_FAST_PATHS = frozenset({"triton", "cuda"})  # the scan paths a GPU run must take (operators.backends)
 NNUNET_PACKAGES = ("nnunetv2", "dynamic_network_architectures", "batchgenerators", "acvl_utils", "SimpleITK",
                    "monai")
-WHEELS_HINT = ("the GPU machine has no package index: carry wheels as the README's 'GPU check' section says "
-               "(benchmarks/gpu_wheels.sh), then PYTHONPATH=/tmp/site")
+WHEELS_HINT = ("without a package index, install wheels built elsewhere as documentation/gpu_check.md says "
+               "(benchmarks/gpu_wheels.sh) and put their folder on PYTHONPATH")
 
 
 @dataclass(frozen=True)

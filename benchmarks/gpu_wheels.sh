@@ -3,8 +3,8 @@
 # nnU-Net 2.8, MONAI and what they need beyond an image that already has torch, triton, numpy,
 # scipy, scikit-image, scikit-learn, pandas, matplotlib, seaborn, einops, timm, numba and pytest.
 # A package published only as source (pure Python) is built into a wheel here.
-# SimpleITK alone is 50 MiB, so it goes to DIR-simpleitk: one device call carries 64 MiB at most.
-# Usage: bash benchmarks/gpu_wheels.sh [DIR]   (default .whl; see the README's "GPU check")
+# SimpleITK alone is 50 MiB, so it goes to a folder of its own, DIR-simpleitk.
+# Usage: bash benchmarks/gpu_wheels.sh [DIR]   (default .whl; see documentation/gpu_check.md)
 set -euo pipefail
 dir="${1:-.whl}"
 mkdir -p "$dir" "$dir-simpleitk"

@@ -9,7 +9,7 @@ from nnunetv2_segresmamba.registry import FAMILY, member, members, network
 from nnunetv2_segresmamba.trainers import base
 
 MEASURED_PARAMS = {  # 128^3 (128^2 for the 2D-only networks), 1 -> 14 channels
-    "SegResMamba": 73_548_350,  # paper 119.98M: see README
+    "SegResMamba": 73_548_350,  # paper 119.98M: see documentation/network.md
     "SegMamba": 67_363_262,
     "SwinUNETR": 62_187_296,
     "UNETR": 93_029_806,

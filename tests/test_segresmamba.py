@@ -10,7 +10,7 @@ from nnunetv2_segresmamba.networks.planning import plan_pools
 from nnunetv2_segresmamba.networks.segresmamba import check_patch_size, strides_from_pools
 from tests.reference import backends_to_test, device_of
 
-PAPER_PARAMS_M = 119.98  # Table 7; our build from the paper's text has fewer, see README
+PAPER_PARAMS_M = 119.98  # Table 7; our build from the paper's text has fewer, see documentation/network.md
 
 
 def small_net(in_channels=1, out_channels=3, **kwargs):

@@ -94,7 +94,7 @@ class SegMamba(nn.Module):
         depths: ToM layers per encoder stage.
         feature_sizes: encoder widths.
         hidden_size: width of the bottleneck block (``encoder5``).
-        backend: ToM backend, "auto", "pure" or "cuda".
+        backend: ToM backend, "auto", "pure", "numba", "triton" or "cuda" (``operators.backends``).
         checkpointing: activation checkpointing while training (:func:`~.blocks.checkpointed`):
             each encoder stage's downsampling and GSC and its skip, and each UNETR block
             (``encoder1..5``, ``decoder1..5``) keep only their inputs for the backward pass, and

@@ -286,7 +286,7 @@ class LowMemory:
     MONAI's ``use_checkpoint``): the network's segments (encoder stages or their convolutions,
     decoder blocks, and in SegResMamba's and SegMamba's ToMs each direction) keep only their
     inputs for the backward pass and run again there. Less training memory for one more forward
-    pass a step and a little more (SegResMamba at 128^3 on the CPU: 1.26-1.40x the plain step);
+    pass a step and a little more (measured: documentation/memory_modes.md);
     the same weights and parameter names, and the gradients to fp32 rounding, so a ``_lowmem``
     run predicts like any other (its checkpoint loads into the plain network too)."""
 
@@ -475,11 +475,11 @@ def require_supported_configuration(patch_size: Sequence[int], configuration: st
     if tuple(spatial_dims) == (3,):
         advice = (f"Use a 3D configuration (3d_fullres, 3d_lowres, 3d_cascade_fullres): "
                   f"nnUNetv2_train DATASET 3d_fullres FOLD -tr {trainer_name}. For 2d, train another trainer of the "
-                  "family, e.g. nnUNetTrainerSegResMamba (see the README's configuration table)")
+                  "family, e.g. nnUNetTrainerSegResMamba (see documentation/configurations.md)")
     elif tuple(spatial_dims) == (2,):
         advice = (f"Use the 2d configuration: nnUNetv2_train DATASET 2d FOLD -tr {trainer_name}. For 3D, train "
-                  "another trainer of the family, e.g. nnUNetTrainerSegResMamba (see the README's configuration "
-                  "table)")
+                  "another trainer of the family, e.g. nnUNetTrainerSegResMamba (see "
+                  "documentation/configurations.md)")
     else:
         advice = f"Use a 2d or 3D configuration: nnUNetv2_train DATASET 3d_fullres FOLD -tr {trainer_name}"
     kinds = " and ".join(f"{d}D" for d in spatial_dims)

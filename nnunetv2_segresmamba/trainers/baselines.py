@@ -90,8 +90,9 @@ class nnUNetTrainerSegMamba_smoke(QuickSmokeSchedule, nnUNetTrainerSegMamba):
 
 
 class nnUNetTrainerSegMamba_lowmem(LowMemory, nnUNetTrainerSegMamba):
-    """SegMamba with activation checkpointing: each encoder stage and UNETR block recomputed in the
-    backward pass (:class:`~.base.LowMemory`); the same network, weights and recipe."""
+    """SegMamba with activation checkpointing: each encoder stage's downsampling, GSC and skip and
+    each UNETR block recomputed in the backward pass, and its ToM layers run direction by direction
+    (:class:`~.base.LowMemory`); the same network, weights and recipe."""
 
 
 class nnUNetTrainerSegMamba_lowmem_smoke(QuickSmokeSchedule, nnUNetTrainerSegMamba_lowmem):
