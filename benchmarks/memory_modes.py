@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.isolate import PeakMemory, cpu_tensor_peak_mib, default_memory_cap_gib, run_isolated
 from benchmarks.machine import describe
-from benchmarks.network_step import PRECISIONS, autocast, median_time, recorded_tom_paths
+from benchmarks.network_step import PRECISIONS, median_time, random_batch, recorded_tom_paths, training_step
 from nnunetv2_segresmamba.operators.tom import MambaLayer
 from nnunetv2_segresmamba.optimizers.galore import GaLoreAdamW
 from nnunetv2_segresmamba.registry import network
@@ -122,18 +121,8 @@ def _measure_mode(mode: str, size: int, batch: int, repeats: int, device: str, p
                                 lr=1e-4)
     else:
         optimizer = torch.optim.AdamW(groups, lr=1e-4)
-    scaler = torch.amp.GradScaler(device, enabled=precision == "amp" and device == "cuda")
-    x = torch.randn(batch, 1, size, size, size, device=device)
-    target = torch.randint(0, classes, (batch, size, size, size), device=device)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, precision):
-            loss = F.cross_entropy(net(x), target)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
+    x, target = random_batch(batch, 1, classes, [size] * 3, device)
+    step = training_step(net, optimizer, x, target, device, precision)
     seconds = median_time(step, device, repeats)
     peak = memory.mib()
     state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()

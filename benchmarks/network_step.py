@@ -21,10 +21,11 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmarks.isolate import PeakMemory
@@ -49,18 +50,8 @@ def _measure(network: str, in_channels: int, classes: int, size: list[int], batc
     memory.reset()
     net = registry.network(network).build(in_channels, classes, size).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler(device, enabled=precision == "amp" and device == "cuda")
-    x = torch.randn(batch, in_channels, *size, device=device)
-    target = torch.randint(0, classes, (batch, *size), device=device)
-
-    def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, precision):
-            loss = F.cross_entropy(net(x), target)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
+    x, target = random_batch(batch, in_channels, classes, size, device)
+    train_step = training_step(net, optimizer, x, target, device, precision)
     row = {"train_step_s": median_time(train_step, device, repeats), "peak_train_mib": memory.mib()}
     if with_inference:
         del optimizer
@@ -74,6 +65,31 @@ def _measure(network: str, in_channels: int, classes: int, size: list[int], batc
 
         row["inference_s"] = median_time(infer, device, repeats)
     return row
+
+
+def random_batch(batch: int, in_channels: int, classes: int, size: Sequence[int], device: str
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random inputs x (batch, in_channels, *size), normal, and labels (batch, *size) in [0, classes)."""
+    x = torch.randn(batch, in_channels, *size, device=device)
+    return x, torch.randint(0, classes, (batch, *size), device=device)
+
+
+def training_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor,
+                  device: str, precision: str) -> Callable[[], None]:
+    """The benchmarks' training step, as a function to call once per step: forward ``x`` in
+    ``precision`` (:func:`autocast`), cross-entropy against ``target``, backward and ``optimizer``'s
+    step, through a GradScaler with AMP on CUDA (a no-op otherwise)."""
+    scaler = torch.amp.GradScaler(device, enabled=precision == "amp" and device == "cuda")
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            loss = F.cross_entropy(net(x), target)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
 
 
 @contextlib.contextmanager

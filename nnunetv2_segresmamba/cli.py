@@ -77,7 +77,7 @@ def _add_cascade(args: argparse.Namespace) -> None:
 
 
 def _check_vmamba(args: argparse.Namespace) -> None:
-    from nnunetv2_segresmamba.tools.pretrained import check_vmamba_file, vmamba_weights_path
+    from nnunetv2_segresmamba.networks.vmamba_weights import check_vmamba_file, vmamba_weights_path
 
     print(check_vmamba_file(args.path or vmamba_weights_path()))
 
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     cascade.add_argument("-p", "--plans", default=DEFAULT_PLANS)
     cascade.set_defaults(func=_add_cascade)
 
-    from nnunetv2_segresmamba.tools.pretrained import VMAMBA_FILE, VMAMBA_WEIGHTS_VAR
+    from nnunetv2_segresmamba.networks.vmamba_weights import VMAMBA_FILE, VMAMBA_WEIGHTS_VAR
 
     vmamba = sub.add_parser("check-vmamba", help="check VMamba-Tiny's ImageNet checkpoint for the Swin-UMamba trainers",
                             description="Reads the checkpoint without running code from it, prints its SHA-256 and "

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from nnunetv2_segresmamba.networks.planning import SWIN_UMAMBA_DIVISOR
 from nnunetv2_segresmamba.operators.directions import DIRECTIONS, FORWARD, REVERSE
 
 if TYPE_CHECKING:
@@ -255,7 +256,6 @@ def segresmamba_member(trainer: str, network: str, tom_directions: Sequence[str]
 
 
 NNUNET_TRAINER = "nnUNetTrainerComparisonNnUNet"
-SWIN_UMAMBA_DIVISOR = 32  # Swin-UMamba's inputs: five halvings (networks.swin_umamba reads it here)
 RESENC_PRESETS = ("M", "L", "XL")  # nnU-Net's ResEnc presets
 
 

@@ -10,10 +10,11 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmarks.efficiency import NETWORKS, NETWORKS_2D, Settings, parse_settings, run, size_error
 from benchmarks.model_cost import count
-from benchmarks.network_step import recorded_tom_paths
+from benchmarks.network_step import measure_network, random_batch, recorded_tom_paths, training_step
 from benchmarks.report import NO_MAMBA, markdown, optimizer_state_mib, targets
 from nnunetv2_segresmamba.networks.umamba import UMambaLayer, feature_map_sizes
 from nnunetv2_segresmamba.operators.backends import PATH_LOG_VAR
@@ -186,6 +187,26 @@ def test_macs_are_the_same_whatever_path_the_tom_layers_take(name, size):
     pure path counts."""
     fused, pure = (count(m, 1, 3, size) for m in (network(name), on_the_pure_path(network(name))))
     assert fused["macs"] == pure["macs"] and fused["scan_state_update_macs"] == pure["scan_state_update_macs"] > 0
+
+
+def test_the_training_step_is_cross_entropy_backward_and_the_optimizer_step():
+    torch.manual_seed(0)
+    net, lr = torch.nn.Conv2d(2, 3, 1), 0.5
+    w, b = net.weight.detach().clone()[:, :, 0, 0], net.bias.detach().clone()
+    x, target = random_batch(2, 2, 3, [5, 7], "cpu")
+    assert x.shape == (2, 2, 5, 7) and target.shape == (2, 5, 7) and 0 <= target.min() and target.max() < 3
+    training_step(net, torch.optim.SGD(net.parameters(), lr=lr), x, target, "cpu", "fp32")()
+    # plainly: a 1x1 conv's logits, and the gradient of the mean cross-entropy, (softmax - one-hot) / voxels
+    logits = torch.einsum("kc,bchw->bkhw", w, x) + b[None, :, None, None]
+    grad = (logits.softmax(1) - F.one_hot(target, 3).permute(0, 3, 1, 2)) / target.numel()
+    assert torch.allclose(net.weight[:, :, 0, 0], w - lr * torch.einsum("bkhw,bchw->kc", grad, x), atol=1e-6)
+    assert torch.allclose(net.bias, b - lr * grad.sum((0, 2, 3)), atol=1e-6)
+
+
+def test_a_network_step_row_times_training_and_inference():
+    row = measure_network("nnU-Net", 1, 2, [64, 64], 1, "fp32", "cpu", 1, with_inference=True)
+    assert row["train_step_s"] > 0 and row["inference_s"] > 0 and row["peak_train_mib"] >= 0
+    assert row["tom_paths"] == []
 
 
 def test_a_step_row_names_the_tom_paths_it_ran(monkeypatch):

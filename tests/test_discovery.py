@@ -81,3 +81,21 @@ def test_predict_processes_name_an_unreadable_checkpoint(tmp_path):
     assert result.returncode != 0
     assert f"{checkpoint} is not a readable checkpoint" in result.stderr
     assert f"mv {checkpoint} {checkpoint}.corrupt" in result.stderr
+
+
+def test_the_shim_exposes_every_trainer_and_no_recipe_or_base():
+    import importlib.util
+    import inspect
+
+    from nnunetv2_segresmamba.trainers import baselines, segresmamba, swin_umamba, umamba
+
+    shim_file = os.path.join(trainer_dir(), "nnunetv2_segresmamba_trainers.py")
+    spec = importlib.util.spec_from_file_location("shim", shim_file)
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)
+    defined = {name for module in (baselines, segresmamba, swin_umamba, umamba)
+               for name, value in inspect.getmembers(module, inspect.isclass)
+               if value.__module__ == module.__name__ and name.startswith("nnUNetTrainer")}
+    assert len(defined) > 60 and all(hasattr(shim, name) for name in defined)
+    assert not any(hasattr(shim, name) for name in ("SwinUMambaRecipe", "UMambaRecipe", "nnUNetTrainer",
+                                                    "ComparisonTrainerBase"))

@@ -377,7 +377,7 @@ def test_swin_umamba_trains_from_vmamba_weights_and_predicts_without_them(e2e_wo
     """Swin-UMamba through the CLI on the 2d configuration: VMamba's ImageNet weights (a file laid
     out as VMamba's, named by $nnUNet_vmamba_weights) are loaded when training starts, the encoder
     stays frozen through the smoke run's one epoch, and prediction needs the trained checkpoint only."""
-    from nnunetv2_segresmamba.tools.pretrained import VMAMBA_WEIGHTS_VAR
+    from nnunetv2_segresmamba.networks.vmamba_weights import VMAMBA_WEIGHTS_VAR
     from tests.test_swin_umamba import vmamba_checkpoint
 
     trainer, weights = "nnUNetTrainerSwinUMamba_smoke", str(tmp_path / "vmamba_tiny.pth")

@@ -13,6 +13,7 @@ deep-supervision output, difference 0.0 on the pure path, up to 3e-6 on the numb
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -23,16 +24,18 @@ import torch
 import torch.nn.functional as F
 
 from nnunetv2_segresmamba.networks.swin_umamba import FinalPatchExpand_X4, PatchExpand, SwinUMamba, SwinUMambaD
-from nnunetv2_segresmamba.networks.vmamba import VSSMEncoder, encoder_state_from_vmamba
-from nnunetv2_segresmamba.operators.ss2d import SS2D
-from nnunetv2_segresmamba.tools.pretrained import (
+from nnunetv2_segresmamba.networks.vmamba import VSSMEncoder
+from nnunetv2_segresmamba.networks.vmamba_weights import (
     VMAMBA_FILE,
     VMAMBA_URL,
     VMAMBA_WEIGHTS_VAR,
     check_vmamba_file,
+    encoder_state_from_vmamba,
+    load_vmamba_encoder,
     read_vmamba_weights,
     vmamba_weights_path,
 )
+from nnunetv2_segresmamba.operators.ss2d import SS2D
 from tests.reference import ATOL, GRAD_ATOL, GRAD_RTOL, RTOL, backends_to_test, device_of, reference_scan
 from tests.test_umamba import official_shapes  # the official key lists' reader (tests/data)
 
@@ -272,6 +275,11 @@ def test_a_vmamba_checkpoint_fills_every_encoder_tensor_but_a_patch_embedding_th
         "patch_embed.proj.weight", "patch_embed.proj.bias", "patch_embed.norm.weight", "patch_embed.norm.bias"}
     report = check_vmamba_file(path)
     assert "sha256 " in report and "Swin-UMamba: 204 of 208 encoder tensors" in report and report.endswith("file.")
+    result = load_vmamba_encoder(swin, path)
+    assert torch.equal(swin.downsamples[2].reduction.weight, model["layers.2.downsample.reduction.weight"])
+    assert result.kept == tuple(sorted({k for k in swin.state_dict() if k.startswith("patch_embed.")}))
+    assert len(result.loaded) == 204 and result.sha256 == hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert result.summary().startswith(f"VMamba ImageNet weights: 204 of the encoder's 208 tensors from {path}")
 
 
 @pytest.mark.parametrize("change, message", [

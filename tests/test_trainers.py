@@ -400,7 +400,7 @@ def test_swin_umamba_refuses_3d_and_names_the_2d_configuration(planned, monkeypa
 
 def test_imagenet_weights_load_when_training_starts_and_the_encoder_thaws_at_epoch_10(planned, monkeypatch,
                                                                                       tmp_path):
-    from nnunetv2_segresmamba.tools.pretrained import VMAMBA_WEIGHTS_VAR
+    from nnunetv2_segresmamba.networks.vmamba_weights import VMAMBA_WEIGHTS_VAR
     from tests.test_swin_umamba import vmamba_checkpoint
 
     trainer = initialized("nnUNetTrainerSwinUMambaD", planned, monkeypatch, configuration="2d")

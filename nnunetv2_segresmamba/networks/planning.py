@@ -1,5 +1,7 @@
 """nnU-Net's topology rule, for networks built without a plans file (the registry's builders,
-benchmarks, ``SegResMamba.for_patch_size``). Trainers read the plans instead."""
+benchmarks, ``SegResMamba.for_patch_size``), and the patch rule of the networks whose layers fix
+it (Swin-UMamba's). Trainers read the plans instead. Import-light: no torch, no nnU-Net until
+:func:`plan_topology` runs, so that the registry reads it."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import NamedTuple
 BASE_FEATURES = 32  # nnU-Net's UNet_base_num_features
 NNUNET_NORM_KWARGS = {"eps": 1e-5, "affine": True}  # nnU-Net's InstanceNorm settings
 MAX_FEATURES = {2: 512, 3: 320}  # nnU-Net's UNet_max_features_2d / _3d
+SWIN_UMAMBA_DIVISOR = 32  # Swin-UMamba's and Swin-UMamba-dagger's inputs: five halvings (networks.swin_umamba)
 
 
 class UNetTopology(NamedTuple):

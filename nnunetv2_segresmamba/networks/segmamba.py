@@ -94,7 +94,9 @@ class SegMamba(nn.Module):
         depths: ToM layers per encoder stage.
         feature_sizes: encoder widths.
         hidden_size: width of the bottleneck block (``encoder5``).
-        backend: ToM backend, "auto", "pure", "numba", "triton" or "cuda" (``operators.backends``).
+        backend: the ToM layers' scan backend, one of
+            :data:`~nnunetv2_segresmamba.operators.backends.BACKENDS` ("auto": chosen by the input's
+            device and what is installed, as :mod:`~nnunetv2_segresmamba.operators.backends` says).
         checkpointing: activation checkpointing while training (:func:`~.blocks.checkpointed`):
             each encoder stage's downsampling and GSC and its skip, and each UNETR block
             (``encoder1..5``, ``decoder1..5``) keep only their inputs for the backward pass, and

@@ -24,8 +24,8 @@ from monai.networks.blocks.dynunet_block import UnetOutBlock
 from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrUpBlock
 from torch import Tensor
 
+from nnunetv2_segresmamba.networks.planning import SWIN_UMAMBA_DIVISOR as PATCH_DIVISOR
 from nnunetv2_segresmamba.networks.vmamba import VSSM_TINY_DIMS, VSSLayer, VSSMEncoder, drop_path_rates
-from nnunetv2_segresmamba.registry import SWIN_UMAMBA_DIVISOR as PATCH_DIVISOR
 
 FEATURE_SIZES = (48, 96, 192, 384, 768)  # Swin-UMamba's stem, skip and decoder widths
 

@@ -250,15 +250,18 @@ class UMambaBot(_UMamba):
         input_channels, num_classes: channels in and classes out.
         features_per_stage, kernel_sizes, strides: per stage, as nnU-Net plans them
             (``strides[0]`` is usually all ones); 2D or 3D as the kernels have 2 or 3 values.
-        n_blocks_per_stage, n_conv_per_stage_decoder: the plans' block counts, of which the
-            official rule keeps the shallower half (:func:`official_block_counts`).
+        n_blocks_per_stage, n_conv_per_stage_decoder: the plans' block counts; the official rule
+            keeps those of the shallower half of the encoder stages and of the deeper half of the
+            decoder stages, and builds 1 block in the others (:func:`official_block_counts`).
         deep_supervision: return every decoder resolution's logits, highest first.
         mamba: False builds the "No-Mamba Base" control (the Mamba layer is identity).
-        backend: the ToM backend of the Mamba layer ("auto", "pure", "numba", "triton", "cuda").
-        checkpointing: activation checkpointing while training: the stem, each encoder stage (with
-            its Mamba layer) and each decoder stage keep only their inputs for the backward pass
-            and run again there. The same outputs, gradients and state_dict keys; recorded in
-            ``arch_kwargs``, which a checkpoint loads whatever it says.
+        backend: the Mamba layer's scan backend, one of
+            :data:`~nnunetv2_segresmamba.operators.backends.BACKENDS`.
+        checkpointing: activation checkpointing while training: the stem, each encoder stage and
+            each decoder stage (upsampling, concatenation, residual blocks) keep only their inputs
+            for the backward pass and run again there; the Mamba layer on the deepest map and the
+            segmentation convs are not checkpointed. The same outputs, gradients and state_dict
+            keys; recorded in ``arch_kwargs``, which a checkpoint loads whatever it says.
 
     Shapes: ``forward(x (B, input_channels, *patch)) -> (B, num_classes, *patch)`` (a list of
     such logits at falling resolutions with deep supervision). Every axis of the patch must be a

@@ -2,16 +2,14 @@
 token maps, (B, H, W, C), with SS2D (``operators.ss2d``) as the token mixer.
 
 Module and parameter names are VMamba's, so that its ImageNet checkpoints map onto
-:class:`VSSMEncoder` key for key (:func:`encoder_state_from_vmamba`): ``patch_embed``,
-``layers.{i}.blocks.{j}.{ln_1, self_attention}``; VMamba keeps its patch merging in
-``layers.{i}.downsample``, the encoder in ``downsamples.{i}``.
+:class:`VSSMEncoder` key for key (``networks.vmamba_weights`` reads, maps, checks and loads them):
+``patch_embed``, ``layers.{i}.blocks.{j}.{ln_1, self_attention}``; VMamba keeps its patch merging
+in ``layers.{i}.downsample``, the encoder in ``downsamples.{i}``.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -135,49 +133,3 @@ def _vmamba_init(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-# ---------------------------------------------------------------- VMamba's ImageNet checkpoints
-
-VMAMBA_CLASSIFIER_KEYS = ("norm.weight", "norm.bias", "head.weight", "head.bias")  # not part of the encoder
-
-
-@dataclass(frozen=True)
-class EncoderState:
-    """What :func:`encoder_state_from_vmamba` makes of a checkpoint: ``state``, the encoder's
-    tensors it fills (encoder keys); ``skipped``, checkpoint keys left out on purpose (the
-    classifier, and the patch embedding where its shapes differ)."""
-
-    state: dict[str, Tensor]
-    skipped: tuple[str, ...]
-
-
-def encoder_key(vmamba_key: str) -> str:
-    """A VMamba key as :class:`VSSMEncoder` names it: ``layers.{i}.downsample.*`` -> ``downsamples.{i}.*``."""
-    return re.sub(r"^layers\.(\d+)\.downsample\.", r"downsamples.\1.", vmamba_key)
-
-
-def encoder_state_from_vmamba(weights: Mapping[str, Tensor], encoder: VSSMEncoder) -> EncoderState:
-    """The tensors of VMamba's ImageNet ``weights`` (its checkpoint's "model") for ``encoder``,
-    checked: every encoder tensor but the patch embedding's must be there with its shape, and
-    every checkpoint key must map to one, else a ValueError lists what does not fit. The patch
-    embedding is taken only where its shapes fit (Swin-UMamba's encoder embeds 48 stem channels
-    with 2x2 patches; VMamba's, 3 RGB channels with 4x4 patches)."""
-    expected = encoder.state_dict()
-    patch_embed = {k: v for k, v in weights.items() if k.startswith("patch_embed.")}
-    embed_fits = all(encoder_key(k) in expected and v.shape == expected[encoder_key(k)].shape
-                     for k, v in patch_embed.items())
-    skipped = [k for k in weights if k in VMAMBA_CLASSIFIER_KEYS or (k in patch_embed and not embed_fits)]
-    state = {encoder_key(k): v for k, v in weights.items() if k not in skipped}
-    unknown = sorted(k for k in state if k not in expected)
-    wrong = sorted(f"{k} {tuple(v.shape)} (encoder: {tuple(expected[k].shape)})" for k, v in state.items()
-                   if k in expected and v.shape != expected[k].shape)
-    needed = {k for k in expected if not k.startswith("patch_embed.") or embed_fits}
-    missing = sorted(needed - set(state))
-    if unknown or wrong or missing:
-        raise ValueError("this is not a VMamba-Tiny (v0) checkpoint for this encoder: "
-                         + "; ".join(f"{what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                                     for what, keys in (("keys the encoder lacks", unknown),
-                                                        ("shapes that differ", wrong),
-                                                        ("encoder tensors it lacks", missing)) if keys))
-    return EncoderState(state, tuple(skipped))

@@ -11,7 +11,8 @@ and inter-slice sequences are never copied. The innermost loops run over the con
 channels of a block, with branch-free exp, log1p and sigmoid, so that LLVM vectorizes them.
 A NaN input gives NaN where the pure path gives NaN.
 
-Denormals (fp32 values below 1.2e-38, 8-18x slower on x86): each scan work item turns on
+Denormals (fp32 values below 1.2e-38, many times slower on x86; ``benchmarks/scan_operator.py``'s
+``scan_denormal`` times the kernels on them): each scan work item turns on
 flush-to-zero and denormals-are-zero for its own thread while it runs and restores the
 thread's mode afterwards (x86 MXCSR), also when it raises, and an exponent below
 ``EXP_FLOOR`` gives a decay of zero. The change to any output is below 1e-37 in absolute

@@ -14,11 +14,12 @@ the inputs and the state entering each chunk are kept; the backward pass recompu
 chunk at a time.
 
 This is the readable reference and the fallback on any device. On a CPU, flushing denormals
-(8-18x faster when states decay below 1.2e-38) is per thread, and PyTorch's worker threads
-cannot be reached: with two threads a scan whose states decay took 100x longer than on one
-flushing thread. So a CPU call runs on the calling thread alone, with denormals flushed, and
-restores the thread count and that thread's mode on return. The CPU default, the fused numba
-path (``operators.numba_tom``), is parallel and flushes on every thread.
+(fp32 values below 1.2e-38, which decaying states reach) is per thread, and PyTorch's worker
+threads cannot be reached: on them such a scan runs many times longer than on one flushing
+thread (the figures: ``benchmarks/results/cpu-2core/README.md``). So a CPU call runs on the
+calling thread alone, with denormals flushed, and restores the thread count and that thread's
+mode on return. The CPU default, the fused numba path (``operators.numba_tom``), is parallel and
+flushes on every thread.
 """
 
 from __future__ import annotations

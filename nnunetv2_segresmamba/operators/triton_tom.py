@@ -36,11 +36,11 @@ CHUNK_SIZE = 64  # steps per associative scan and between the states kept for th
 # padded tile: shorter chunks waste less on the short sequences of the deep stages.
 INTERPRETER_CHUNK_SIZE = 16
 # Channels per scan program. On a GPU one: a program walks the whole sequence, so batch x E
-# programs are what fill the GPU at batch 1, and ptxas (sm_90) fits the backward in 168
-# registers without spills, where 4 channels spill 576 bytes. Triton's CPU interpreter runs
-# fewer, larger programs faster.
+# programs are what fill the GPU at batch 1, and ptxas (sm_90) fits the backward without
+# spills, where 4 channels spill (register and spill counts: python -m tests.triton_compile 90).
+# Triton's CPU interpreter runs fewer, larger programs faster.
 CUDA_BLOCK_E, INTERPRETER_BLOCK_E = 1, 4
-CONV_BLOCK_L, CONV_BLOCK_E = 32, 32  # 64 steps spill in the weight-gradient kernel (255 registers)
+CONV_BLOCK_L, CONV_BLOCK_E = 32, 32  # 64 steps spill in the weight-gradient kernel (tests.triton_compile)
 NUM_WARPS = 4
 TRITON_DEVICE_HINT = ("The Triton ToM runs on CUDA tensors; on the CPU only in Triton's interpreter, for tests "
                       "(TRITON_INTERPRET=1, set before triton is first imported).")

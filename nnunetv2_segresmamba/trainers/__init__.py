@@ -1,147 +1,27 @@
-"""nnU-Net trainers. ``nnUNetv2_train -tr NAME`` finds every name in ``__all__``."""
+"""nnU-Net trainers, one module per family (``baselines``, ``segresmamba``, ``swin_umamba``,
+``umamba``). ``nnUNetv2_train -tr NAME`` finds every name in ``__all__``: the classes those
+modules define whose names start with ``nnUNetTrainer`` (nnU-Net's trainer names; recipes and
+mixins are named otherwise), gathered here so that no trainer is listed twice."""
 
-from nnunetv2_segresmamba.trainers.baselines import (
-    nnUNetTrainerComparisonNnUNet,
-    nnUNetTrainerComparisonNnUNet_2epochs,
-    nnUNetTrainerComparisonNnUNet_paperRecipe,
-    nnUNetTrainerComparisonNnUNet_paperRecipe_smoke,
-    nnUNetTrainerComparisonNnUNet_smoke,
-    nnUNetTrainerSegMamba,
-    nnUNetTrainerSegMamba_2epochs,
-    nnUNetTrainerSegMamba_lowmem,
-    nnUNetTrainerSegMamba_lowmem_smoke,
-    nnUNetTrainerSegMamba_smoke,
-    nnUNetTrainerSwinUNETR,
-    nnUNetTrainerSwinUNETR_2epochs,
-    nnUNetTrainerSwinUNETR_GaLore,
-    nnUNetTrainerSwinUNETR_lowmem,
-    nnUNetTrainerSwinUNETR_lowmem_GaLore,
-    nnUNetTrainerSwinUNETR_lowmem_smoke,
-    nnUNetTrainerSwinUNETR_smoke,
-    nnUNetTrainerUNETR,
-    nnUNetTrainerUNETR_2epochs,
-    nnUNetTrainerUNETR_GaLore,
-    nnUNetTrainerUNETR_smoke,
-)
-from nnunetv2_segresmamba.trainers.segresmamba import (
-    nnUNetTrainerSegResMamba,
-    nnUNetTrainerSegResMamba_2epochs,
-    nnUNetTrainerSegResMamba_demo,
-    nnUNetTrainerSegResMamba_GaLore,
-    nnUNetTrainerSegResMamba_GaLore_demo,
-    nnUNetTrainerSegResMamba_lowmem,
-    nnUNetTrainerSegResMamba_lowmem_demo,
-    nnUNetTrainerSegResMamba_lowmem_GaLore,
-    nnUNetTrainerSegResMamba_lowmem_GaLore_demo,
-    nnUNetTrainerSegResMamba_lowmem_GaLore_smoke,
-    nnUNetTrainerSegResMamba_lowmem_smoke,
-    nnUNetTrainerSegResMamba_nnUNetRecipe,
-    nnUNetTrainerSegResMamba_nnUNetRecipe_smoke,
-    nnUNetTrainerSegResMamba_pipeline,
-    nnUNetTrainerSegResMamba_smoke,
-    nnUNetTrainerSegResMambaForwardReverseToM,
-    nnUNetTrainerSegResMambaForwardReverseToM_smoke,
-    nnUNetTrainerSegResMambaForwardToM,
-    nnUNetTrainerSegResMambaForwardToM_smoke,
-    nnUNetTrainerSegResMambaNoToM,
-    nnUNetTrainerSegResMambaNoToM_smoke,
-)
-from nnunetv2_segresmamba.trainers.swin_umamba import (
-    nnUNetTrainerSwinUMamba,
-    nnUNetTrainerSwinUMamba_2epochs,
-    nnUNetTrainerSwinUMamba_smoke,
-    nnUNetTrainerSwinUMambaD,
-    nnUNetTrainerSwinUMambaD_2epochs,
-    nnUNetTrainerSwinUMambaD_smoke,
-    nnUNetTrainerSwinUMambaDScratch,
-    nnUNetTrainerSwinUMambaDScratch_2epochs,
-    nnUNetTrainerSwinUMambaDScratch_smoke,
-    nnUNetTrainerSwinUMambaScratch,
-    nnUNetTrainerSwinUMambaScratch_2epochs,
-    nnUNetTrainerSwinUMambaScratch_smoke,
-)
-from nnunetv2_segresmamba.trainers.umamba import (
-    nnUNetTrainerUMambaBot,
-    nnUNetTrainerUMambaBot_2epochs,
-    nnUNetTrainerUMambaBot_lowmem,
-    nnUNetTrainerUMambaBot_lowmem_smoke,
-    nnUNetTrainerUMambaBot_smoke,
-    nnUNetTrainerUMambaBotNoMamba,
-    nnUNetTrainerUMambaBotNoMamba_2epochs,
-    nnUNetTrainerUMambaBotNoMamba_smoke,
-    nnUNetTrainerUMambaEnc,
-    nnUNetTrainerUMambaEnc_2epochs,
-    nnUNetTrainerUMambaEnc_lowmem,
-    nnUNetTrainerUMambaEnc_lowmem_smoke,
-    nnUNetTrainerUMambaEnc_smoke,
-)
+from __future__ import annotations
 
-__all__ = [
-    "nnUNetTrainerComparisonNnUNet",
-    "nnUNetTrainerComparisonNnUNet_2epochs",
-    "nnUNetTrainerComparisonNnUNet_paperRecipe",
-    "nnUNetTrainerComparisonNnUNet_paperRecipe_smoke",
-    "nnUNetTrainerComparisonNnUNet_smoke",
-    "nnUNetTrainerSegMamba",
-    "nnUNetTrainerSegMamba_2epochs",
-    "nnUNetTrainerSegMamba_lowmem",
-    "nnUNetTrainerSegMamba_lowmem_smoke",
-    "nnUNetTrainerSegMamba_smoke",
-    "nnUNetTrainerSegResMamba",
-    "nnUNetTrainerSegResMambaForwardReverseToM",
-    "nnUNetTrainerSegResMambaForwardReverseToM_smoke",
-    "nnUNetTrainerSegResMambaForwardToM",
-    "nnUNetTrainerSegResMambaForwardToM_smoke",
-    "nnUNetTrainerSegResMambaNoToM",
-    "nnUNetTrainerSegResMambaNoToM_smoke",
-    "nnUNetTrainerSegResMamba_2epochs",
-    "nnUNetTrainerSegResMamba_GaLore",
-    "nnUNetTrainerSegResMamba_GaLore_demo",
-    "nnUNetTrainerSegResMamba_demo",
-    "nnUNetTrainerSegResMamba_lowmem",
-    "nnUNetTrainerSegResMamba_lowmem_demo",
-    "nnUNetTrainerSegResMamba_lowmem_GaLore",
-    "nnUNetTrainerSegResMamba_lowmem_GaLore_demo",
-    "nnUNetTrainerSegResMamba_lowmem_GaLore_smoke",
-    "nnUNetTrainerSegResMamba_lowmem_smoke",
-    "nnUNetTrainerSegResMamba_nnUNetRecipe",
-    "nnUNetTrainerSegResMamba_nnUNetRecipe_smoke",
-    "nnUNetTrainerSegResMamba_pipeline",
-    "nnUNetTrainerSegResMamba_smoke",
-    "nnUNetTrainerSwinUMamba",
-    "nnUNetTrainerSwinUMambaD",
-    "nnUNetTrainerSwinUMambaDScratch",
-    "nnUNetTrainerSwinUMambaDScratch_2epochs",
-    "nnUNetTrainerSwinUMambaDScratch_smoke",
-    "nnUNetTrainerSwinUMambaD_2epochs",
-    "nnUNetTrainerSwinUMambaD_smoke",
-    "nnUNetTrainerSwinUMambaScratch",
-    "nnUNetTrainerSwinUMambaScratch_2epochs",
-    "nnUNetTrainerSwinUMambaScratch_smoke",
-    "nnUNetTrainerSwinUMamba_2epochs",
-    "nnUNetTrainerSwinUMamba_smoke",
-    "nnUNetTrainerSwinUNETR",
-    "nnUNetTrainerSwinUNETR_2epochs",
-    "nnUNetTrainerSwinUNETR_GaLore",
-    "nnUNetTrainerSwinUNETR_lowmem",
-    "nnUNetTrainerSwinUNETR_lowmem_GaLore",
-    "nnUNetTrainerSwinUNETR_lowmem_smoke",
-    "nnUNetTrainerSwinUNETR_smoke",
-    "nnUNetTrainerUMambaBot",
-    "nnUNetTrainerUMambaBotNoMamba",
-    "nnUNetTrainerUMambaBotNoMamba_2epochs",
-    "nnUNetTrainerUMambaBotNoMamba_smoke",
-    "nnUNetTrainerUMambaBot_2epochs",
-    "nnUNetTrainerUMambaBot_lowmem",
-    "nnUNetTrainerUMambaBot_lowmem_smoke",
-    "nnUNetTrainerUMambaBot_smoke",
-    "nnUNetTrainerUMambaEnc",
-    "nnUNetTrainerUMambaEnc_2epochs",
-    "nnUNetTrainerUMambaEnc_lowmem",
-    "nnUNetTrainerUMambaEnc_lowmem_smoke",
-    "nnUNetTrainerUMambaEnc_smoke",
-    "nnUNetTrainerUNETR",
-    "nnUNetTrainerUNETR_2epochs",
-    "nnUNetTrainerUNETR_GaLore",
-    "nnUNetTrainerUNETR_smoke",
-]
+from types import ModuleType
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_segresmamba.trainers import baselines, segresmamba, swin_umamba, umamba
+
+TRAINER_PREFIX = "nnUNetTrainer"
+
+
+def trainers_of(module: ModuleType) -> dict[str, type[nnUNetTrainer]]:
+    """The trainers ``module`` defines (not those it imports), by name."""
+    return {name: value for name, value in vars(module).items()
+            if name.startswith(TRAINER_PREFIX) and isinstance(value, type) and issubclass(value, nnUNetTrainer)
+            and value.__module__ == module.__name__}
+
+
+_TRAINERS = {name: cls for module in (baselines, segresmamba, swin_umamba, umamba)
+             for name, cls in trainers_of(module).items()}
+globals().update(_TRAINERS)
+__all__ = sorted(_TRAINERS)

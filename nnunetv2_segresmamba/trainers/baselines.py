@@ -90,9 +90,10 @@ class nnUNetTrainerSegMamba_smoke(QuickSmokeSchedule, nnUNetTrainerSegMamba):
 
 
 class nnUNetTrainerSegMamba_lowmem(LowMemory, nnUNetTrainerSegMamba):
-    """SegMamba with activation checkpointing: each encoder stage's downsampling, GSC and skip and
-    each UNETR block recomputed in the backward pass, and its ToM layers run direction by direction
-    (:class:`~.base.LowMemory`); the same network, weights and recipe."""
+    """SegMamba with activation checkpointing (``SegMamba(checkpointing=True)``, :class:`~.base.LowMemory`):
+    each encoder stage's downsampling and GSC and its skip, and each UNETR block, recomputed in the
+    backward pass, and each ToM layer scanning one direction at a time; the output block is not
+    checkpointed. The same network, weights and recipe."""
 
 
 class nnUNetTrainerSegMamba_lowmem_smoke(QuickSmokeSchedule, nnUNetTrainerSegMamba_lowmem):

@@ -73,7 +73,7 @@ class nnUNetTrainerSegResMamba_2epochs(TwoEpochs, nnUNetTrainerSegResMamba):
 
 
 class nnUNetTrainerSegResMamba_smoke(SmallWidths, SmokeSchedule, nnUNetTrainerSegResMamba):
-    """A minute on a CPU and still learning: the :class:`SmallWidths` network, 3 epochs x 12
+    """A short CPU run that still learns: the :class:`SmallWidths` network, 3 epochs x 12
     iterations, 2 validation iterations, lr 1e-3 and Dice + cross-entropy, so that so few AdamW
     steps learn the synthetic dataset every time (with Dice alone, small structures sometimes
     never got started). Used by the tests."""
@@ -93,8 +93,8 @@ class nnUNetTrainerSegResMamba_pipeline(SmallQuickSmoke, nnUNetTrainerSegResMamb
 
 class nnUNetTrainerSegResMamba_demo(nnUNetTrainerSegResMamba_smoke):
     """The demo's run: the paper's network with the smoke recipe, seeded, for 5 epochs x 24
-    iterations, enough to learn the synthetic dataset (mean Dice above 0.7 on its held-out
-    cases) in a few CPU minutes."""
+    iterations, enough to learn the synthetic dataset on a CPU (its mean Dice on the held-out
+    cases and its run time: ``benchmarks/results/cpu-2core/memory_modes/demo_dice.md``)."""
 
     network_widths = {}  # the paper's
     comparison_num_epochs = 5

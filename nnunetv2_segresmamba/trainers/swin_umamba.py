@@ -4,8 +4,8 @@ Dice + CE with deep supervision, 2d only.
 
 The pretrained trainers start the encoder from VMamba-Tiny's ImageNet weights, read when
 training starts (not when the network is built: ``nnUNetv2_predict`` needs the trained
-checkpoint only) from the file ``$nnUNet_vmamba_weights`` names (``tools.pretrained``),
-checked tensor by tensor; and they train the encoder, except its patch embedding, only from
+checkpoint only) from the file ``$nnUNet_vmamba_weights`` names, checked tensor by tensor
+(``networks.vmamba_weights``); and they train the encoder, except its patch embedding, only from
 epoch 10 on. A run resumed with ``--c``, or started with ``-pretrained_weights``, keeps its own
 weights.
 """
@@ -17,9 +17,9 @@ import torch.nn as nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_segresmamba.networks.swin_umamba import SwinUMamba, SwinUMambaD
-from nnunetv2_segresmamba.networks.vmamba import VSSMEncoder, encoder_state_from_vmamba
+from nnunetv2_segresmamba.networks.vmamba import VSSMEncoder
+from nnunetv2_segresmamba.networks.vmamba_weights import load_vmamba_encoder
 from nnunetv2_segresmamba.registry import member
-from nnunetv2_segresmamba.tools.pretrained import read_vmamba_weights, sha256_of, vmamba_weights_path
 from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, QuickSmokeSchedule, TwoEpochs
 
 
@@ -93,7 +93,7 @@ class SwinUMambaRecipe(ComparisonTrainerBase):
             self.print_to_log_file("the encoder holds weights loaded since it was built (-pretrained_weights): "
                                    "VMamba's ImageNet weights are not loaded over them")
             return
-        self.print_to_log_file(load_imagenet_encoder(self.encoder))
+        self.print_to_log_file(load_vmamba_encoder(self.encoder).summary())
 
     def on_train_epoch_start(self) -> None:
         frozen = self.freezes_encoder and self.current_epoch < self.frozen_encoder_epochs
@@ -108,21 +108,6 @@ class SwinUMambaRecipe(ComparisonTrainerBase):
 def encoder_checksum(encoder: nn.Module) -> float:
     """A sum over every encoder tensor: changes when other weights are loaded."""
     return float(sum(t.double().abs().sum() for t in encoder.state_dict().values()))
-
-
-def load_imagenet_encoder(encoder: VSSMEncoder) -> str:
-    """Loads VMamba-Tiny's ImageNet weights (``$nnUNet_vmamba_weights``) into ``encoder``, every
-    tensor checked (:func:`~nnunetv2_segresmamba.networks.vmamba.encoder_state_from_vmamba`:
-    a ValueError before anything is loaded if one is missing or misshapen). Returns a line for
-    the training log: what was loaded, from which file, its SHA-256 and what was left out."""
-    path = vmamba_weights_path()
-    loaded = encoder_state_from_vmamba(read_vmamba_weights(path), encoder)
-    state = encoder.state_dict()
-    encoder.load_state_dict({**state, **loaded.state}, strict=True)
-    kept = sorted(set(state) - set(loaded.state))
-    return (f"VMamba ImageNet weights: {len(loaded.state)} of the encoder's {len(state)} tensors from {path} "
-            f"(sha256 {sha256_of(path)}); left as initialised: {', '.join(kept) or 'none'}; "
-            f"not used: {', '.join(loaded.skipped) or 'none'}")
 
 
 class nnUNetTrainerSwinUMamba(SwinUMambaRecipe):
