@@ -167,6 +167,29 @@ def test_lowmem_trainers_build_their_network_with_checkpointing(planned, monkeyp
         assert plain.architecture()["arch_kwargs"]["checkpointing"] is False
 
 
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerComparisonNnUNet", "nnUNetTrainerSwinUMamba", "nnUNetTrainerUNETR"])
+def test_lowmem_is_refused_where_the_network_would_not_checkpoint(trainer):
+    """nnU-Net's, Swin-UMamba's and UNETR's networks are built without any checkpointing switch: a
+    LowMemory variant would train exactly as the plain trainer. It is refused where it is defined,
+    naming the trainers that take it."""
+    from nnunetv2_segresmamba.trainers.base import LowMemory
+
+    supported = ("nnUNetTrainerSegResMamba, nnUNetTrainerSegMamba, nnUNetTrainerSwinUNETR, nnUNetTrainerUMambaBot, "
+                 "nnUNetTrainerUMambaEnc")
+    with pytest.raises(TypeError, match=rf"would train exactly as without LowMemory\. LowMemory works with these "
+                                        rf"trainers and their variants: {supported}"):
+        type(f"{trainer}_lowmem", (LowMemory, getattr(trainers, trainer)), {})
+
+
+def test_each_members_trainer_checkpoints_as_its_registry_builder_says():
+    """Whether a trainer's build_network takes ``checkpointing`` (what LowMemory checks) agrees with
+    the registry builder of its member, for every member of the family: one fact, two builders."""
+    from nnunetv2_segresmamba.registry import FAMILY, takes_checkpointing
+
+    for m in FAMILY:
+        assert takes_checkpointing(getattr(trainers, m.trainer).build_network) == takes_checkpointing(m.builder), m
+
+
 def test_a_lowmem_run_and_a_plain_one_load_each_others_checkpoints(planned, monkeypatch, tmp_path):
     """The checkpoint records checkpointing (arch_kwargs) but loads into either trainer: the same
     weights, whichever way they were trained."""
