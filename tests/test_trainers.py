@@ -350,33 +350,45 @@ def plans_of_nnunet_2_1(plans: dict) -> dict:
     return old
 
 
+def plans_of_official_outputs(plans: dict) -> dict:
+    """``plans`` whose 3d_fullres configuration is U-Mamba Bot's small 3D plan of
+    tests/data/umamba_bot_3d_official_outputs.pt (tests/test_umamba.py's SMALL_3D), its input size the patch."""
+    from tests.test_umamba import SMALL_3D, small_official_input
+
+    plans = json.loads(json.dumps(plans))
+    configuration = plans["configurations"]["3d_fullres"]
+    configuration["patch_size"] = list(small_official_input("umamba_bot_3d").shape[2:])
+    kwargs = configuration["architecture"]["arch_kwargs"]
+    kwargs.update({"n_stages": len(SMALL_3D["strides"]), "features_per_stage": SMALL_3D["features_per_stage"],
+                   "kernel_sizes": SMALL_3D["kernel_sizes"], "strides": SMALL_3D["strides"],
+                   "n_conv_per_stage": SMALL_3D["n_blocks_per_stage"],
+                   "n_conv_per_stage_decoder": SMALL_3D["n_conv_per_stage_decoder"]})
+    return plans
+
+
 def test_a_run_of_the_official_umamba_predicts_with_nnunet_2_8(planned, monkeypatch, tmp_path):
     """A run folder laid out as the official U-Mamba (an nnU-Net 2.1.1 fork) writes it: 2.1.1 plans,
     which nnU-Net 2.8 converts, and a checkpoint under the official trainer's name whose
-    network_weights have the official key layout (written here from our network: that layout is
-    the official one, see tests/test_umamba.py). nnU-Net 2.8's predictor finds our
-    nnUNetTrainerUMambaBot, builds U-Mamba Bot from those plans, loads the weights strictly and
-    predicts."""
+    network_weights are the official network's (its key list, with the weights of
+    tests/data/umamba_bot_3d_official_outputs.pt, 2 channels -> 3 classes). nnU-Net 2.8's predictor
+    finds our nnUNetTrainerUMambaBot, builds U-Mamba Bot from those plans, loads the weights strictly
+    and predicts the logits the official classes computed."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunetv2_segresmamba.networks.umamba import UMambaBot
+    from tests.test_umamba import DATA, deterministic_weights, small_official_input
 
     ws, plans = planned
     for name, path in ws.env.items():
         monkeypatch.setenv(name, path)
-    manager = PlansManager(json.loads(json.dumps(plans)))
-    torch.manual_seed(0)
-    official = trainers.nnUNetTrainerUMambaBot.build_network_architecture(
-        manager, manager.get_configuration("3d_fullres"), 1, 2, True)
-    with torch.no_grad():
-        for p in official.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    official = torch.load(os.path.join(DATA, "umamba_bot_3d_official_outputs.pt"), weights_only=True)
     run = tmp_path / "nnUNetTrainerUMambaBot__nnUNetPlans__3d_fullres"
     (run / "fold_0").mkdir(parents=True)
-    (run / "plans.json").write_text(json.dumps(plans_of_nnunet_2_1(plans)))
-    (run / "dataset.json").write_text(json.dumps(dataset_json(ANISOTROPIC)))
-    torch.save({"network_weights": official.state_dict(), "trainer_name": "nnUNetTrainerUMambaBot",
+    (run / "plans.json").write_text(json.dumps(plans_of_nnunet_2_1(plans_of_official_outputs(plans))))
+    dataset = {**dataset_json(ANISOTROPIC), "channel_names": {"0": "a", "1": "b"},
+               "labels": {"background": 0, "one": 1, "two": 2}}
+    (run / "dataset.json").write_text(json.dumps(dataset))
+    torch.save({"network_weights": deterministic_weights(official["shapes"]), "trainer_name": "nnUNetTrainerUMambaBot",
                 "init_args": {"configuration": "3d_fullres", "fold": 0}, "current_epoch": 1000,
                 "inference_allowed_mirroring_axes": (0, 1, 2)}, run / "fold_0" / "checkpoint_final.pth")
 
@@ -385,13 +397,8 @@ def test_a_run_of_the_official_umamba_predicts_with_nnunet_2_8(planned, monkeypa
     with pytest.warns(UserWarning, match="old nnU-Net plans format"):
         predictor.initialize_from_trained_model_folder(str(run), use_folds=(0,))
     assert isinstance(predictor.network, UMambaBot)
-    patch = plans["configurations"]["3d_fullres"]["patch_size"]
-    image = torch.randn(1, *patch)
-    logits = predictor.predict_logits_from_preprocessed_data(image)  # loads network_weights, strict
-    official.eval().decoder.deep_supervision = False
-    with torch.no_grad():
-        expected = official(image[None])[0]
-    torch.testing.assert_close(logits, expected.half(), atol=2e-3, rtol=2e-3)  # nnU-Net keeps logits in fp16
+    logits = predictor.predict_logits_from_preprocessed_data(small_official_input("umamba_bot_3d")[0])  # strict load
+    torch.testing.assert_close(logits, official["outputs"][0][0].half(), atol=2e-3, rtol=2e-3)  # fp16 logits
 
 
 # ---------------------------------------------------------------- Swin-UMamba
