@@ -144,6 +144,51 @@ def test_checkpoints_carry_the_architecture_and_refuse_another(planned, monkeypa
         trainer.load_checkpoint(path)
 
 
+PRE_RENAME_ADVICE = (r"trained with an earlier nnunetv2_segresmamba \(before commit 44e77dd.*output layer was called "
+                     r"'head' \(now 'head\.seg_layers'\).*no 'strides'.*nothing was loaded or changed\. Train it again")
+
+
+def pre_rename(checkpoint: dict) -> dict:
+    """``checkpoint`` as SegResMamba's trainers wrote it before the output layer was renamed: the
+    layer's keys head.weight/head.bias, the architecture in the weights (_extra_state), none beside."""
+    old = {k: v for k, v in checkpoint.items() if k != "architecture"}
+    weights = {k.replace("head.seg_layers.", "head."): v for k, v in checkpoint["network_weights"].items()}
+    old["network_weights"] = {**weights, "_extra_state": {"arch_kwargs": checkpoint["architecture"]["arch_kwargs"]}}
+    return old
+
+
+def test_a_checkpoint_from_before_the_output_layer_rename_is_named_with_what_to_do(planned, monkeypatch, tmp_path):
+    """--c and --val (load_checkpoint) on a pre-rename run's checkpoint: not nnU-Net's missing and
+    unexpected keys, but what it is and what to do; the file is left as it was."""
+    trainer = initialized("nnUNetTrainerSegResMamba_pipeline", planned, monkeypatch)
+    path = str(tmp_path / "checkpoint_final.pth")
+    trainer.save_checkpoint(path)
+    torch.save(pre_rename(torch.load(path, weights_only=True)), path)
+    written = open(path, "rb").read()
+    with pytest.raises(RuntimeError, match=PRE_RENAME_ADVICE) as error:
+        trainer.load_checkpoint(path)
+    assert str(error.value).startswith(path)
+    assert open(path, "rb").read() == written
+
+
+def test_plans_from_before_the_output_layer_rename_are_named_with_what_to_do(planned):
+    """nnUNetv2_predict on a pre-rename run: its plans.json holds SegResMamba's architecture where
+    nnU-Net 2.8 reads the U-Net's, which nnU-Net reported as KeyError: 'strides'."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    _, plans = planned
+    plans = json.loads(json.dumps(plans))
+    plans["configurations"]["3d_fullres"]["architecture"] = {  # as the trainers wrote it into the run's plans
+        "network_class_name": "nnunetv2_segresmamba.networks.segresmamba.SegResMamba", "_kw_requires_import": [],
+        "arch_kwargs": {"feature_sizes": [48, 96, 192, 384], "stage_strides": [[1, 2, 2]] * 4,
+                        "block_strides": [[1, 2, 2]] * 4, "tom_directions": ["", "_b", "_s"],
+                        "patch_size": [16, 32, 40], "spatial_dims": 3}}
+    manager = PlansManager(plans)
+    with pytest.raises(RuntimeError, match=PRE_RENAME_ADVICE):
+        trainers.nnUNetTrainerSegResMamba.build_network_architecture(manager, manager.get_configuration("3d_fullres"),
+                                                                      1, 2, False)
+
+
 def checkpointing_flags(network) -> list[bool]:
     """Every activation-checkpointing switch in ``network``: ours (``checkpointing``) and MONAI's
     (``use_checkpoint``)."""

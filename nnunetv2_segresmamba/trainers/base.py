@@ -29,7 +29,7 @@ from nnunetv2_segresmamba.registry import (
     checkpointing_members,
     takes_checkpointing,
 )
-from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
+from nnunetv2_segresmamba.tools.checkpoints import PRE_RENAME_NETWORK_CLASS, load_checkpoint_file, pre_rename_error
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
 from nnunetv2_segresmamba.trainers.schedules import CosineAnnealingScheduler
 from nnunetv2_segresmamba.trainers.tracking import energy_record, energy_tracker_from_env, write_run_metrics
@@ -152,7 +152,11 @@ class ComparisonTrainerBase(nnUNetTrainer):
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         """nnU-Net's entry point (training and ``nnUNetv2_predict``): :meth:`build_network`, and a
-        check of the input channels (:func:`require_input_channels`)."""
+        check of the input channels (:func:`require_input_channels`). Plans of a run trained before
+        SegResMamba's output layer was renamed are refused (:func:`~..tools.checkpoints.pre_rename_error`)."""
+        architecture = configuration_manager.configuration.get("architecture") or {}
+        if architecture.get("network_class_name") == PRE_RENAME_NETWORK_CLASS:
+            raise pre_rename_error(f"The plans' configuration (its 'architecture': {architecture.get('arch_kwargs')})")
         network = cls.build_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                     enable_deep_supervision)
         require_input_channels(network, num_input_channels)
