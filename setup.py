@@ -63,7 +63,7 @@ setup(
     install_requires=[
         "nnunetv2>=2.8,<2.9",
         "dynamic-network-architectures>=0.4.4,<0.5",  # nnU-Net 2.8's; U-Mamba's residual blocks come from it
-        "torch>=2.1",
+        "torch>=2.6",  # nnunetv2_segresmamba.TORCH_FLOOR: safe_globals with (class, name) entries (VMamba's weights)
         "monai>=1.5",
         "SimpleITK>=2.2",
         "batchgenerators>=0.25",

@@ -15,6 +15,7 @@ name networks without loading torch.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +28,20 @@ if TYPE_CHECKING:
 
 FORWARD_SUFFIX, REVERSE_SUFFIX = DIRECTIONS[FORWARD], DIRECTIONS[REVERSE]
 Builder = Callable[..., "nn.Module"]  # (in_channels, out_channels, patch_size, **width overrides) -> network
+
+
+def takes_checkpointing(builder: Callable) -> bool:
+    """Whether ``builder`` (a registry builder, or a trainer's ``build_network`` marked by
+    :func:`checkpointing_builder`) builds its network with activation checkpointing when asked:
+    a builder declares it by a ``checkpointing`` parameter, a trainer's ``build_network`` by the mark."""
+    return getattr(builder, "takes_checkpointing", None) or "checkpointing" in inspect.signature(builder).parameters
+
+
+def checkpointing_builder(build_network: Callable) -> Callable:
+    """Marks a trainer's ``build_network`` (nnU-Net's signature, so no ``checkpointing`` parameter)
+    as one that builds with ``checkpointing=cls.activation_checkpointing`` (:func:`takes_checkpointing`)."""
+    build_network.takes_checkpointing = True
+    return build_network
 
 
 def segresmamba_with(tom_directions: Sequence[str] = DIRECTIONS) -> Builder:
@@ -44,13 +59,15 @@ def segresmamba_with(tom_directions: Sequence[str] = DIRECTIONS) -> Builder:
     return build
 
 
-def build_segmamba(in_channels: int, out_channels: int, patch_size: Sequence[int], **widths) -> nn.Module:
+def build_segmamba(in_channels: int, out_channels: int, patch_size: Sequence[int], checkpointing: bool = False,
+                   **widths) -> nn.Module:
     """SegMamba as published (``widths``: SegMamba's ``feature_sizes``, ``hidden_size``, for
-    smaller smoke runs, or ``checkpointing``); its patch must be a multiple of 16 (stem and three
-    stride-2 downsamplings), checked by :meth:`Member.build`."""
+    smaller smoke runs); its patch must be a multiple of 16 (stem and three stride-2
+    downsamplings), checked by :meth:`Member.build`. ``checkpointing``: activation checkpointing
+    while training."""
     from nnunetv2_segresmamba.networks.segmamba import SegMamba
 
-    return SegMamba(in_channels, out_channels, **widths)
+    return SegMamba(in_channels, out_channels, checkpointing=checkpointing, **widths)
 
 
 def build_swinunetr(in_channels: int, out_channels: int, patch_size: Sequence[int],
@@ -236,7 +253,7 @@ class Member:
     def build(self, in_channels: int, out_channels: int, patch_size: Sequence[int], **widths) -> nn.Module:
         """The network for ``patch_size`` (2D or 3D as it has 2 or 3 axes), at the builder's
         default widths unless ``widths`` overrides them (and ``checkpointing=True`` for the
-        builders that take it: SegResMamba's, SegMamba's, SwinUNETR's, U-Mamba's); ValueError
+        builders that take it: :func:`takes_checkpointing`, :func:`checkpointing_members`); ValueError
         when the patch breaks :attr:`spatial_dims` or :attr:`patch_divisor`."""
         self.require_patch(patch_size)
         return self.builder(in_channels, out_channels, patch_size, **widths)
@@ -336,6 +353,12 @@ def member(trainer: str, plans: str = DEFAULT_PLANS) -> Member:
     if candidates:
         return min(candidates, key=lambda m: (m.plans != plans, m.plans != DEFAULT_PLANS))
     raise KeyError(f"{trainer!r} is not a trainer of the family: {sorted({m.trainer for m in FAMILY})}")
+
+
+def checkpointing_members() -> list[Member]:
+    """The members whose network can checkpoint its activations (:func:`takes_checkpointing`):
+    those with ``_lowmem`` trainers (:class:`~nnunetv2_segresmamba.trainers.base.LowMemory`)."""
+    return [m for m in FAMILY if takes_checkpointing(m.builder)]
 
 
 def network(name: str) -> Member:

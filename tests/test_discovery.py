@@ -81,6 +81,29 @@ def test_predict_processes_name_an_unreadable_checkpoint(tmp_path):
     assert result.returncode != 0
     assert f"{checkpoint} is not a readable checkpoint" in result.stderr
     assert f"mv {checkpoint} {checkpoint}.corrupt" in result.stderr
+    assert result.stderr.count("is not a readable checkpoint") == 1
+
+
+def test_the_advice_is_printed_once_when_the_hook_runs_twice(monkeypatch, capsys):
+    """A venv whose site-packages Python lists twice (lib and lib64) runs our .pth twice: the
+    unreadable checkpoint's advice still comes once."""
+    import pickle
+
+    from nnunetv2_segresmamba.discovery import activate
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/nnUNetv2_predict"])
+    monkeypatch.setattr(sys, "excepthook", lambda *args: None)
+    activate()
+    activate()
+
+    def initialize_from_trained_model_folder(model_training_output_dir, f, checkpoint_name):
+        raise pickle.UnpicklingError("truncated")
+
+    try:
+        initialize_from_trained_model_folder("/results/run", 0, "checkpoint_final.pth")
+    except pickle.UnpicklingError as error:
+        sys.excepthook(type(error), error, error.__traceback__)
+    assert capsys.readouterr().err.count("/results/run/fold_0/checkpoint_final.pth is not a readable checkpoint") == 1
 
 
 def test_the_shim_exposes_every_trainer_and_no_recipe_or_base():

@@ -253,6 +253,7 @@ def test_predict_from_a_truncated_checkpoint_names_it(e2e_workspace, trained, tm
     with pytest.raises(RuntimeError, match="is not a readable checkpoint") as error:
         predict(e2e_workspace, tmp_path, results)
     assert str(copy / "fold_0" / "checkpoint_final.pth") in str(error.value).replace("\n", "")
+    assert str(error.value).count("is not a readable checkpoint") == 1  # nnU-Net's report, then our advice once
 
 
 def test_predict_with_a_channel_missing_says_which_files(e2e_workspace, trained):

@@ -144,6 +144,51 @@ def test_checkpoints_carry_the_architecture_and_refuse_another(planned, monkeypa
         trainer.load_checkpoint(path)
 
 
+PRE_RENAME_ADVICE = (r"trained with an earlier nnunetv2_segresmamba \(before commit 44e77dd.*output layer was called "
+                     r"'head' \(now 'head\.seg_layers'\).*no 'strides'.*nothing was loaded or changed\. Train it again")
+
+
+def pre_rename(checkpoint: dict) -> dict:
+    """``checkpoint`` as SegResMamba's trainers wrote it before the output layer was renamed: the
+    layer's keys head.weight/head.bias, the architecture in the weights (_extra_state), none beside."""
+    old = {k: v for k, v in checkpoint.items() if k != "architecture"}
+    weights = {k.replace("head.seg_layers.", "head."): v for k, v in checkpoint["network_weights"].items()}
+    old["network_weights"] = {**weights, "_extra_state": {"arch_kwargs": checkpoint["architecture"]["arch_kwargs"]}}
+    return old
+
+
+def test_a_checkpoint_from_before_the_output_layer_rename_is_named_with_what_to_do(planned, monkeypatch, tmp_path):
+    """--c and --val (load_checkpoint) on a pre-rename run's checkpoint: not nnU-Net's missing and
+    unexpected keys, but what it is and what to do; the file is left as it was."""
+    trainer = initialized("nnUNetTrainerSegResMamba_pipeline", planned, monkeypatch)
+    path = str(tmp_path / "checkpoint_final.pth")
+    trainer.save_checkpoint(path)
+    torch.save(pre_rename(torch.load(path, weights_only=True)), path)
+    written = open(path, "rb").read()
+    with pytest.raises(RuntimeError, match=PRE_RENAME_ADVICE) as error:
+        trainer.load_checkpoint(path)
+    assert str(error.value).startswith(path)
+    assert open(path, "rb").read() == written
+
+
+def test_plans_from_before_the_output_layer_rename_are_named_with_what_to_do(planned):
+    """nnUNetv2_predict on a pre-rename run: its plans.json holds SegResMamba's architecture where
+    nnU-Net 2.8 reads the U-Net's, which nnU-Net reported as KeyError: 'strides'."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    _, plans = planned
+    plans = json.loads(json.dumps(plans))
+    plans["configurations"]["3d_fullres"]["architecture"] = {  # as the trainers wrote it into the run's plans
+        "network_class_name": "nnunetv2_segresmamba.networks.segresmamba.SegResMamba", "_kw_requires_import": [],
+        "arch_kwargs": {"feature_sizes": [48, 96, 192, 384], "stage_strides": [[1, 2, 2]] * 4,
+                        "block_strides": [[1, 2, 2]] * 4, "tom_directions": ["", "_b", "_s"],
+                        "patch_size": [16, 32, 40], "spatial_dims": 3}}
+    manager = PlansManager(plans)
+    with pytest.raises(RuntimeError, match=PRE_RENAME_ADVICE):
+        trainers.nnUNetTrainerSegResMamba.build_network_architecture(manager, manager.get_configuration("3d_fullres"),
+                                                                      1, 2, False)
+
+
 def checkpointing_flags(network) -> list[bool]:
     """Every activation-checkpointing switch in ``network``: ours (``checkpointing``) and MONAI's
     (``use_checkpoint``)."""
@@ -165,6 +210,29 @@ def test_lowmem_trainers_build_their_network_with_checkpointing(planned, monkeyp
     if hasattr(lowmem.network, "arch_kwargs"):
         assert lowmem.architecture()["arch_kwargs"]["checkpointing"] is True
         assert plain.architecture()["arch_kwargs"]["checkpointing"] is False
+
+
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerComparisonNnUNet", "nnUNetTrainerSwinUMamba", "nnUNetTrainerUNETR"])
+def test_lowmem_is_refused_where_the_network_would_not_checkpoint(trainer):
+    """nnU-Net's, Swin-UMamba's and UNETR's networks are built without any checkpointing switch: a
+    LowMemory variant would train exactly as the plain trainer. It is refused where it is defined,
+    naming the trainers that take it."""
+    from nnunetv2_segresmamba.trainers.base import LowMemory
+
+    supported = ("nnUNetTrainerSegResMamba, nnUNetTrainerSegMamba, nnUNetTrainerSwinUNETR, nnUNetTrainerUMambaBot, "
+                 "nnUNetTrainerUMambaEnc")
+    with pytest.raises(TypeError, match=rf"would train exactly as without LowMemory\. LowMemory works with these "
+                                        rf"trainers and their variants: {supported}"):
+        type(f"{trainer}_lowmem", (LowMemory, getattr(trainers, trainer)), {})
+
+
+def test_each_members_trainer_checkpoints_as_its_registry_builder_says():
+    """Whether a trainer's build_network takes ``checkpointing`` (what LowMemory checks) agrees with
+    the registry builder of its member, for every member of the family: one fact, two builders."""
+    from nnunetv2_segresmamba.registry import FAMILY, takes_checkpointing
+
+    for m in FAMILY:
+        assert takes_checkpointing(getattr(trainers, m.trainer).build_network) == takes_checkpointing(m.builder), m
 
 
 def test_a_lowmem_run_and_a_plain_one_load_each_others_checkpoints(planned, monkeypatch, tmp_path):
@@ -327,33 +395,45 @@ def plans_of_nnunet_2_1(plans: dict) -> dict:
     return old
 
 
+def plans_of_official_outputs(plans: dict) -> dict:
+    """``plans`` whose 3d_fullres configuration is U-Mamba Bot's small 3D plan of
+    tests/data/umamba_bot_3d_official_outputs.pt (tests/test_umamba.py's SMALL_3D), its input size the patch."""
+    from tests.test_umamba import SMALL_3D, small_official_input
+
+    plans = json.loads(json.dumps(plans))
+    configuration = plans["configurations"]["3d_fullres"]
+    configuration["patch_size"] = list(small_official_input("umamba_bot_3d").shape[2:])
+    kwargs = configuration["architecture"]["arch_kwargs"]
+    kwargs.update({"n_stages": len(SMALL_3D["strides"]), "features_per_stage": SMALL_3D["features_per_stage"],
+                   "kernel_sizes": SMALL_3D["kernel_sizes"], "strides": SMALL_3D["strides"],
+                   "n_conv_per_stage": SMALL_3D["n_blocks_per_stage"],
+                   "n_conv_per_stage_decoder": SMALL_3D["n_conv_per_stage_decoder"]})
+    return plans
+
+
 def test_a_run_of_the_official_umamba_predicts_with_nnunet_2_8(planned, monkeypatch, tmp_path):
     """A run folder laid out as the official U-Mamba (an nnU-Net 2.1.1 fork) writes it: 2.1.1 plans,
     which nnU-Net 2.8 converts, and a checkpoint under the official trainer's name whose
-    network_weights have the official key layout (written here from our network: that layout is
-    the official one, see tests/test_umamba.py). nnU-Net 2.8's predictor finds our
-    nnUNetTrainerUMambaBot, builds U-Mamba Bot from those plans, loads the weights strictly and
-    predicts."""
+    network_weights are the official network's (its key list, with the weights of
+    tests/data/umamba_bot_3d_official_outputs.pt, 2 channels -> 3 classes). nnU-Net 2.8's predictor
+    finds our nnUNetTrainerUMambaBot, builds U-Mamba Bot from those plans, loads the weights strictly
+    and predicts the logits the official classes computed."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunetv2_segresmamba.networks.umamba import UMambaBot
+    from tests.test_umamba import DATA, deterministic_weights, small_official_input
 
     ws, plans = planned
     for name, path in ws.env.items():
         monkeypatch.setenv(name, path)
-    manager = PlansManager(json.loads(json.dumps(plans)))
-    torch.manual_seed(0)
-    official = trainers.nnUNetTrainerUMambaBot.build_network_architecture(
-        manager, manager.get_configuration("3d_fullres"), 1, 2, True)
-    with torch.no_grad():
-        for p in official.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    official = torch.load(os.path.join(DATA, "umamba_bot_3d_official_outputs.pt"), weights_only=True)
     run = tmp_path / "nnUNetTrainerUMambaBot__nnUNetPlans__3d_fullres"
     (run / "fold_0").mkdir(parents=True)
-    (run / "plans.json").write_text(json.dumps(plans_of_nnunet_2_1(plans)))
-    (run / "dataset.json").write_text(json.dumps(dataset_json(ANISOTROPIC)))
-    torch.save({"network_weights": official.state_dict(), "trainer_name": "nnUNetTrainerUMambaBot",
+    (run / "plans.json").write_text(json.dumps(plans_of_nnunet_2_1(plans_of_official_outputs(plans))))
+    dataset = {**dataset_json(ANISOTROPIC), "channel_names": {"0": "a", "1": "b"},
+               "labels": {"background": 0, "one": 1, "two": 2}}
+    (run / "dataset.json").write_text(json.dumps(dataset))
+    torch.save({"network_weights": deterministic_weights(official["shapes"]), "trainer_name": "nnUNetTrainerUMambaBot",
                 "init_args": {"configuration": "3d_fullres", "fold": 0}, "current_epoch": 1000,
                 "inference_allowed_mirroring_axes": (0, 1, 2)}, run / "fold_0" / "checkpoint_final.pth")
 
@@ -362,13 +442,8 @@ def test_a_run_of_the_official_umamba_predicts_with_nnunet_2_8(planned, monkeypa
     with pytest.warns(UserWarning, match="old nnU-Net plans format"):
         predictor.initialize_from_trained_model_folder(str(run), use_folds=(0,))
     assert isinstance(predictor.network, UMambaBot)
-    patch = plans["configurations"]["3d_fullres"]["patch_size"]
-    image = torch.randn(1, *patch)
-    logits = predictor.predict_logits_from_preprocessed_data(image)  # loads network_weights, strict
-    official.eval().decoder.deep_supervision = False
-    with torch.no_grad():
-        expected = official(image[None])[0]
-    torch.testing.assert_close(logits, expected.half(), atol=2e-3, rtol=2e-3)  # nnU-Net keeps logits in fp16
+    logits = predictor.predict_logits_from_preprocessed_data(small_official_input("umamba_bot_3d")[0])  # strict load
+    torch.testing.assert_close(logits, official["outputs"][0][0].half(), atol=2e-3, rtol=2e-3)  # fp16 logits
 
 
 # ---------------------------------------------------------------- Swin-UMamba

@@ -10,10 +10,19 @@ checked in tests/test_tom.py), and dynamic-network-architectures 0.4 for ``Basic
 With the same weights and that stand-in, the official networks and this port gave equal
 logits (every deep-supervision output, difference 0.0) for Bot and Enc, 2D (2x1x64x64, 5
 stages) and 3D (2x1x16x32x32, 4 stages, anisotropic kernels, a channel-token stage in Enc).
+
+``tests/data/umamba_{bot,enc}_{3d,2d}_official_outputs.pt`` hold, for the small plans of
+:data:`SMALL_OFFICIAL` (2 -> 3 channels), the official network's key list (``shapes``) and its
+deep-supervision outputs for :func:`deterministic_weights` of that list and
+:func:`small_official_input`. They were computed once (commit 28459e3, CPU) by the official classes
+with another stand-in ``mamba_ssm``, independent of this package: its ``Mamba`` has mamba_ssm's
+parameters, and its forward is mamba_ssm's ``Mamba.forward`` written plainly with
+tests/reference.py's loop scan (``reference_mamba_direction``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -50,6 +59,22 @@ OFFICIAL_PLANS = {  # file stem: (class, input_size or None, plan)
 }
 
 
+# Small plans whose outputs the official classes computed (tests/data/umamba_*_official_outputs.pt):
+# 3D with anisotropic kernels and strides, Enc's last stage (2x3x3 voxels, 64 channels) scanning
+# channels; 2D with five stages, Enc's last (3x4) scanning channels too.
+SMALL_3D = {"features_per_stage": [8, 16, 32, 64], "kernel_sizes": [[1, 3, 3]] + [[3, 3, 3]] * 3,
+            "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]], "n_blocks_per_stage": [2] * 4,
+            "n_conv_per_stage_decoder": [2] * 3}
+SMALL_2D = {"features_per_stage": [8, 16, 32, 64, 64], "kernel_sizes": [[3, 3]] * 5,
+            "strides": [[1, 1]] + [[2, 2]] * 4, "n_blocks_per_stage": [2] * 5, "n_conv_per_stage_decoder": [2] * 4}
+SMALL_OFFICIAL = {  # file stem: (class name, input_size or None, plan); 2 -> 3 channels, deep supervision
+    "umamba_bot_3d": ("UMambaBot", None, SMALL_3D),
+    "umamba_enc_3d": ("UMambaEnc", (8, 24, 24), SMALL_3D),
+    "umamba_bot_2d": ("UMambaBot", None, SMALL_2D),
+    "umamba_enc_2d": ("UMambaEnc", (48, 64), SMALL_2D),
+}
+
+
 def official_shapes(stem: str) -> dict[str, tuple[int, ...]]:
     with open(os.path.join(DATA, f"{stem}_official_state_dict.txt")) as f:
         rows = [line.split() for line in f if line.strip()]
@@ -61,6 +86,52 @@ def build(stem: str, **kwargs) -> torch.nn.Module:
     sizes = {"input_size": size} if size else {}
     with torch.device("meta"):
         return cls(1, 14, **sizes, **plan, deep_supervision=True, **kwargs)
+
+
+def deterministic_weights(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Weights for a key list (``key: shape``, in its order), drawn from one seed: the same on any
+    machine. Weights N(0, 1 / fan_in), norm weights and D near 1, A_log near log(1..N), biases small."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in shapes.items():
+        x = torch.randn(shape, generator=g)
+        if key.endswith("A_log"):
+            x = torch.log(torch.arange(1.0, shape[1] + 1)) + 0.1 * x
+        elif len(shape) > 1:  # conv and linear weights: (out, in, k...); transposed convs (in, out, k...)
+            x = x / math.prod(shape[1:]) ** 0.5
+        elif key.endswith(".D") or ("norm" in key and key.endswith("weight")):
+            x = 1 + 0.1 * x
+        else:
+            x = 0.1 * x
+        state[key] = x
+    return state
+
+
+def small_official_input(stem: str) -> torch.Tensor:
+    _, size, plan = SMALL_OFFICIAL[stem]
+    size = size or ((8, 24, 24) if len(plan["kernel_sizes"][0]) == 3 else (48, 64))
+    return torch.randn(1, 2, *size, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("backend", ["pure", "numba"])
+@pytest.mark.parametrize("stem", sorted(SMALL_OFFICIAL))
+def test_official_weights_load_strictly_and_give_the_official_outputs(stem, backend):
+    """``tests/data/{stem}_official_outputs.pt``: the official network's key list (``shapes``) and its
+    deep-supervision outputs for :func:`deterministic_weights` of that list and
+    :func:`small_official_input`, computed once by the official classes (the stand-in of the module
+    docstring). Our port takes those weights with strict keys and gives those outputs."""
+    cls_name, size, plan = SMALL_OFFICIAL[stem]
+    official = torch.load(os.path.join(DATA, f"{stem}_official_outputs.pt"), weights_only=True)
+    sizes = {"input_size": size} if size else {}
+    net = {"UMambaBot": UMambaBot, "UMambaEnc": UMambaEnc}[cls_name](2, 3, **sizes, **plan, deep_supervision=True,
+                                                                      backend=backend).eval()
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == official["shapes"]
+    net.load_state_dict(deterministic_weights(official["shapes"]), strict=True)
+    with torch.no_grad():
+        outputs = net(small_official_input(stem))
+    assert len(outputs) == len(official["outputs"]) == len(plan["strides"]) - 1
+    for ours, theirs in zip(outputs, official["outputs"]):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("stem", sorted(OFFICIAL_PLANS))

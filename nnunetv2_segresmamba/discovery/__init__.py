@@ -43,17 +43,21 @@ def with_trainer_dir(current: str | None) -> str:
 
 
 def activate() -> None:
-    """Appends our trainer folder to ``nnUNet_extTrainer`` in this process's environment."""
+    """Appends our trainer folder to ``nnUNet_extTrainer`` in this process's environment. Called
+    twice in one process (a venv whose site-packages Python lists twice, as lib and lib64, runs
+    our .pth twice), it changes nothing more: the checkpoint advice is printed once."""
     if os.environ.get(OPT_OUT_VAR, "").lower() in ("1", "true", "yes"):
         return
     os.environ[ENV_VAR] = with_trainer_dir(os.environ.get(ENV_VAR))
-    if sys.argv and os.path.basename(sys.argv[0]).startswith("nnUNetv2_predict"):
+    explaining = getattr(sys.excepthook, "explains_checkpoints", False)  # a second call (site-packages twice)
+    if sys.argv and os.path.basename(sys.argv[0]).startswith("nnUNetv2_predict") and not explaining:
         previous = sys.excepthook
 
         def excepthook(kind, error, traceback) -> None:
             previous(kind, error, traceback)
             explain_unreadable_checkpoint(error, traceback)
 
+        excepthook.explains_checkpoints = True
         sys.excepthook = excepthook
 
 

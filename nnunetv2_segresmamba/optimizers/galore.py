@@ -10,9 +10,15 @@ For a weight W (m x n; a conv weight (out, in, k...) as (out, in * prod(k))) wit
 Adam's moments follow R (m x r or r x n, not m x n); the normalised step N = M / (sqrt(V) + eps)
 is projected back, scaled by ``scale`` and applied with the bias-corrected step size
 lr sqrt(1 - b2^t) / (1 - b1^t); then the decoupled weight decay p -= lr wd p, on the full weight.
-This is GaLore's AdamW (Hugging Face's form: eps added to sqrt(V) before the bias correction, the
-decay after the step), for every parameter: those of groups without a ``rank``, and vectors, take
-it unprojected. The moments are kept when the projector is refreshed, as GaLore does.
+This projected step is galore-torch's ``AdamW`` (the paper's code, jiaweizzhao/GaLore, in Hugging
+Face's form: eps added to sqrt(V) before the bias correction, the decay after the step), op for op,
+as GaLore's results were obtained with it. The moments are kept when the projector is refreshed,
+as GaLore does.
+
+Every other parameter (those of groups without a ``rank``, and vectors: biases, norms, ``A_log``,
+``D``) takes ``torch.optim.AdamW``'s step, bit for bit its single-tensor implementation
+(``foreach=False``): the decay p *= 1 - lr wd first, eps added after the bias correction, so that
+these parameters train as in the recipe's AdamW.
 
 The state is plain tensors and ints (no Python objects): it loads with ``weights_only``, an
 nnU-Net checkpoint with it needs no import of this module to load or predict, and ``--c``
@@ -96,30 +102,50 @@ class GaLoreAdamW(torch.optim.Optimizer):
         return loss
 
     def _update(self, p: Tensor, group: dict) -> None:
+        if "rank" in group and p.dim() >= 2:
+            self._projected_update(p, group)
+        else:
+            self._adamw_update(p, group)
+
+    def _projected_update(self, p: Tensor, group: dict) -> None:
+        """galore-torch's step (its ``AdamW`` with a ``GaLoreProjector``), in its order of operations."""
         state = self.state[p]
-        projected = "rank" in group and p.dim() >= 2
-        gradient = as_matrix(p.grad).float() if projected else p.grad.float()
+        gradient = as_matrix(p.grad).float()
         if not state:
             state["step"] = 0
-        if projected and state["step"] % group["update_proj_gap"] == 0:
+        if state["step"] % group["update_proj_gap"] == 0:
             state["projector"] = projector(gradient, group["rank"])
-        if projected:
-            gradient = project(gradient, state["projector"])
+        gradient = project(gradient, state["projector"])
         if "exp_avg" not in state:
             state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(gradient), torch.zeros_like(gradient)
         state["step"] += 1
         beta1, beta2 = group["betas"]
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(gradient, 1 - beta1)
+        exp_avg.mul_(beta1).add_(gradient, alpha=1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+        denominator = exp_avg_sq.sqrt().add_(group["eps"])
         step_size = group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
-        normalised = exp_avg / (exp_avg_sq.sqrt() + group["eps"])
-        if projected:
-            normalised = project_back(normalised, state["projector"], *as_matrix(p).shape).reshape(p.shape)
-            normalised = normalised * group["scale"]
-        p.add_(normalised.to(p.dtype), alpha=-step_size)
+        normalised = project_back(exp_avg / denominator, state["projector"], *as_matrix(p).shape) * group["scale"]
+        p.add_(normalised.reshape(p.shape).to(p.dtype), alpha=-step_size)
         if group["weight_decay"]:
             p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+
+    def _adamw_update(self, p: Tensor, group: dict) -> None:
+        """``torch.optim.AdamW``'s step (its single-tensor implementation), in its order of operations."""
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+        state["step"] += 1
+        lr, (beta1, beta2), gradient = group["lr"], group["betas"], p.grad
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        if group["weight_decay"]:
+            p.mul_(1 - lr * group["weight_decay"])
+        exp_avg.lerp_(gradient, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+        step_size = lr / (1 - beta1 ** state["step"])
+        denominator = (exp_avg_sq.sqrt() / (1 - beta2 ** state["step"]) ** 0.5).add_(group["eps"])
+        p.addcdiv_(exp_avg, denominator, value=-step_size)
 
     def state_bytes(self) -> int:
         """Bytes of every tensor in the optimizer's state (moments and projectors)."""

@@ -22,8 +22,14 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunetv2_segresmamba.optimizers.galore import DEFAULT_GAP, DEFAULT_SCALE, GaLoreAdamW, as_matrix
-from nnunetv2_segresmamba.registry import BOTH, Member
-from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
+from nnunetv2_segresmamba.registry import (
+    BOTH,
+    Member,
+    checkpointing_builder,
+    checkpointing_members,
+    takes_checkpointing,
+)
+from nnunetv2_segresmamba.tools.checkpoints import PRE_RENAME_NETWORK_CLASS, load_checkpoint_file, pre_rename_error
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
 from nnunetv2_segresmamba.trainers.schedules import CosineAnnealingScheduler
 from nnunetv2_segresmamba.trainers.tracking import energy_record, energy_tracker_from_env, write_run_metrics
@@ -146,7 +152,11 @@ class ComparisonTrainerBase(nnUNetTrainer):
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         """nnU-Net's entry point (training and ``nnUNetv2_predict``): :meth:`build_network`, and a
-        check of the input channels (:func:`require_input_channels`)."""
+        check of the input channels (:func:`require_input_channels`). Plans of a run trained before
+        SegResMamba's output layer was renamed are refused (:func:`~..tools.checkpoints.pre_rename_error`)."""
+        architecture = configuration_manager.configuration.get("architecture") or {}
+        if architecture.get("network_class_name") == PRE_RENAME_NETWORK_CLASS:
+            raise pre_rename_error(f"The plans' configuration (its 'architecture': {architecture.get('arch_kwargs')})")
         network = cls.build_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                     enable_deep_supervision)
         require_input_channels(network, num_input_channels)
@@ -288,9 +298,20 @@ class LowMemory:
     inputs for the backward pass and run again there. Less training memory for one more forward
     pass a step and a little more (measured: documentation/memory_modes.md);
     the same weights and parameter names, and the gradients to fp32 rounding, so a ``_lowmem``
-    run predicts like any other (its checkpoint loads into the plain network too)."""
+    run predicts like any other (its checkpoint loads into the plain network too). Only for
+    trainers whose ``build_network`` takes it (:func:`~nnunetv2_segresmamba.registry.takes_checkpointing`):
+    another trainer is refused where it is defined, as it would train without checkpointing."""
 
     activation_checkpointing = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not takes_checkpointing(cls.build_network):
+            supported = ", ".join(dict.fromkeys(m.trainer for m in checkpointing_members()))
+            raise TypeError(f"{cls.__name__}: LowMemory checkpoints a network's activations, but this trainer's "
+                            "build_network builds its network without checkpointing, so it would train exactly as "
+                            f"without LowMemory. LowMemory works with these trainers and their variants: {supported} "
+                            "(e.g. nnUNetTrainerSegResMamba_lowmem); train this one without it.")
 
 
 class GaLore:
@@ -392,16 +413,18 @@ def network_of(member: Member) -> classmethod:
     """A ``build_network`` (nnU-Net 2.8's ``build_network_architecture`` signature) that builds
     the registry ``member``'s network for the configuration's patch, with the trainer's
     ``network_widths``, and ``checkpointing=True`` for a trainer with ``activation_checkpointing``
-    (the member's builder must take it). No deep supervision: the flag is ignored."""
+    where the member's builder takes it (then marked :func:`~nnunetv2_segresmamba.registry.checkpointing_builder`;
+    :class:`LowMemory` refuses the others). No deep supervision: the flag is ignored."""
+    checkpoints = takes_checkpointing(member.builder)
 
     def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                       num_input_channels: int, num_output_channels: int,
                       enable_deep_supervision: bool = True) -> nn.Module:
-        options = {"checkpointing": True} if cls.activation_checkpointing else {}
+        options = {"checkpointing": True} if checkpoints and cls.activation_checkpointing else {}
         return member.build(num_input_channels, num_output_channels, configuration_manager.patch_size,
                             **cls.network_widths, **options)
 
-    return classmethod(build_network)
+    return classmethod(checkpointing_builder(build_network) if checkpoints else build_network)
 
 
 def require_input_channels(network: nn.Module, num_input_channels: int) -> None:

@@ -6,7 +6,7 @@ import torch.nn as nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_segresmamba.networks.segresmamba import SegResMamba, arch_kwargs_for_plan
-from nnunetv2_segresmamba.registry import network
+from nnunetv2_segresmamba.registry import checkpointing_builder, network
 from nnunetv2_segresmamba.trainers.base import (
     SMOKE_FEATURE_SIZES,
     ComparisonTrainerBase,
@@ -44,6 +44,7 @@ class nnUNetTrainerSegResMamba(PaperRecipe, ComparisonTrainerBase):
     tom_directions: tuple[str, ...] = network("SegResMamba").tom_directions  # (): every ToM replaced by identity
 
     @classmethod
+    @checkpointing_builder
     def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                       num_input_channels: int, num_output_channels: int,
                       enable_deep_supervision: bool = True) -> nn.Module:

@@ -8,6 +8,7 @@ import torch.nn as nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_segresmamba.networks.umamba import UMambaBot, UMambaEnc, arch_kwargs_for_plan
+from nnunetv2_segresmamba.registry import checkpointing_builder
 from nnunetv2_segresmamba.trainers.base import (
     ComparisonTrainerBase,
     LowMemory,
@@ -43,6 +44,7 @@ class nnUNetTrainerUMambaBot(UMambaRecipe):
     mamba = True  # False: the Mamba layer is identity (the No-Mamba control)
 
     @classmethod
+    @checkpointing_builder
     def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                       num_input_channels: int, num_output_channels: int,
                       enable_deep_supervision: bool = True) -> nn.Module:
@@ -57,6 +59,7 @@ class nnUNetTrainerUMambaEnc(UMambaRecipe):
     channels, its layer scans the channels). Otherwise as :class:`nnUNetTrainerUMambaBot`."""
 
     @classmethod
+    @checkpointing_builder
     def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                       num_input_channels: int, num_output_channels: int,
                       enable_deep_supervision: bool = True) -> nn.Module:
