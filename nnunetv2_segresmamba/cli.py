@@ -1,5 +1,5 @@
 """``nnunetv2_segresmamba`` command: make-dataset, demo, trainer-dir, add-cascade, check-vmamba, sweep, status,
-report."""
+report, evaluate."""
 
 from __future__ import annotations
 
@@ -120,6 +120,47 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from nnunetv2_segresmamba.evaluation.folder import evaluate_folder, parse_tolerances
+
+    tolerances = parse_tolerances(args.nsd_tolerance_mm, args.nsd_tolerances)
+    for path in evaluate_folder(args.reference, args.prediction, args.o, args.djfile, args.pfile, tolerances,
+                                args.np, args.chill):
+        print(path)
+    return 0
+
+
+def _add_tolerance_args(parser: argparse.ArgumentParser) -> None:
+    from nnunetv2_segresmamba.evaluation.folder import DEFAULT_NSD_TOLERANCE_MM
+
+    parser.add_argument("--nsd-tolerance-mm", nargs="+", metavar="MM|CLASS=MM",
+                        help=f"NSD tolerance in mm: a number for every class (default {DEFAULT_NSD_TOLERANCE_MM}), "
+                             "CLASS=MM for one class (its name in dataset.json), e.g. 2 liver=3")
+    parser.add_argument("--nsd-tolerances", type=Path, metavar="JSON",
+                        help='the same as a JSON file, e.g. {"default": 2, "liver": 3}; --nsd-tolerance-mm wins')
+
+
+def _add_evaluate_parser(sub) -> None:
+    evaluate = sub.add_parser(
+        "evaluate", help="per-case Dice, HD95 (mm) and NSD of a prediction folder, like nnUNetv2_evaluate_folder",
+        description="Writes OUT/cases.csv (case, class, dice, hd95_mm, nsd: one row per case and foreground label "
+                    "or region) and OUT/summary.json. Spacing from each reference image. Empty reference and/or "
+                    "prediction: Metrics Reloaded's rule (both empty: best values; one empty: worst, HD95 the "
+                    "image diagonal), counted in the summary.")
+    evaluate.add_argument("reference", type=Path, help="folder of reference segmentations (e.g. labelsTs)")
+    evaluate.add_argument("prediction", type=Path, help="folder of predictions with the same file names")
+    evaluate.add_argument("-o", type=Path, required=True, metavar="OUT",
+                          help="new folder for cases.csv and summary.json")
+    evaluate.add_argument("-djfile", type=Path, help="dataset.json (default: PREDICTION/dataset.json, which "
+                                                       "nnUNetv2_predict writes)")
+    evaluate.add_argument("-pfile", type=Path, help="plans.json, for its image reader (default: PREDICTION/plans.json "
+                                                      "where present, else nnU-Net's reader for the file ending)")
+    evaluate.add_argument("-np", type=int, default=1, help="processes, one case each (default %(default)s)")
+    evaluate.add_argument("--chill", action="store_true", help="evaluate the predicted cases when some are missing")
+    _add_tolerance_args(evaluate)
+    evaluate.set_defaults(func=_evaluate)
+
+
 def _add_sweep_parsers(sub) -> None:
     from nnunetv2_segresmamba.registry import ABLATION, BASELINE, DEFAULT_PLANS, members, network
     from nnunetv2_segresmamba.sweeps.executors import SlurmOptions
@@ -218,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     vmamba.add_argument("path", nargs="?", help=f"the file ({VMAMBA_FILE}); default: ${VMAMBA_WEIGHTS_VAR}")
     vmamba.set_defaults(func=_check_vmamba)
     _add_sweep_parsers(sub)
+    _add_evaluate_parser(sub)
     return parser
 
 
