@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -107,12 +108,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.out.exists():
         raise SystemExit(f"{args.out} exists; choose a new --out (results are never overwritten)")
     command = "python -m benchmarks.evaluation_speed " + shlex.join(sys.argv[1:] if argv is None else argv)
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         ref_dir, pred_dir, dataset_json = write_cases(Path(tmp), args.cases)
         evaluation = {p: evaluation_seconds_per_case(ref_dir, pred_dir, dataset_json, p) for p in args.processes}
     prediction = prediction_seconds_per_case()
-    results = {"machine": describe(), "command": command, "shape_zyx": list(SHAPE), "spacing_mm": list(SPACING),
-               "classes": CLASSES, "cases": args.cases, "evaluation_s_per_case": evaluation, "prediction": prediction}
+    load.append(os.getloadavg()[0])
+    results = {"machine": describe(), "command": command, "load_average_1min_start_end": load,
+               "shape_zyx": list(SHAPE), "spacing_mm": list(SPACING), "classes": CLASSES, "cases": args.cases,
+               "evaluation_s_per_case": evaluation, "prediction": prediction}
     args.out.mkdir(parents=True)
     (args.out / "evaluation_speed.json").write_text(json.dumps(results, indent=2))
     write_markdown(results, args.out / "evaluation_speed.md")
@@ -128,8 +132,9 @@ def write_markdown(results: dict, path: Path) -> None:
                  f"(patch {'x'.join(map(str, p['patch']))}, no mirroring)", f"{p['per_case_s']:.2f}", "1.000"])
     lines = [f"# Evaluation against prediction, per {'x'.join(map(str, results['shape_zyx']))} case "
              f"({results['classes']} classes)", "",
-             f"{m['cpu']}, {m['cores']} cores (os.cpu_count; shared with other work), torch {m['torch']}. "
-             f"{results['cases']} cases. Command: `{results['command']}`", "",
+             f"{m['cpu']}, {m['cores']} cores (os.cpu_count), torch {m['torch']}; load average (1 min) "
+             f"{' at the start, '.join(f'{x:.1f}' for x in results['load_average_1min_start_end'])} at the end "
+             f"(other work shared the cores). {results['cases']} cases. Command: `{results['command']}`", "",
              *markdown_table(["step", "s per case", "/ prediction"], rows), "",
              "A sweep's report evaluates each case once per trainer and split; the same trainer predicted it "
              "with at least one fold, so the report is faster than the predictions while the ratio is below 1."]

@@ -89,6 +89,10 @@ class Panel:
     def scores(self, metric: str) -> dict[str, list[float]]:
         return {e.label: [e.scores(metric)[c] for c in self.cases] for e in self.entries}
 
+    def network(self, label: str) -> str:
+        """The family's name of the network that the entry ``label`` trains."""
+        return next(_network(e) for e in self.entries if e.label == label)
+
 
 def build_verdict(fold_results: Sequence, sweep_dir: Path, results: Path, out_dir: Path, tolerances: Tolerances,
                   reference: str | None = None, num_processes: int = 1, allow_incomplete: bool = False) -> list[Path]:
@@ -347,13 +351,14 @@ def _plot_cases(panels: list[Panel], metric: str, path: Path) -> Path | None:
 def _plot_forest(panels: list[Panel], path: Path) -> Path | None:
     """Each paired difference (against the reference, and control pairs) with its interval, one
     column per metric."""
-    rows = [(f"{', '.join(p.key[1:])}: {x.trainer} - {x.reference}", metric, x)
-            for p in panels for table in (p.paired, p.controls) for metric, found in table.items() for x in found]
+    rows = [(f"{p.key[2]}, {p.key[1]}: {p.network(x.trainer)} - {p.network(x.reference)}{kind}", metric, x)
+            for p in panels for table, kind in ((p.paired, ""), (p.controls, " (control)"))
+            for metric, found in table.items() for x in found]
     if not rows:
         path.unlink(missing_ok=True)
         return None
     names = list(dict.fromkeys(r[0] for r in rows))
-    fig, axes = pyplot().subplots(1, len(METRICS), figsize=(4 + 3 * len(METRICS), 1.5 + 0.4 * len(names)),
+    fig, axes = pyplot().subplots(1, len(METRICS), figsize=(5 + 3 * len(METRICS), 1.5 + 0.4 * len(names)),
                                   sharey=True, squeeze=False)
     for ax, metric in zip(axes[0], METRICS):
         for name, m, x in rows:
