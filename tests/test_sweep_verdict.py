@@ -149,3 +149,12 @@ def test_allow_incomplete_compares_on_shared_cases_and_holm_corrects(tmp_path):
     assert sorted(float(r["p_holm"]) for r in rows) == pytest.approx([min(1, 2 * p[0]), min(1, max(2 * p[0], p[1]))])
     md = (out / "statistics.md").read_text()
     assert f"| {THEIRS} (incomplete) |" in md and "Shared cases: 4." in md
+
+
+def test_every_ablation_names_the_network_it_changes():
+    """The control pairs come from ``Member.ablates``: each ablation of the family names a member's network."""
+    from nnunetv2_segresmamba.registry import ABLATION, members, network
+
+    assert all(network(m.ablates).group != ABLATION for m in members(ABLATION))
+    assert network("U-Mamba Bot-NoMamba").ablates == "U-Mamba Bot"
+    assert network("SegResMamba-NoToM").ablates == "SegResMamba" and network("SegResMamba").ablates is None
