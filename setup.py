@@ -69,6 +69,7 @@ setup(
         "batchgenerators>=0.25",
         "numpy",
         "numba>=0.59",  # the fused CPU ToM; wheels for Linux, macOS and Windows
+        "scipy>=1.9",  # the report's Wilcoxon test and ranks (evaluation.stats)
     ],
     extras_require={
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],

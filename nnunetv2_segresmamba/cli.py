@@ -1,5 +1,5 @@
 """``nnunetv2_segresmamba`` command: make-dataset, demo, trainer-dir, add-cascade, check-vmamba, sweep, status,
-report."""
+report, evaluate."""
 
 from __future__ import annotations
 
@@ -92,6 +92,10 @@ def _sweep(args: argparse.Namespace) -> int:
     results = env["nnUNet_results"]
     jobs = expand(args.datasets, args.configurations, args.trainers, args.folds, args.plans)
     require_plans(jobs, env["nnUNet_preprocessed"])
+    if args.test and not args.dry_run:
+        from nnunetv2_segresmamba.sweeps.predict import record_test_sets
+
+        record_test_sets(args.sweep_dir, sorted({j.dataset for j in jobs}), env["nnUNet_raw"])
     slurm = SlurmOptions(partition=args.partition, time_min=args.time_min, gpus=args.gpus, cpus=args.cpus,
                          mem_gb=args.mem_gb, array_parallelism=args.array_parallelism, account=args.account)
     return run_sweep(jobs, args.sweep_dir, results, args.executor, args.device, args.dry_run, args.wait,
@@ -100,24 +104,73 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from nnunetv2_segresmamba.sweeps.jobs import read_plan
+    from nnunetv2_segresmamba.sweeps.predict import predict_jobs, read_test_sets
     from nnunetv2_segresmamba.sweeps.status import format_table, job_states
     from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
 
     jobs = read_plan(args.sweep_dir)
     if not jobs:
         raise ValueError(f"no sweep in {args.sweep_dir}: start one with nnunetv2_segresmamba sweep")
-    print(format_table(job_states(jobs, args.sweep_dir, require_nnunet_env(("nnUNet_results",))["nnUNet_results"])))
+    results = require_nnunet_env(("nnUNet_results",))["nnUNet_results"]
+    ensembles, notes = predict_jobs(jobs, args.sweep_dir, results, read_test_sets(args.sweep_dir))
+    print(format_table(job_states([*jobs, *ensembles], args.sweep_dir, results)))
+    for note in notes:
+        print(note)
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
+    from nnunetv2_segresmamba.evaluation.folder import parse_tolerances
     from nnunetv2_segresmamba.sweeps.report import build_report
     from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
 
     results = Path(require_nnunet_env(("nnUNet_results",))["nnUNet_results"])
-    for path in build_report(args.sweep_dir, results, args.out, args.allow_incomplete):
+    tolerances = parse_tolerances(args.nsd_tolerance_mm, args.nsd_tolerances)
+    for path in build_report(args.sweep_dir, results, args.out, args.allow_incomplete, tolerances, args.reference,
+                             args.np):
         print(path)
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from nnunetv2_segresmamba.evaluation.folder import evaluate_folder, parse_tolerances
+
+    tolerances = parse_tolerances(args.nsd_tolerance_mm, args.nsd_tolerances)
+    for path in evaluate_folder(args.reference, args.prediction, args.o, args.djfile, args.pfile, tolerances,
+                                args.np, args.chill):
+        print(path)
+    return 0
+
+
+def _add_tolerance_args(parser: argparse.ArgumentParser) -> None:
+    from nnunetv2_segresmamba.evaluation.folder import DEFAULT_NSD_TOLERANCE_MM
+
+    parser.add_argument("--nsd-tolerance-mm", nargs="+", metavar="MM|CLASS=MM",
+                        help=f"NSD tolerance in mm: a number for every class (default {DEFAULT_NSD_TOLERANCE_MM}), "
+                             "CLASS=MM for one class (its name in dataset.json), e.g. 2 liver=3")
+    parser.add_argument("--nsd-tolerances", type=Path, metavar="JSON",
+                        help='the same as a JSON file, e.g. {"default": 2, "liver": 3}; --nsd-tolerance-mm wins')
+
+
+def _add_evaluate_parser(sub) -> None:
+    evaluate = sub.add_parser(
+        "evaluate", help="per-case Dice, HD95 (mm) and NSD of a prediction folder, like nnUNetv2_evaluate_folder",
+        description="Writes OUT/cases.csv (case, class, dice, hd95_mm, nsd: one row per case and foreground label "
+                    "or region) and OUT/summary.json. Spacing from each reference image. Empty reference and/or "
+                    "prediction: Metrics Reloaded's rule (both empty: best values; one empty: worst, HD95 the "
+                    "image diagonal), counted in the summary.")
+    evaluate.add_argument("reference", type=Path, help="folder of reference segmentations (e.g. labelsTs)")
+    evaluate.add_argument("prediction", type=Path, help="folder of predictions with the same file names")
+    evaluate.add_argument("-o", type=Path, required=True, metavar="OUT",
+                          help="new folder for cases.csv and summary.json")
+    evaluate.add_argument("-djfile", type=Path, help="dataset.json (default: PREDICTION/dataset.json, which "
+                                                       "nnUNetv2_predict writes)")
+    evaluate.add_argument("-pfile", type=Path, help="plans.json, for its image reader (default: PREDICTION/plans.json "
+                                                      "where present, else nnU-Net's reader for the file ending)")
+    evaluate.add_argument("-np", type=int, default=1, help="processes, one case each (default %(default)s)")
+    evaluate.add_argument("--chill", action="store_true", help="evaluate the predicted cases when some are missing")
+    _add_tolerance_args(evaluate)
+    evaluate.set_defaults(func=_evaluate)
 
 
 def _add_sweep_parsers(sub) -> None:
@@ -147,6 +200,10 @@ def _add_sweep_parsers(sub) -> None:
     sweep.add_argument("--dry-run", action="store_true", help="print what would run and stop")
     sweep.add_argument("--wait", action="store_true", help="slurm: wait until every job has ended")
     sweep.add_argument("--local-gpus", type=int, default=1, help="local: jobs at a time, one per GPU")
+    sweep.add_argument("--test", action="store_true",
+                       help="a test set: when all planned folds of a trainer are done, their ensemble predicts the "
+                            "dataset's imagesTs (nnUNetv2_predict, on the same executor) into SWEEP_DIR/test; "
+                            "the report evaluates it against labelsTs")
     d = SlurmOptions()
     slurm = sweep.add_argument_group("slurm")
     slurm.add_argument("--partition", default=d.partition)
@@ -168,7 +225,13 @@ def _add_sweep_parsers(sub) -> None:
     report.add_argument("--sweep-dir", type=Path, required=True)
     report.add_argument("--out", type=Path, help=f"default: SWEEP_DIR/{REPORT_DIR}")
     report.add_argument("--allow-incomplete", action="store_true",
-                        help="average over the folds present when some are missing (marked as incomplete)")
+                        help="average over the folds present when some are missing (marked as incomplete); the "
+                             "per-case statistics compare such a trainer on the cases it has")
+    report.add_argument("--reference", metavar="TRAINER[:PLANS]",
+                        help="the trainer the others are compared with, case by case (default: the one with the "
+                             "highest mean Dice on the shared cases)")
+    report.add_argument("-np", type=int, default=1, help="processes evaluating cases (default %(default)s)")
+    _add_tolerance_args(report)
     report.set_defaults(func=_report)
 
 
@@ -218,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     vmamba.add_argument("path", nargs="?", help=f"the file ({VMAMBA_FILE}); default: ${VMAMBA_WEIGHTS_VAR}")
     vmamba.set_defaults(func=_check_vmamba)
     _add_sweep_parsers(sub)
+    _add_evaluate_parser(sub)
     return parser
 
 

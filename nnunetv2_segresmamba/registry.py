@@ -249,6 +249,7 @@ class Member:
     tom_directions: tuple[str, ...] | None = None  # a SegResMamba's ToM scans (operators.directions); else None
     plans: str = DEFAULT_PLANS  # the nnU-Net plans identifier it trains with (nnUNetv2_train -p)
     revisited: RevisitedFigures | None = None  # its row in nnU-Net Revisited's table, if any
+    ablates: str | None = None  # an ablation: the network of the member it changes (its control pair)
 
     def build(self, in_channels: int, out_channels: int, patch_size: Sequence[int], **widths) -> nn.Module:
         """The network for ``patch_size`` (2D or 3D as it has 2 or 3 axes), at the builder's
@@ -267,9 +268,11 @@ class Member:
 
 def segresmamba_member(trainer: str, network: str, tom_directions: Sequence[str] = DIRECTIONS,
                        paper: PaperFigures | None = None, group: str = ABLATION) -> Member:
-    """A member that trains SegResMamba with the ToM scanning ``tom_directions``."""
+    """A member that trains SegResMamba with the ToM scanning ``tom_directions`` (an ablation of
+    SegResMamba unless ``group`` says otherwise)."""
     directions = tuple(tom_directions)
-    return Member(trainer, network, segresmamba_with(directions), None, paper, group, tom_directions=directions)
+    return Member(trainer, network, segresmamba_with(directions), None, paper, group, tom_directions=directions,
+                  ablates="SegResMamba" if group == ABLATION else None)
 
 
 NNUNET_TRAINER = "nnUNetTrainerComparisonNnUNet"
@@ -322,13 +325,15 @@ FAMILY: tuple[Member, ...] = (
     segresmamba_member("nnUNetTrainerSegResMambaForwardReverseToM", "SegResMamba-ForwardReverseToM",
                        (FORWARD_SUFFIX, REVERSE_SUFFIX)),
     segresmamba_member("nnUNetTrainerSegResMamba_nnUNetRecipe", "SegResMamba-nnUNetRecipe"),
-    Member("nnUNetTrainerComparisonNnUNet_paperRecipe", "nnU-Net-paperRecipe", build_nnunet, 32, group=ABLATION),
+    Member("nnUNetTrainerComparisonNnUNet_paperRecipe", "nnU-Net-paperRecipe", build_nnunet, 32, group=ABLATION,
+           ablates="nnU-Net"),
     Member("nnUNetTrainerUMambaBotNoMamba", "U-Mamba Bot-NoMamba", build_umamba_no_mamba, group=ABLATION,
-           revisited=RevisitedFigures("No-Mamba Base", (83.69, 91.89, 80.57, 91.26, 85.98, 89.04), 12.0, 24)),
+           revisited=RevisitedFigures("No-Mamba Base", (83.69, 91.89, 80.57, 91.26, 85.98, 89.04), 12.0, 24),
+           ablates="U-Mamba Bot"),
     Member("nnUNetTrainerSwinUMambaScratch", "Swin-UMamba-Scratch", build_swin_umamba, SWIN_UMAMBA_DIVISOR,
-           group=ABLATION, spatial_dims=ONLY_2D),
+           group=ABLATION, spatial_dims=ONLY_2D, ablates="Swin-UMamba"),
     Member("nnUNetTrainerSwinUMambaDScratch", "Swin-UMamba-dagger-Scratch", build_swin_umamba_d,
-           SWIN_UMAMBA_DIVISOR, group=ABLATION, spatial_dims=ONLY_2D),
+           SWIN_UMAMBA_DIVISOR, group=ABLATION, spatial_dims=ONLY_2D, ablates="Swin-UMamba-dagger"),
 )
 
 

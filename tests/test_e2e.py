@@ -292,14 +292,15 @@ def swept(e2e_workspace, trained):
     """TRAINER's fold 0 in 2d and 3d_fullres with --npz, trained by ``nnunetv2_segresmamba sweep``
     (3d_fullres: the fold of ``trained``, only validated here unless a test did it), then, into
     the same sweep, nnU-Net's trainer on ResEnc M plans in 3d_fullres (planned by nnU-Net's
-    ResEnc M planner; it shares the default plans' preprocessed data), and the sweep's report.
+    ResEnc M planner; it shares the default plans' preprocessed data), each with the test set
+    (``--test``: every trainer's ensemble of its folds predicts imagesTs), and the sweep's report.
     Returns the sweep folder."""
     run_command(["nnUNetv2_preprocess", "-d", DID, "-c", "2d", "-np", "2"], e2e_workspace.env, quiet=True)
     run_command(["nnUNetv2_plan_experiment", "-d", DID, "-pl", "nnUNetPlannerResEncM"], e2e_workspace.env, quiet=True)
     sweep_dir = os.path.join(e2e_workspace.root, "sweeps", "configurations")
     for configurations, trainer in ((CONFIGURATIONS, TRAINER), (["3d_fullres"], RESENC_M)):
         run_command(["nnunetv2_segresmamba", "sweep", "-d", DID, "-c", *configurations, "-tr", trainer, "-f", "0",
-                     "--device", "cpu", "--sweep-dir", sweep_dir], e2e_workspace.env, quiet=True)
+                     "--device", "cpu", "--sweep-dir", sweep_dir, "--test"], e2e_workspace.env, quiet=True)
     run_command(["nnunetv2_segresmamba", "report", "--sweep-dir", sweep_dir], e2e_workspace.env, quiet=True)
     return sweep_dir
 
@@ -346,6 +347,41 @@ def test_a_sweep_reports_resenc_m_beside_segresmamba(e2e_workspace, swept):
             "ResidualEncoderUNet")
     weights = load_checkpoint_file(os.path.join(run, "fold_0", "checkpoint_final.pth"), "cpu")["network_weights"]
     assert any(".blocks.3." in key for key in weights)  # ResEnc M: 4 residual blocks in its third stage
+
+
+def test_sweep_predicts_the_test_set_once_and_reports_it_case_by_case(e2e_workspace, swept, tmp_path):
+    """Each trainer's ensemble predicted imagesTs once (the second sweep call skipped the first's),
+    the report evaluated it beside the cross-validation and compared the two 3d_fullres trainers
+    case by case; ``evaluate`` on the same predictions gives the report's numbers."""
+    trainer, plans = RESENC_M.split(":")
+    keys = [f"{SPEC.folder_name}__{t}__{p}__{c}__test_folds_0" for t, p, c in
+            ((TRAINER, "nnUNetPlans", "2d"), (TRAINER, "nnUNetPlans", "3d_fullres"), (trainer, plans, "3d_fullres"))]
+    assert sorted(os.listdir(os.path.join(swept, "test"))) == sorted(keys)
+    for key in keys:
+        assert len(glob.glob(os.path.join(swept, "test", key, "*.nii.gz"))) == SPEC.num_test
+        assert open(os.path.join(swept, "logs", f"{key}.log")).read().count("=== ") == 1, "predicted twice"
+    with open(os.path.join(swept, "report", "cases.csv")) as f:
+        cases = list(csv.DictReader(f))
+    assert {(r["configuration"], r["split"]) for r in cases} == {(c, s) for c in CONFIGURATIONS
+                                                                for s in ("cross-validation", "test")}
+    with open(os.path.join(swept, "report", "paired.csv")) as f:
+        paired = [r for r in csv.DictReader(f) if r["configuration"] == "3d_fullres" and r["kind"] == "reference"]
+    assert {r["split"] for r in paired} == {"cross-validation", "test"} and len(paired) == 6  # 3 metrics x 2 splits
+    assert all(r["cases"] == "2" and 0 < float(r["p_holm"]) <= 1 for r in paired)
+    md = open(os.path.join(swept, "report", "statistics.md")).read()
+    assert f"## {SPEC.folder_name}, 3d_fullres, test" in md and "### Ranking" in md
+
+    out = tmp_path / "evaluated"
+    run_command(["nnunetv2_segresmamba", "evaluate", os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name,
+                 "labelsTs"), os.path.join(swept, "test", keys[1]), "-o", str(out)], e2e_workspace.env, quiet=True)
+    with open(out / "cases.csv") as f:
+        evaluated = {(r["case"], r["class"]): r for r in csv.DictReader(f)}
+    reported = {(r["case"], r["class"]): r for r in cases
+                if (r["trainer"], r["configuration"], r["split"]) == (TRAINER, "3d_fullres", "test")}
+    assert sorted(evaluated) == sorted(reported) and len(evaluated) == SPEC.num_test * SPEC.num_classes
+    for key, row in evaluated.items():
+        assert [float(row[m]) for m in ("dice", "hd95_mm", "nsd")] == pytest.approx(
+            [float(reported[key][m]) for m in ("dice", "hd95_mm", "nsd")])
 
 
 def predict_2d(e2e_workspace, trainer: str, out) -> list[str]:

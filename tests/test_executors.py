@@ -28,12 +28,12 @@ def test_a_job_failing_inside_run_fold_leaves_a_failed_record_not_a_running_one(
 
 @pytest.mark.parametrize(("device", "gpus"), [("cpu", 1), ("cuda", 2)])  # in turn, and one thread per GPU
 def test_any_exception_is_recorded_with_its_type_and_the_other_jobs_still_run(tmp_path, monkeypatch, device, gpus):
-    def run_fold(job, sweep_dir, device, env):
+    def run_job(job, sweep_dir, device, env):
         if job.fold == 0:
             raise ValueError("bad fold\nlog tail")
         return "done"
 
-    monkeypatch.setattr(executors, "run_fold", run_fold)  # no nnU-Net: the GPU threads run on any machine
+    monkeypatch.setattr(executors, "run_job", run_job)  # no nnU-Net: the GPU threads run on any machine
 
     outcomes = executors.run_local(JOBS, tmp_path, device, gpus)
 

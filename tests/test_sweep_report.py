@@ -20,6 +20,7 @@ EPOCH_TIMES = {OURS: [[10.0, 12.5, 11.0], [13.0, 11.5, 12.0], [14.0, 10.5, 12.25
 MEMORY = {OURS: [1000.0, 1200.0, 1100.0], THEIRS: [3000.0, 3100.0]}
 ENERGY = {OURS: [(0.10, 0.05), (0.12, 0.06), (0.11, 0.055)], THEIRS: [(0.30, 0.15), (0.31, 0.155)]}
 PNG = b"\x89PNG\r\n\x1a\n"
+PER_CASE_FILES = ("cases.csv", "paired.csv", "ranking.csv", "statistics.md")  # no validation files: no figures
 
 
 def mean(values):
@@ -94,7 +95,7 @@ def test_leaderboard_values_and_missing_fold_left_empty(tmp_path):
     written = build_report(sweep, results)
     out = sweep / "report"
     assert {p.name for p in written} == {"folds.csv", "leaderboard.csv", "leaderboard.md", "dice_boxplot.png",
-                                         "dice_vs_memory.png"}
+                                         "dice_vs_memory.png", *PER_CASE_FILES}
     assert [r["trainer"] for r in read_csv(out / "leaderboard.csv")] == [OURS, THEIRS]
     ours, theirs = leaderboard(out)[OURS], leaderboard(out)[THEIRS]
 

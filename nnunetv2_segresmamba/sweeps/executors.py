@@ -10,7 +10,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunetv2_segresmamba.sweeps.jobs import FoldJob, run_fold
+from nnunetv2_segresmamba.sweeps.jobs import FoldJob
+from nnunetv2_segresmamba.sweeps.predict import run_job
 from nnunetv2_segresmamba.tools.layout import SUBMITTED_FILE, write_atomically
 from nnunetv2_segresmamba.tools.pipeline import NNUNET_DIRS, describe_error
 
@@ -51,10 +52,10 @@ def run_local(jobs: list[FoldJob], sweep_dir: Path, device: str, gpus: int = 1) 
 
 
 def run_recorded(job: FoldJob, sweep_dir: Path, device: str, env: dict[str, str] | None = None) -> str:
-    """:func:`~nnunetv2_segresmamba.sweeps.jobs.run_fold`, returning ``"failed"`` instead of
-    raising any Exception (run_fold has written it to the job's record), so the sweep goes on."""
+    """:func:`~nnunetv2_segresmamba.sweeps.predict.run_job` (a fold, or a test-set ensemble), returning
+    ``"failed"`` instead of raising any Exception (it is written to the job's record), so the sweep goes on."""
     try:
-        return run_fold(job, sweep_dir, device, env)
+        return run_job(job, sweep_dir, device, env)
     except Exception as err:
         print(f"FAILED {job.key}: {describe_error(err)}", flush=True)
         return "failed"

@@ -7,7 +7,8 @@ Missing folds are never averaged away: a trainer with a missing fold gets no mea
 ``allow_incomplete`` is set, and then its row says ``complete`` False.
 
 Written to ``out_dir``: ``folds.csv``, ``leaderboard.csv``, ``leaderboard.md``, ``dice_boxplot.png``
-and, when peak GPU memory was recorded, ``dice_vs_memory.png`` (like the paper's Figure 2).
+and, when peak GPU memory was recorded, ``dice_vs_memory.png`` (like the paper's Figure 2); and the
+per-case part, :mod:`~nnunetv2_segresmamba.sweeps.verdict`: ``statistics.md``, its CSVs and figures.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nnunetv2_segresmamba.evaluation.folder import Tolerances
 from nnunetv2_segresmamba.registry import DEFAULT_PLANS, member
 from nnunetv2_segresmamba.sweeps.jobs import FoldJob, is_done, is_trained, read_plan
+from nnunetv2_segresmamba.sweeps.verdict import STATISTICS_FILE, build_verdict
 from nnunetv2_segresmamba.tools.layout import PLAN_FILE, REPORT_DIR, RUN_METRICS_FILE, VALIDATION_SUMMARY
 from nnunetv2_segresmamba.tools.reporting import (
     DiceMemoryPoint,
@@ -59,11 +62,14 @@ class FoldResult:
 
 
 def build_report(sweep_dir: Path, results: Path, out_dir: Path | None = None,
-                 allow_incomplete: bool = False) -> list[Path]:
+                 allow_incomplete: bool = False, tolerances: Tolerances | None = None, reference: str | None = None,
+                 num_processes: int = 1) -> list[Path]:
     """Writes the report of the sweep in ``sweep_dir`` (default ``sweep_dir/report``) and returns its files.
 
     ``results`` is ``nnUNet_results``. With ``allow_incomplete``, trainers with missing folds get means
     over the folds present, flagged ``complete`` False; otherwise their Dice columns stay empty.
+    ``tolerances`` (NSD), ``reference`` (TRAINER or TRAINER:PLANS) and ``num_processes``: the per-case
+    part's (:func:`~nnunetv2_segresmamba.sweeps.verdict.build_verdict`).
     """
     out_dir = Path(out_dir or Path(sweep_dir) / REPORT_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,8 +85,11 @@ def build_report(sweep_dir: Path, results: Path, out_dir: Path | None = None,
     figures = {BOXPLOT: _plot_dice_boxplot(groups, out_dir / BOXPLOT),
                MEMORY_PLOT: _plot_dice_vs_memory(rows, out_dir / MEMORY_PLOT)}
     md = out_dir / "leaderboard.md"
-    md.write_text(markdown(sweep_dir, results, folds, rows, figures))
-    return [*written, md, *(p for p in figures.values() if p is not None)]
+    pointer = f"\n## Is the difference real?\n\nPer-case metrics, paired statistics, rankings: `{STATISTICS_FILE}`.\n"
+    md.write_text(markdown(sweep_dir, results, folds, rows, figures) + pointer)
+    verdict = build_verdict(folds, Path(sweep_dir), Path(results), out_dir, tolerances or Tolerances(), reference,
+                            num_processes, allow_incomplete)
+    return [*written, md, *(p for p in figures.values() if p is not None), *verdict]
 
 
 def collect(sweep_dir: Path, results: Path) -> list[FoldResult]:

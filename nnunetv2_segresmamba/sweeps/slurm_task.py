@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nnunetv2_segresmamba.sweeps.jobs import FoldJob, run_fold
+from nnunetv2_segresmamba.sweeps.jobs import FoldJob
+from nnunetv2_segresmamba.sweeps.predict import run_job
 
 try:
     import submitit
@@ -21,7 +22,7 @@ class SweepTask(submitit.helpers.Checkpointable):
         self.sweep_dir, self.device, self.env = sweep_dir, device, env
 
     def __call__(self, job: FoldJob) -> str:
-        return run_fold(job, Path(self.sweep_dir), self.device, self.env)
+        return run_job(job, Path(self.sweep_dir), self.device, self.env)  # a fold or a test-set ensemble
 
 
 def submit(jobs: list[FoldJob], sweep_dir: Path, device: str, env: dict[str, str], parameters: dict) -> dict[str, str]:

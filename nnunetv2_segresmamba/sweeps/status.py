@@ -1,6 +1,7 @@
 """The state of every job of a sweep, from the fold folders, the job records and SLURM's queue.
 
-- ``done``: trained and validated (``checkpoint_final.pth`` and ``validation/summary.json``);
+- ``done``: trained and validated (``checkpoint_final.pth`` and ``validation/summary.json``); a test-set
+  ensemble: its predictions complete (``sweeps.predict``);
 - ``running`` / ``pending``: a live process here, or a task in ``squeue``;
 - ``failed``: nnU-Net failed, or the job was killed or left the queue before finishing;
 - ``not started``: never run or submitted.
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunetv2_segresmamba.sweeps.executors import submitted_ids
-from nnunetv2_segresmamba.sweeps.jobs import FoldJob, is_done, log_path, read_record
+from nnunetv2_segresmamba.sweeps.jobs import FoldJob, log_path, read_record
+from nnunetv2_segresmamba.sweeps.predict import job_is_done
 
 ACTIVE = ("running", "pending")
 
@@ -46,7 +48,7 @@ def job_states(jobs: list[FoldJob], sweep_dir: Path, results: str | os.PathLike)
 
 
 def _state(job: FoldJob, sweep_dir: Path, results, queue: dict[str, str], slurm_id: str | None) -> tuple[str, str]:
-    if is_done(job.fold_dir(results)):
+    if job_is_done(job, sweep_dir, results):
         return "done", ""
     record = read_record(sweep_dir, job) or {}
     if record.get("state") == "running":

@@ -20,6 +20,8 @@ LOGS_DIR = "logs"  # <job>.log: the output of each attempt, appended
 RECORDS_DIR = "records"  # <job>.json: the last attempt's state, host, process and SLURM ids
 REPORT_DIR = "report"  # the report's default folder
 SUBMITTED_FILE = "submitted.json"  # the SLURM id of each submitted job
+TEST_SET_FILE = "test_set.json"  # {dataset: {"images": imagesTs, "labels": labelsTs}} of `sweep --test`
+TEST_DIR = "test"  # <predict job>/: each trainer's ensemble's predictions of its test set
 
 
 def write_atomically(path: str | os.PathLike, text: str) -> Path:
