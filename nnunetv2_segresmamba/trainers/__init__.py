@@ -1,4 +1,6 @@
-"""nnU-Net trainers. ``nnUNetv2_train -tr NAME`` finds every name in ``__all__``."""
+"""nnU-Net trainers. ``nnUNetv2_train -tr NAME`` finds every name in ``__all__``. Importing them
+makes ``nnUNetv2_train -pretrained_weights`` leave out the output layers of our networks
+(:mod:`.fine_tuning`)."""
 
 from nnunetv2_segresmamba.trainers.baselines import (
     nnUNetTrainerComparisonNnUNet,
@@ -23,6 +25,7 @@ from nnunetv2_segresmamba.trainers.baselines import (
     nnUNetTrainerUNETR_GaLore,
     nnUNetTrainerUNETR_smoke,
 )
+from nnunetv2_segresmamba.trainers.fine_tuning import install
 from nnunetv2_segresmamba.trainers.segresmamba import (
     nnUNetTrainerSegResMamba,
     nnUNetTrainerSegResMamba_2epochs,
@@ -75,6 +78,8 @@ from nnunetv2_segresmamba.trainers.umamba import (
     nnUNetTrainerUMambaEnc_lowmem_smoke,
     nnUNetTrainerUMambaEnc_smoke,
 )
+
+install()  # nnU-Net imports this package in nnUNetv2_train when it looks the trainer up
 
 __all__ = [
     "nnUNetTrainerComparisonNnUNet",
