@@ -86,8 +86,8 @@ def test_a_checkpoint_of_other_plans_is_refused_naming_the_tensors_and_the_comma
                   if not k.startswith(member.output_layers) and v.shape != pretrained.state_dict()[k].shape]
     assert mismatched, "the two plans build the same network"
     before = {k: v.clone() for k, v in tuned.state_dict().items()}
-    mark(tuned, FineTuningTarget(member.output_layers, "nnUNetTrainerSegResMamba", "Dataset994_Other", "nnUNetPlans",
-                                 "3d_fullres", "0"))
+    mark(tuned, FineTuningTarget(member.output_layers, "nnUNetTrainerSegResMamba", "Dataset994_Other", "3d_fullres",
+                                 "0"))
     path = save_checkpoint(pretrained, tmp_path / "checkpoint_final.pth")
     with pytest.raises(ValueError) as refused:
         run_training.load_pretrained_weights(tuned, path)

@@ -130,9 +130,9 @@ def test_trainers_mark_their_network_for_pretrained_weights(planned, monkeypatch
 
     trainer = initialized("nnUNetTrainerUNETR_smoke", planned, monkeypatch)
     target = target_of(trainer.network)
-    assert (target.output_layers, target.trainer, target.dataset, target.plans, target.configuration, target.fold,
+    assert (target.output_layers, target.trainer, target.dataset, target.configuration, target.fold,
             target.num_input_channels) == (("out.",), "nnUNetTrainerUNETR_smoke", ANISOTROPIC.folder_name,
-                                           "nnUNetPlans", "3d_fullres", "0", 1)
+                                           "3d_fullres", "0", 1)
     assert target.plan["patch_size"] == list(trainer.configuration_manager.patch_size) == [32, 96, 80]
 
     class MyTrainer(trainers.nnUNetTrainerSwinUMambaScratch_smoke):

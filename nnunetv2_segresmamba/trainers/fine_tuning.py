@@ -20,9 +20,10 @@ it in ``maybe_load_checkpoint``, right after ``trainer.initialize()``. So, with 
    (trainer, dataset, plans, configuration, fold) for the advice of a refused load (:func:`mark`);
 3. importing our trainers, which nnU-Net does in the ``nnUNetv2_train`` process when it looks the
    trainer up (before ``maybe_load_checkpoint``), puts :func:`load_pretrained_weights` in place
-   of that name in ``nnunetv2.run.run_training`` (:func:`install`). It loads a marked network
-   itself, and hands any other network to nnU-Net's function unchanged: nnU-Net's own trainers,
-   in the same process too, load as they always did.
+   of that name in ``nnunetv2.run.run_training`` (:func:`install`; with several GPUs, each
+   process nnU-Net spawns looks the trainer up, and so installs it, before it loads). It loads a
+   marked network itself, and hands any other network to nnU-Net's function unchanged: nnU-Net's
+   own trainers, in the same process too, load as they always did.
 
 A marked network gets every tensor of the file but its output layers, which keep their fresh
 initialisation, as nnU-Net's ``seg_layers``; the load is refused, with nothing loaded, unless
@@ -59,7 +60,6 @@ class FineTuningTarget:
     output_layers: tuple[str, ...]
     trainer: str | None = None
     dataset: str | None = None  # nnU-Net's dataset name, e.g. "Dataset994_Other"
-    plans: str | None = None  # the plans identifier (nnUNetv2_train -p)
     configuration: str | None = None
     fold: str | None = None
     plan: dict | None = None  # the configuration as the network was built from it (resolved)
@@ -86,8 +86,8 @@ def bare(network: nn.Module) -> nn.Module:
 def run_target(trainer: Any, output_layers: tuple[str, ...]) -> FineTuningTarget:
     """The mark for the network of an initialised nnU-Net ``trainer`` with ``output_layers``."""
     return FineTuningTarget(
-        tuple(output_layers), type(trainer).__name__, trainer.plans_manager.dataset_name,
-        trainer.plans_manager.plans_name, trainer.configuration_name, str(trainer.fold),
+        tuple(output_layers), type(trainer).__name__, trainer.plans_manager.dataset_name, trainer.configuration_name,
+        str(trainer.fold),
         trainer.configuration_manager.configuration, trainer.num_input_channels)
 
 
@@ -110,11 +110,11 @@ def load_pretrained_weights(network: nn.Module, fname: str, verbose: bool = Fals
         raise RuntimeError(f"{type(module).__name__} has no tensor under its declared output layers "
                            f"{list(target.output_layers)}: the registry's output_layers are out of date")
     transferred = {k: v for k, v in pretrained.items() if not is_output(k, target.output_layers)}
-    kept = {k: v for k, v in own.items() if not is_output(k, target.output_layers)}
-    misshapen = [(k, tuple(transferred[k].shape), tuple(v.shape)) for k, v in kept.items()
+    needed = {k: v for k, v in own.items() if not is_output(k, target.output_layers)}
+    misshapen = [(k, tuple(transferred[k].shape), tuple(v.shape)) for k, v in needed.items()
                  if k in transferred and transferred[k].shape != v.shape]
-    missing = [k for k in kept if k not in transferred]
-    unexpected = [k for k in transferred if k not in kept]
+    missing = [k for k in needed if k not in transferred]
+    unexpected = [k for k in transferred if k not in needed]
     if misshapen or missing or unexpected:
         raise ValueError(refusal(fname, checkpoint, target, misshapen, missing, unexpected))
     module.load_state_dict({**own, **transferred})
