@@ -47,14 +47,15 @@ def checkpointing_builder(build_network: Callable) -> Callable:
 def segresmamba_with(tom_directions: Sequence[str] = DIRECTIONS) -> Builder:
     """A builder of SegResMamba with the ToM scanning ``tom_directions`` (empty: no ToM), its
     strides planned for the patch (:meth:`SegResMamba.for_patch_size`); ``checkpointing``:
-    activation checkpointing while training."""
+    activation checkpointing while training; ``feature_sizes``: its 4 stage widths (the paper's
+    by default), for smaller smoke runs."""
 
-    def build(in_channels: int, out_channels: int, patch_size: Sequence[int], checkpointing: bool = False
-              ) -> nn.Module:
+    def build(in_channels: int, out_channels: int, patch_size: Sequence[int], checkpointing: bool = False,
+              **widths) -> nn.Module:
         from nnunetv2_segresmamba.networks.segresmamba import SegResMamba
 
         return SegResMamba.for_patch_size(in_channels, out_channels, patch_size, tom_directions=tom_directions,
-                                          checkpointing=checkpointing)
+                                          checkpointing=checkpointing, **widths)
 
     return build
 
@@ -196,6 +197,11 @@ COMPARISON, BASELINE, ABLATION = "comparison", "baseline", "ablation"
 GROUPS = (COMPARISON, BASELINE, ABLATION)
 DEFAULT_PLANS = "nnUNetPlans"  # nnU-Net's default planner's plans identifier
 BOTH, ONLY_3D, ONLY_2D = (2, 3), (3,), (2,)  # the spatial dims of the configurations a member trains
+# Output layers, as state-dict key prefixes (see Member.output_layers): nnU-Net's convention (its
+# U-Nets' decoders, U-Mamba's, Swin-UMamba-dagger's), SegResMamba's head, MONAI's UnetOutBlock
+# (SwinUNETR, UNETR, SegMamba), Swin-UMamba's deep-supervision heads
+SEG_LAYERS, SEGRESMAMBA_HEAD, MONAI_OUT, SWIN_UMAMBA_OUT = (
+    ("decoder.seg_layers.",), ("head.seg_layers.",), ("out.",), ("out_layers.",))
 SCHEDULE_SUFFIXES = ("_smoke", "_2epochs", "_demo", "_pipeline")  # shorter runs of a member's trainer
 # the member's network and recipe in less memory: activation checkpointing, GaLore-AdamW, both
 MEMORY_SUFFIXES = ("_lowmem_GaLore", "_lowmem", "_GaLore")
@@ -250,6 +256,11 @@ class Member:
     plans: str = DEFAULT_PLANS  # the nnU-Net plans identifier it trains with (nnUNetv2_train -p)
     revisited: RevisitedFigures | None = None  # its row in nnU-Net Revisited's table, if any
     ablates: str | None = None  # an ablation: the network of the member it changes (its control pair)
+    # The state-dict key prefixes of the network's output layers, every deep-supervision head
+    # included: the tensors whose shapes depend on the number of classes. A pretrained load
+    # (nnUNetv2_train -pretrained_weights, trainers.fine_tuning) leaves them out. The official
+    # names are kept, so that official checkpoints load strictly.
+    output_layers: tuple[str, ...] = SEG_LAYERS
 
     def build(self, in_channels: int, out_channels: int, patch_size: Sequence[int], **widths) -> nn.Module:
         """The network for ``patch_size`` (2D or 3D as it has 2 or 3 axes), at the builder's
@@ -272,7 +283,7 @@ def segresmamba_member(trainer: str, network: str, tom_directions: Sequence[str]
     SegResMamba unless ``group`` says otherwise)."""
     directions = tuple(tom_directions)
     return Member(trainer, network, segresmamba_with(directions), None, paper, group, tom_directions=directions,
-                  ablates="SegResMamba" if group == ABLATION else None)
+                  ablates="SegResMamba" if group == ABLATION else None, output_layers=SEGRESMAMBA_HEAD)
 
 
 NNUNET_TRAINER = "nnUNetTrainerComparisonNnUNet"
@@ -300,12 +311,14 @@ FAMILY: tuple[Member, ...] = (
         params_m=119.98, fvcore_macs_g=188.42, train_memory_gb=5.10, inference_s=0.0841)),
     Member("nnUNetTrainerSegMamba", "SegMamba", build_segmamba, 16,
            PaperFigures(params_m=67.36, fvcore_macs_g=1443.96, train_memory_gb=13.51, inference_s=0.1693),
-           spatial_dims=ONLY_3D),
+           spatial_dims=ONLY_3D, output_layers=MONAI_OUT),
     Member("nnUNetTrainerSwinUNETR", "SwinUNETR", build_swinunetr, 32,
            PaperFigures(params_m=62.19, fvcore_macs_g=767.23, train_memory_gb=7.77, inference_s=0.1343),
-           revisited=RevisitedFigures("SwinUNETR", (78.89, 91.29, 76.50, 90.68, 81.27, 83.81), 13.10, 15)),
+           revisited=RevisitedFigures("SwinUNETR", (78.89, 91.29, 76.50, 90.68, 81.27, 83.81), 13.10, 15),
+           output_layers=MONAI_OUT),
     Member("nnUNetTrainerUNETR", "UNETR", build_unetr, 16,
-           PaperFigures(params_m=93.01, fvcore_macs_g=177.44, train_memory_gb=3.08, inference_s=0.0531)),
+           PaperFigures(params_m=93.01, fvcore_macs_g=177.44, train_memory_gb=3.08, inference_s=0.0531),
+           output_layers=MONAI_OUT),
     Member(NNUNET_TRAINER, "nnU-Net", build_nnunet, 32,
            PaperFigures(params_m=31.19, fvcore_macs_g=480.06, inference_s=0.1668),  # no Table 8 figure
            revisited=RevisitedFigures("nnU-Net (org.)", (83.08, 91.54, 80.09, 91.24, 86.04, 88.64), 7.70, 9)),
@@ -317,7 +330,7 @@ FAMILY: tuple[Member, ...] = (
     Member("nnUNetTrainerUMambaEnc", "U-Mamba Enc", build_umamba_enc, group=BASELINE,
            revisited=RevisitedFigures("U-Mamba Enc", (82.41, 91.22, 80.27, 90.91, 86.34, 88.38), 24.90, 47)),
     Member("nnUNetTrainerSwinUMamba", "Swin-UMamba", build_swin_umamba, SWIN_UMAMBA_DIVISOR, group=BASELINE,
-           spatial_dims=ONLY_2D),
+           spatial_dims=ONLY_2D, output_layers=SWIN_UMAMBA_OUT),
     Member("nnUNetTrainerSwinUMambaD", "Swin-UMamba-dagger", build_swin_umamba_d, SWIN_UMAMBA_DIVISOR,
            group=BASELINE, spatial_dims=ONLY_2D),
     segresmamba_member("nnUNetTrainerSegResMambaNoToM", "SegResMamba-NoToM", ()),
@@ -331,7 +344,7 @@ FAMILY: tuple[Member, ...] = (
            revisited=RevisitedFigures("No-Mamba Base", (83.69, 91.89, 80.57, 91.26, 85.98, 89.04), 12.0, 24),
            ablates="U-Mamba Bot"),
     Member("nnUNetTrainerSwinUMambaScratch", "Swin-UMamba-Scratch", build_swin_umamba, SWIN_UMAMBA_DIVISOR,
-           group=ABLATION, spatial_dims=ONLY_2D, ablates="Swin-UMamba"),
+           group=ABLATION, spatial_dims=ONLY_2D, output_layers=SWIN_UMAMBA_OUT, ablates="Swin-UMamba"),
     Member("nnUNetTrainerSwinUMambaDScratch", "Swin-UMamba-dagger-Scratch", build_swin_umamba_d,
            SWIN_UMAMBA_DIVISOR, group=ABLATION, spatial_dims=ONLY_2D, ablates="Swin-UMamba-dagger"),
 )

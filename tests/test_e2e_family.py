@@ -1,6 +1,7 @@
 """End to end through the stock nnU-Net CLI on the dataset of test_e2e.py: a training and a
 prediction of each baseline's smoke trainer (the paper's and U-Mamba's; ResEnc M in
-test_e2e.py's sweep), a training of each ablation's, and the cascade,
+test_e2e.py's sweep), a training of each ablation's, fine-tuning one of them on a dataset planned
+otherwise (``-pretrained_weights`` and nnU-Net's move of the plans), and the cascade,
 3d_lowres then 3d_cascade_fullres, on plans given a lowres configuration by
 ``nnunetv2_segresmamba add-cascade``. A module of its own so that it runs beside test_e2e.py
 under pytest-xdist."""
@@ -9,11 +10,16 @@ import glob
 import io
 import json
 import os
+import re
+import shlex
+import subprocess
+import sys
 
 import pytest
 
 from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
 from nnunetv2_segresmamba.tools.pipeline import run_command
+from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
 from nnunetv2_segresmamba.trainers.tracking import CO2_COUNTRY_ENV
 from tests.workspaces import CPU_PREDICT, drop_checkpoints, fold_dir
 from tests.workspaces import E2E as SPEC
@@ -100,6 +106,65 @@ def test_checkpointing_and_galore_train_and_predict_through_the_cli(e2e_workspac
     assert projected and all("projector" in state[i] and state[i]["exp_avg"].dim() == 2 for i in projected)
     assert checkpoint["architecture"]["arch_kwargs"]["checkpointing"] is True
     assert_predicts(e2e_workspace, trainer)
+
+
+# fine-tuning on a dataset whose plans pool otherwise
+
+# 1 mm isotropic (SPEC: (2, 1, 1) mm), so nnU-Net pools its first stage (2, 2, 2) with 3^3 kernels
+# where SPEC's pools (1, 2, 2) with 1 x 3 x 3 kernels; 1 class (SPEC: 2); SPEC's 2 channels. Two
+# cases, too few for 5 folds: trained on fold "all"
+OTHER_PLANS = SyntheticSpec(dataset_id=994, name="OtherPlans", num_train=2, num_test=0, shape=(32, 32, 32),
+                            spacing=(1.0, 1.0, 1.0), num_classes=1, num_channels=2, seed=2)
+FINE_TUNED = "nnUNetTrainerUMambaBot_smoke"  # a baseline above; 3 deep-supervision heads, plans-built
+
+
+def test_fine_tuning_across_plans_runs_the_commands_the_refusal_gives(e2e_workspace):
+    """``-pretrained_weights`` from FINE_TUNED's SPEC fold into OTHER_PLANS on its own plans is
+    refused with the misshapen tensors (no tensor dump) and nnU-Net's commands; those commands, run
+    as given (with CPU options), move SPEC's plans over, preprocess and fine-tune: the run has
+    SPEC's architecture, OTHER_PLANS' 2 outputs, and the other tensors near the checkpoint's."""
+    pretrained = os.path.join(fold_dir(e2e_workspace, FINE_TUNED), "checkpoint_final.pth")
+    if not os.path.isfile(pretrained):  # the baseline run above, when this test runs alone
+        train_smoke(e2e_workspace, FINE_TUNED, epochs=1)
+    make_dataset(e2e_workspace.path("nnUNet_raw"), OTHER_PLANS)
+    did = str(OTHER_PLANS.dataset_id)
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "-np", "1"], e2e_workspace.env,
+                quiet=True)
+    train = os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train")
+    refused = subprocess.run([train, did, "3d_fullres", "all", "-tr", FINE_TUNED, "-device", "cpu",
+                              "-pretrained_weights", pretrained], env={**os.environ, **e2e_workspace.env},
+                             capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert "ValueError" in refused.stderr and "Tensors of another shape" in refused.stderr, refused.stderr[-3000:]
+    assert "tensor([" not in refused.stderr + refused.stdout, "a tensor was printed"
+    assert re.search(r"The plans differ: .*kernel_sizes", refused.stderr)
+    commands = re.findall(r"^ +(nnUNetv2_\S+ .*)$", refused.stderr, re.M)
+    assert [c.split()[0] for c in commands] == [
+        "nnUNetv2_move_plans_between_datasets", "nnUNetv2_preprocess", "nnUNetv2_train"], refused.stderr[-3000:]
+    cpu = {"nnUNetv2_preprocess": ["-np", "1"], "nnUNetv2_train": ["-device", "cpu"]}
+    for command in commands:
+        args = shlex.split(command)
+        run_command(args + cpu.get(args[0], []), e2e_workspace.env, quiet=True)
+
+    moved = f"nnUNetPlans_from{SPEC.dataset_id}"
+    run = os.path.join(e2e_workspace.path("nnUNet_results"), OTHER_PLANS.folder_name,
+                       f"{FINE_TUNED}__{moved}__3d_fullres")
+    with open(os.path.join(run, "plans.json")) as f, \
+            open(os.path.join(os.path.dirname(fold_dir(e2e_workspace, FINE_TUNED)), "plans.json")) as g:
+        assert json.load(f)["configurations"]["3d_fullres"]["architecture"] == \
+            json.load(g)["configurations"]["3d_fullres"]["architecture"]
+    source = load_checkpoint_file(pretrained, "cpu")["network_weights"]
+    tuned = load_checkpoint_file(os.path.join(run, "fold_all", "checkpoint_final.pth"), "cpu")["network_weights"]
+    assert source.keys() == tuned.keys()
+    rest = [name for name in tuned if not name.startswith("decoder.seg_layers.")]
+    for name in set(tuned) - set(rest):  # OTHER_PLANS' 2 outputs, SPEC's 3: not transferred
+        assert tuned[name].shape[0] == 2 and source[name].shape[0] == 3, name
+    # 2 SGD steps (lr 1e-2, gradients clipped to norm 12) move the whole network by well under 1 in
+    # norm; a network not initialised from the checkpoint would be its own norm away
+    moved = sum((tuned[n] - source[n]).float().pow(2).sum() for n in rest).sqrt()
+    norm = sum(source[n].float().pow(2).sum() for n in rest).sqrt()
+    print(f"fine-tuning moved the transferred tensors by {moved:.3f}, {moved / norm:.4f} of their norm")
+    assert moved / norm < 0.05, "not the checkpoint's weights"
 
 
 # the cascade: 3d_lowres, then 3d_cascade_fullres on its predictions

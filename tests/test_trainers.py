@@ -122,6 +122,25 @@ def test_the_network_built_from_stock_plans_is_the_one_trained(planned, monkeypa
         plans["configurations"]["3d_fullres"]["architecture"]  # what nnU-Net writes as the run's plans.json
 
 
+def test_trainers_mark_their_network_for_pretrained_weights(planned, monkeypatch):
+    """``initialize`` marks the network with its member's output layers and the run, which
+    ``-pretrained_weights`` reads (trainers.fine_tuning); a subclass of a family trainer has its
+    parent's member."""
+    from nnunetv2_segresmamba.trainers.fine_tuning import target_of
+
+    trainer = initialized("nnUNetTrainerUNETR_smoke", planned, monkeypatch)
+    target = target_of(trainer.network)
+    assert (target.output_layers, target.trainer, target.dataset, target.configuration, target.fold,
+            target.num_input_channels) == (("out.",), "nnUNetTrainerUNETR_smoke", ANISOTROPIC.folder_name,
+                                           "3d_fullres", "0", 1)
+    assert target.plan["patch_size"] == list(trainer.configuration_manager.patch_size) == [32, 96, 80]
+
+    class MyTrainer(trainers.nnUNetTrainerSwinUMambaScratch_smoke):
+        pass
+
+    assert MyTrainer.family_member().output_layers == ("out_layers.",)
+
+
 def test_checkpoints_carry_the_architecture_and_refuse_another(planned, monkeypatch, tmp_path):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 

@@ -150,8 +150,8 @@ def downsampling(in_channels: int, out_channels: int, stride: Stride, spatial_di
 class SegmentationHead(nn.Module):
     """ConvTranspose with kernel = stride = the stem's, from the first stage's width to the
     outputs at full resolution: ``(B, C, *spatial) -> (B, out_channels, *spatial * stride)``.
-    Named ``seg_layers`` as nnU-Net names its output layers, which ``-pretrained_weights``
-    leaves out."""
+    Named ``seg_layers`` as nnU-Net names its output layers; the registry declares it the
+    output layer, which ``-pretrained_weights`` leaves out (:mod:`~nnunetv2_segresmamba.trainers.fine_tuning`)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: Stride, spatial_dims: int = 3):
         super().__init__()
@@ -202,8 +202,8 @@ class SegResMamba(nn.Module):
     :attr:`arch_kwargs` are the arguments above in JSON form (``backend`` is a runtime choice,
     not architecture; ``checkpointing`` is recorded, but a checkpoint loads whatever it says);
     the trainers store them in every checkpoint, beside the weights. The
-    output layer is ``head.seg_layers``, a name that nnU-Net's ``-pretrained_weights`` does not
-    transfer, so a network fine-tunes on a dataset with other classes.
+    output layer is ``head.seg_layers``, which ``-pretrained_weights`` does not transfer (the
+    registry's ``output_layers``), so a network fine-tunes on a dataset with other classes.
     """
 
     def __init__(

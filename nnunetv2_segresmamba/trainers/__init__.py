@@ -1,7 +1,8 @@
 """nnU-Net trainers, one module per family (``baselines``, ``segresmamba``, ``swin_umamba``,
 ``umamba``). ``nnUNetv2_train -tr NAME`` finds every name in ``__all__``: the classes those
 modules define whose names start with ``nnUNetTrainer`` (nnU-Net's trainer names; recipes and
-mixins are named otherwise), gathered here so that no trainer is listed twice."""
+mixins are named otherwise), gathered here so that no trainer is listed twice. Importing them makes ``nnUNetv2_train
+-pretrained_weights`` leave out the output layers of our networks (:mod:`.fine_tuning`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from types import ModuleType
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_segresmamba.trainers import baselines, segresmamba, swin_umamba, umamba
+from nnunetv2_segresmamba.trainers.fine_tuning import install
 
 TRAINER_PREFIX = "nnUNetTrainer"
 
@@ -25,3 +27,5 @@ _TRAINERS = {name: cls for module in (baselines, segresmamba, swin_umamba, umamb
              for name, cls in trainers_of(module).items()}
 globals().update(_TRAINERS)
 __all__ = sorted(_TRAINERS)
+
+install()  # nnU-Net imports this package in nnUNetv2_train when it looks the trainer up

@@ -24,13 +24,16 @@ from torch.optim.lr_scheduler import _LRScheduler
 from nnunetv2_segresmamba.optimizers.galore import DEFAULT_GAP, DEFAULT_SCALE, GaLoreAdamW, as_matrix
 from nnunetv2_segresmamba.registry import (
     BOTH,
+    DEFAULT_PLANS,
     Member,
     checkpointing_builder,
     checkpointing_members,
+    member,
     takes_checkpointing,
 )
 from nnunetv2_segresmamba.tools.checkpoints import PRE_RENAME_NETWORK_CLASS, load_checkpoint_file, pre_rename_error
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
+from nnunetv2_segresmamba.trainers.fine_tuning import mark, run_target
 from nnunetv2_segresmamba.trainers.schedules import CosineAnnealingScheduler
 from nnunetv2_segresmamba.trainers.tracking import energy_record, energy_tracker_from_env, write_run_metrics
 
@@ -115,10 +118,26 @@ class ComparisonTrainerBase(nnUNetTrainer):
         self.enable_deep_supervision = self.deep_supervision
 
     def initialize(self) -> None:
-        """nnU-Net's, with the random generators seeded first when :attr:`seed` is set."""
+        """nnU-Net's, with the random generators seeded first when :attr:`seed` is set; then the
+        network is marked with its member's output layers and this run, so that
+        ``-pretrained_weights`` leaves those out (:mod:`.fine_tuning`)."""
         if self.seed is not None and not self.was_initialized:
             seed_everything(self.seed)
         super().initialize()
+        family_member = type(self).family_member(self.plans_manager.plans_name)
+        if family_member is not None:
+            mark(self.network, run_target(self, family_member.output_layers))
+
+    @classmethod
+    def family_member(cls, plans: str = DEFAULT_PLANS) -> Member | None:
+        """The registry's member of this trainer, or of the nearest base class that has one (a
+        subclass of a family trainer builds its network); None for a trainer outside the family."""
+        for klass in cls.__mro__:
+            try:
+                return member(klass.__name__, plans)
+            except KeyError:
+                continue
+        return None
 
     def get_dataloaders(self):
         """nnU-Net's loaders. A seeded run samples and augments its batches in this process, since
