@@ -9,7 +9,8 @@
 
 Each measurement runs in its own process. Writes ``efficiency.json``, ``efficiency.md``
 (tables beside the paper's, ratios to SegResMamba, the targets) and PNG plots to
-``benchmarks/results/<machine>/``. A 2D patch (``--size H W``) measures the members that build
+a new folder ``benchmarks/results/runs/<date>-<time>-<machine>/``, or the folder ``--out`` names (the
+committed results are written only so). A 2D patch (``--size H W``) measures the members that build
 2D networks, Swin-UMamba's among them, and adds their ratios to nnU-Net's (see :mod:`benchmarks.report`);
 a network that does not take the patch gets error rows. Usage::
 
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from benchmarks import report
 from benchmarks.isolate import default_memory_cap_gib, describe_failure, run_isolated
-from benchmarks.machine import describe, slug
+from benchmarks.machine import describe, new_run_folder
 from benchmarks.model_cost import PATCH_DIMS, count_row
 from benchmarks.network_step import PRECISIONS, measure_network
 from benchmarks.scan_operator import BACKENDS, KINDS, fp32_rate, operator_row
@@ -44,7 +45,6 @@ from nnunetv2_segresmamba import registry
 from nnunetv2_segresmamba.registry import FAMILY, Member, members
 from nnunetv2_segresmamba.tools.layout import write_atomically
 
-RESULTS = Path(__file__).parent / "results"
 # The baselines measured by default: one ResEnc preset, as M, L and XL build the same network for a
 # given patch (they differ only in the patch and batch they plan), and U-Mamba Bot and Enc with
 # their No-Mamba control (an ablation), which the U-Mamba targets compare them with.
@@ -202,7 +202,8 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, Path | None
     parser.add_argument("--tom-d-models", type=int, nargs="+")
     parser.add_argument("--tom-backends", nargs="+", choices=BACKENDS)
     parser.add_argument("--device", choices=["cpu", "cuda"])
-    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<machine>)")
+    parser.add_argument("--out", type=Path, help="output folder, its files of the same names replaced "
+                        "(default: a new folder benchmarks/results/runs/<date>-<time>-<machine>)")
     parser.add_argument("--leaderboard", type=Path, help="a sweep's leaderboard.csv, for memory_vs_dice.png")
     args = vars(parser.parse_args(argv))
     quick, out, leaderboard = args.pop("quick"), args.pop("out"), args.pop("leaderboard")
@@ -227,7 +228,7 @@ def _check(s: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     settings, out, leaderboard = parse_settings(argv)
-    out = out or RESULTS / slug(describe())
+    out = out or new_run_folder(describe())
     results = run(settings, save=lambda partial: write_tables(partial, out))
     for path in write(results, out, leaderboard):
         print(f"wrote {path}")

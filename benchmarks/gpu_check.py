@@ -1,5 +1,5 @@
 """The GPU check: one script, planned to run in under 8 minutes on an H100/H200 (not yet timed on one),
-that writes its figures to ``benchmarks/results/<gpu>/`` (or ``--out``):
+that writes its figures to a new folder ``benchmarks/results/runs/<date>-<time>-<gpu>/`` (or ``--out``):
 
 1. ``tests``: the operator tests with the Triton kernels compiled for the GPU, including the
    comparisons with the pure path and with mamba_ssm where it loads, the U-Mamba tests where
@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import efficiency, report
-from benchmarks.machine import describe, slug
+from benchmarks.machine import describe, new_run_folder
 from benchmarks.network_step import median_time
 from benchmarks.scan_operator import make_call
 from nnunetv2_segresmamba.operators.ss2d import SS2D
@@ -313,13 +313,14 @@ def markdown(checks: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", choices=[p.name for p in PARTS], default=[p.name for p in PARTS])
-    parser.add_argument("--out", type=Path, help="default: benchmarks/results/<gpu>")
+    parser.add_argument("--out", type=Path, help="output folder, this check's files there replaced "
+                        "(default: a new folder benchmarks/results/runs/<date>-<time>-<gpu>)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("The GPU check needs a CUDA GPU and a CUDA build of torch; none is visible here.", file=sys.stderr)
         return 2
     machine = describe()
-    out = args.out or efficiency.RESULTS / slug(machine)
+    out = args.out or new_run_folder(machine)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("efficiency.json", "efficiency.md"):  # parts 2 and 3 add to this run's file only
         (out / stale).unlink(missing_ok=True)

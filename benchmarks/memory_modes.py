@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.isolate import PeakMemory, cpu_tensor_peak_mib, default_memory_cap_gib, run_isolated
-from benchmarks.machine import describe
+from benchmarks.machine import describe, new_run_folder
 from benchmarks.network_step import PRECISIONS, median_time, random_batch, recorded_tom_paths, training_step
 from nnunetv2_segresmamba.operators.tom import MambaLayer
 from nnunetv2_segresmamba.optimizers.galore import GaLoreAdamW
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="amp: fp16 autocast, on CUDA only")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="output folder, its files of the same names replaced "
+                        "(default: a new folder benchmarks/results/runs/<date>-<time>-<machine>)")
     parser.add_argument("--demo-dice", type=Path, metavar="WORKDIR",
                         help="run the demo once per mode in WORKDIR/<mode> (a new folder) instead, for its Dice")
     args = parser.parse_args(argv)
@@ -169,12 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.demo_dice and step_options:
         parser.error(f"--demo-dice runs the demo with its own patch and schedule; {', '.join(sorted(step_options))} "
                      "set the measured step: leave them out")
-    if args.demo_dice:
-        run_demo_dice(args.modes, args.demo_dice, args.out, command, args.device)
-        return
     if args.precision == "amp" and args.device != "cuda":
         parser.error("--precision amp is nnU-Net's GPU training (fp16 autocast, GradScaler): use it with --device cuda")
-    run(args.sizes, args.batches, args.modes, args.repeats, args.device, args.precision, args.out, command)
+    out = args.out or new_run_folder(describe())
+    if args.demo_dice:
+        run_demo_dice(args.modes, args.demo_dice, out, command, args.device)
+        return
+    run(args.sizes, args.batches, args.modes, args.repeats, args.device, args.precision, out, command)
 
 
 def demo_trainer(mode: str) -> str:

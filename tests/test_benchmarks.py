@@ -5,14 +5,17 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from benchmarks.efficiency import NETWORKS, NETWORKS_2D, Settings, parse_settings, run, size_error
+from benchmarks.machine import RESULTS, RUNS, new_run_folder
 from benchmarks.model_cost import count
 from benchmarks.network_step import measure_network, random_batch, recorded_tom_paths, training_step
 from benchmarks.report import NO_MAMBA, markdown, optimizer_state_mib, targets
@@ -23,9 +26,36 @@ from nnunetv2_segresmamba.operators.tom import TriOrientedMamba
 from nnunetv2_segresmamba.registry import Member, members, network
 
 
+def _files_and_stamps(folder: Path) -> dict[Path, tuple[int, int]]:
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+
+
 @pytest.mark.e2e
-def test_quick_efficiency_run_measures_every_network_and_writes_its_files(tmp_path):
-    subprocess.run([sys.executable, "-m", "benchmarks.efficiency", "--quick", "--out", str(tmp_path)], check=True)
+def test_quick_efficiency_run_measures_every_network_and_writes_its_files_to_a_new_folder():
+    """No --out: the run writes into a new folder of its own, and no other file of
+    benchmarks/results (the committed results, earlier runs) changes."""
+    before = _files_and_stamps(RESULTS)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.efficiency", "--quick"], check=True,
+                          capture_output=True, text=True)
+    written = {Path(line.removeprefix("wrote ")) for line in done.stdout.splitlines() if line.startswith("wrote ")}
+    out = next(iter(written)).parent
+    try:
+        assert out.parent == RUNS and out not in {p.parent for p in before}
+        after = _files_and_stamps(RESULTS)
+        assert {p: after[p] for p in before} == before and set(after) - set(before) == set(out.iterdir())
+        _check_quick_run(out)
+    finally:
+        shutil.rmtree(out)
+
+
+def test_a_run_folder_is_always_a_new_one(tmp_path):
+    machine = {"cores": 2}
+    first, second = new_run_folder(machine, tmp_path), new_run_folder(machine, tmp_path)  # the same second, likely
+    assert first != second and first.parent == second.parent == tmp_path
+    assert first.name.endswith("-cpu-2core") and not any(first.iterdir()) and not any(second.iterdir())
+
+
+def _check_quick_run(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "efficiency.json").read_text())
     errors = [r for r in results["networks"] + results["steps"] + results["operators"] if "error" in r]
     assert not errors

@@ -35,16 +35,19 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-# Compiled in as constants: after a change there, delete the __pycache__ kernels (cache=True).
+from nnunetv2_segresmamba.operators import directions as _directions_module
 from nnunetv2_segresmamba.operators.directions import FORWARD, INTER_SLICE, INTER_SLICE_REVERSE, REVERSE
+from nnunetv2_segresmamba.operators.numba_cache import cached_njit
 
 FASTMATH = {"contract", "reassoc", "nsz", "arcp"}  # no nnan/ninf: a NaN input stays NaN
 EXP_FLOOR = np.float32(-87.0)  # exp(-87) = 1.6e-38 is still normal
 ZERO, HALF, ONE, TWO = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(2.0)
 
-jit = nb.njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+# cached in the per-user folder of operators.numba_cache; directions' kinds are compiled in as constants
+COMPILED_IN = (_directions_module.__file__,)
+jit = cached_njit(COMPILED_IN, fastmath=FASTMATH, error_model="numpy")
 inline = nb.njit(fastmath=FASTMATH, error_model="numpy", inline="always")  # numba-level inlining: loops vectorize
-parallel_jit = nb.njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+parallel_jit = cached_njit(COMPILED_IN, parallel=True, fastmath=FASTMATH, error_model="numpy")
 
 
 # ---------------------------------------------------------------- the kernels' argument groups
