@@ -9,11 +9,13 @@ from nnunetv2_segresmamba.sweeps.executors import SlurmOptions, run_local, submi
 from nnunetv2_segresmamba.sweeps.jobs import FoldJob, write_plan
 from nnunetv2_segresmamba.sweeps.status import ACTIVE, JobStatus, format_table, job_states
 
+INTERRUPTED_EXIT_CODE = 130  # a shell's code for a command ended by Ctrl-C
+
 
 def run_sweep(jobs: list[FoldJob], sweep_dir: Path, results: str, executor: str = "local", device: str = "cuda",
               dry_run: bool = False, wait: bool = False, gpus: int = 1, slurm: SlurmOptions | None = None,
               poll_s: float = 10.0) -> int:
-    """Runs the sweep; returns a process exit code (1 when a job failed)."""
+    """Runs the sweep; returns a process exit code (1 when a job failed, 130 after Ctrl-C)."""
     statuses = job_states(jobs, sweep_dir, results)
     todo = [s.job for s in statuses if s.state not in ("done", *ACTIVE)]
     print(_plan_table(statuses, executor, dry_run), flush=True)
@@ -23,7 +25,12 @@ def run_sweep(jobs: list[FoldJob], sweep_dir: Path, results: str, executor: str 
     if not todo:
         return 0
     if executor == "local":
-        outcomes = run_local(todo, sweep_dir, device, gpus)
+        try:
+            outcomes = run_local(todo, sweep_dir, device, gpus)
+        except KeyboardInterrupt:
+            print(format_table(job_states(jobs, sweep_dir, results)))
+            print("stopped by Ctrl-C: run the same command again to resume", flush=True)
+            return INTERRUPTED_EXIT_CODE
         failed = "failed" in outcomes.values()
         final = job_states(jobs, sweep_dir, results)
     else:

@@ -25,6 +25,7 @@ from nnunetv2_segresmamba.optimizers.galore import DEFAULT_GAP, DEFAULT_SCALE, G
 from nnunetv2_segresmamba.registry import BOTH, Member
 from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
+from nnunetv2_segresmamba.trainers.graceful_stop import GracefulStop
 from nnunetv2_segresmamba.trainers.schedules import CosineAnnealingScheduler
 from nnunetv2_segresmamba.trainers.tracking import energy_record, energy_tracker_from_env, write_run_metrics
 
@@ -52,8 +53,9 @@ class PaperRecipe:
     deep_supervision = False
 
 
-class ComparisonTrainerBase(nnUNetTrainer):
-    """Base of the comparison family. Subclasses set the recipe attributes below.
+class ComparisonTrainerBase(GracefulStop, nnUNetTrainer):
+    """Base of the comparison family. Subclasses set the recipe attributes below. Stops
+    cleanly on SIGUSR1 and SIGTERM (:class:`~.graceful_stop.GracefulStop`).
 
     The recipe comes from a mixin listed before this base (:class:`NnUNetRecipe`,
     :class:`PaperRecipe`), so that a sibling can swap it: ``class X(NnUNetRecipe, Trainer)``.
