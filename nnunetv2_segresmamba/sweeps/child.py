@@ -16,12 +16,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from nnunetv2_segresmamba.tools.stopping import FORWARDED_SIGNAL, STOPPED_EXIT_CODE, resumed_epoch, stopped_epoch
 
 STOP_WAIT_S = 90.0  # how long a stopping child may take (one iteration and a checkpoint) before it is killed
+POLL_S = 0.2
 _RUNNING: list[Child] = []  # the children running now, in this process
 
 
@@ -43,24 +45,29 @@ class Child:
             self.resumed_at = _first(resumed_epoch(line), self.resumed_at)
             self.stopped_at = _first(stopped_epoch(line), self.stopped_at)
 
-    def wait(self, timeout_s: float | None = None) -> int:
-        """The exit code, once the child has ended and its output is in the log."""
-        code = self.process.wait(timeout_s)
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """The exit code, once the child has ended and its output is in the log; None if it
+        runs on after ``timeout_s``. Polls: a blocking ``Popen.wait`` holds a lock that a signal
+        handler (submitit's ``checkpoint``) waiting for the same child would wait for forever."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while (code := self.process.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+            time.sleep(POLL_S)
         self.reader.join(timeout=10)
         return code
 
-    def stop(self, timeout_s: float = STOP_WAIT_S) -> int:
+    def stop(self, timeout_s: float | None = STOP_WAIT_S) -> int | None:
         """Forwards SIGUSR1, waits for the child's checkpoint, kills it after ``timeout_s``."""
         if self.process.poll() is None:
             self.process.send_signal(FORWARDED_SIGNAL)
-        try:
-            return self.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            return self.kill()
+        code = self.wait(timeout_s)
+        return self.kill() if code is None else code
 
-    def kill(self) -> int:
-        self.process.kill()
-        return self.wait()
+    def kill(self) -> int | None:
+        if self.process.poll() is None:
+            self.process.kill()
+        return self.wait(10)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -36,13 +36,13 @@ CHECKPOINT_LATEST = "checkpoint_latest.pth"  # nnU-Net's name, which --c reads
 
 
 class StopCheckSchedule:
-    """Mixin: a run long enough for a stop signal to land in mid-training (4 epochs x 8 iterations,
-    1 validation iteration) that writes ``checkpoint_latest.pth`` only on a graceful stop (every
+    """Mixin: a run long enough for two stop signals to land in mid-training (3 epochs x 4
+    iterations, 1 validation iteration) that writes ``checkpoint_latest.pth`` only on a graceful stop (every
     1000 epochs otherwise), unseeded so that nnU-Net's data loader worker processes run: whatever
     ``--c`` resumes from, only the graceful stop can have written it."""
 
-    comparison_num_epochs = 4
-    comparison_iterations_per_epoch = 8
+    comparison_num_epochs = 3
+    comparison_iterations_per_epoch = 4
     comparison_val_iterations_per_epoch = 1
     comparison_save_every = 1000
     seed = None
