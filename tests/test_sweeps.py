@@ -216,17 +216,6 @@ def test_local_sweep_ctrl_c_stops_the_training_gracefully_and_resumes(workspace)
                      run_status(workspace.env, sweep_dir), re.M)
 
 
-def start_requeued_now(cluster, task: str, timeout_s: float = 60) -> None:
-    """Once submitit has requeued ``task``, lets it start now: SLURM holds a requeued job for
-    a while (its begin time) before it may run again."""
-    deadline = time.time() + timeout_s
-    while cluster.run("squeue", "-h", "-r", "-j", task, "-o", "%T").stdout.strip() != "PENDING":
-        assert time.time() < deadline, f"{task} was not requeued"
-        time.sleep(0.2)
-    released = cluster.run("scontrol", "update", f"JobId={task}", "StartTime=now")
-    assert released.returncode == 0, released.stderr
-
-
 def test_slurm_fold_interrupted_twice_resumes_each_time(workspace, tmp_path):
     """submitit's timeout signal (SIGUSR2 to the job step, as SLURM sends it
     ``slurm_signal_delay_s`` before the time limit) in epoch 1, and again after the requeued task
@@ -250,7 +239,6 @@ def test_slurm_fold_interrupted_twice_resumes_each_time(workspace, tmp_path):
                 sent = cluster.run("scancel", "--signal=USR2", task)
                 assert sent.returncode == 0, sent.stderr
                 wait_for_log(fold_dir, r"Stopped by SIGUSR1", proc, count=stop)
-                start_requeued_now(cluster, task)
             out = proc.communicate(timeout=600)[0]
         finally:
             if proc.poll() is None:
