@@ -149,3 +149,105 @@ def test_slurm_sweep_on_a_real_cluster(workspace, tmp_path):
         assert re.fullmatch(r"\d+_\d+", record["slurm_job_id"]), "the fold did not run as a SLURM array task"
     run_command(cli("report", "--sweep-dir", sweep_dir), env, quiet=True)
     assert leaderboard(os.path.join(sweep_dir, "report"))[NNUNET]["folds_done"] == "2"
+
+
+STOPCHECK = "nnUNetTrainerComparisonNnUNet_stopcheck"  # 3 epochs; checkpoint_latest.pth only from a graceful stop
+EPOCH_LINE = re.compile(r": Epoch (\d+) ?$", re.M)
+
+
+def training_logs(fold_dir) -> list[str]:
+    """The fold's nnU-Net training logs, one a process, oldest first."""
+    return [open(path).read() for path in sorted(glob.glob(str(fold_dir / "training_log_*.txt")))]
+
+
+def wait_for_log(fold_dir, pattern: str, proc: subprocess.Popen, count: int = 1, timeout_s: float = 600) -> None:
+    """Waits until ``pattern`` is in ``count`` of the fold's training logs (the sweep still running)."""
+    deadline = time.time() + timeout_s
+    while sum(bool(re.search(pattern, log, re.M)) for log in training_logs(fold_dir)) < count:
+        assert proc.poll() is None, f"the sweep ended (code {proc.returncode}) before {pattern!r} was logged"
+        assert time.time() < deadline, f"{pattern!r} not logged in {timeout_s} s"
+        time.sleep(0.1)
+
+
+def assert_each_resume_where_it_stopped(fold_dir, stops: int) -> list[tuple[int, int]]:
+    """Each training process after the first resumed at the epoch the one before was in when it
+    stopped, or the next one (stopped at an epoch's end); the last trained all 3 epochs. Returns
+    (epoch in progress at the stop, epoch resumed at) for each stop. With only the 1000-epoch
+    checkpoint, --c would have started at epoch 0."""
+    logs = training_logs(fold_dir)
+    assert len(logs) == stops + 1, f"{len(logs)} training processes for {stops} stops"
+    pairs = []
+    for before, after in zip(logs, logs[1:]):
+        in_progress = int(EPOCH_LINE.findall(before)[-1])
+        said = re.search(r"Stopped by SIGUSR1, not failed: .* resumes at epoch (\d+)", before)
+        resumed = re.search(r"Resuming at epoch (\d+)", after)
+        assert said and resumed, "a process was not stopped gracefully, or the next did not resume"
+        assert int(said.group(1)) == int(resumed.group(1)) == int(EPOCH_LINE.findall(after)[0])
+        assert in_progress <= int(resumed.group(1)) <= in_progress + 1
+        pairs.append((in_progress, int(resumed.group(1))))
+    assert int(EPOCH_LINE.findall(logs[-1])[-1]) == 2 and "Training done." in logs[-1]
+    return pairs
+
+
+def test_local_sweep_ctrl_c_stops_the_training_gracefully_and_resumes(workspace):
+    """Ctrl-C (SIGINT to the foreground process group) in epoch 1: the sweep forwards SIGUSR1 to
+    nnUNetv2_train, which writes its checkpoint and exits 75; the rerun resumes at epoch 1."""
+    results, sweep_dir = workspace.path("nnUNet_results"), os.path.join(workspace.root, "sweeps", "ctrl_c")
+    fold = job(STOPCHECK, 0)
+    args, env = sweep_args(sweep_dir, [STOPCHECK], [0]), {**os.environ, **workspace.env, "nnUNet_n_proc_DA": "1"}
+    proc = subprocess.Popen(cli(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        wait_for_log(fold.fold_dir(results), r": Epoch 1 ?$", proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        out = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out
+    assert re.search(rf"^stopped\s+{fold.key}\s+rerun the sweep to resume; 1 stop \(--c at epochs 1\)",
+                     run_status(workspace.env, sweep_dir), re.M), out
+    assert not (fold.fold_dir(results) / "checkpoint_final.pth").exists()
+
+    run_command(cli(*args), {**workspace.env, "nnUNet_n_proc_DA": "1"}, quiet=True)
+    assert is_done(fold.fold_dir(results))
+    assert assert_each_resume_where_it_stopped(fold.fold_dir(results), stops=1) == [(1, 1)]
+    assert re.search(rf"^done\s+{fold.key}\s+1 stop \(--c at epochs 1\); resumed at epochs 1\s",
+                     run_status(workspace.env, sweep_dir), re.M)
+
+
+def test_slurm_fold_interrupted_twice_resumes_each_time(workspace, tmp_path):
+    """submitit's timeout signal (SIGUSR2 to the job step, as SLURM sends it
+    ``slurm_signal_delay_s`` before the time limit) in epoch 1, and again after the requeued task
+    resumed, in epoch 2: each time the task stops the training gracefully and submitit requeues it."""
+    pytest.importorskip("submitit")
+    try:
+        cluster = start_local_cluster(tmp_path / "slurm", accounting=False)
+    except SlurmUnavailable as exc:
+        pytest.skip(f"no SLURM cluster on this machine: {exc}")
+    results, sweep_dir = workspace.path("nnUNet_results"), os.path.join(workspace.root, "sweeps", "slurm_stops")
+    fold = job(STOPCHECK, 1)
+    fold_dir, env = fold.fold_dir(results), {**os.environ, **workspace.env, **cluster.env}
+    with cluster:
+        proc = subprocess.Popen(cli(*sweep_args(sweep_dir, [STOPCHECK], [1]), "--executor", "slurm", "--partition",
+                                    cluster.partition, "--gpus", "0", "--cpus", "1", "--time-min", "20", "--wait"),
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            for stop, epoch in enumerate((1, 2), start=1):
+                wait_for_log(fold_dir, rf": Epoch {epoch} ?$", proc, count=1)
+                task = json.load(open(os.path.join(sweep_dir, "submitted.json")))[fold.key]
+                sent = cluster.run("scancel", "--signal=USR2", task)
+                assert sent.returncode == 0, sent.stderr
+                wait_for_log(fold_dir, r"Stopped by SIGUSR1", proc, count=stop)
+            out = proc.communicate(timeout=600)[0]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        status = run_status(env, sweep_dir)
+    assert proc.returncode == 0, out
+    assert is_done(fold_dir)
+    pairs = assert_each_resume_where_it_stopped(fold_dir, stops=2)
+    resumed = [r for _, r in pairs]
+    assert re.search(rf"^done\s+{fold.key}\s+2 stops \(--c at epochs {resumed[0]}, {resumed[1]}\); resumed at "
+                     rf"epochs {resumed[0]}, {resumed[1]}\s", status, re.M), status
+    print(f"\nSLURM stops (epoch in progress, epoch resumed at): {pairs}")

@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnunetv2_segresmamba.sweeps.child import Interrupted, kill_children, stop_children
 from nnunetv2_segresmamba.sweeps.jobs import FoldJob
 from nnunetv2_segresmamba.sweeps.predict import run_job
 from nnunetv2_segresmamba.tools.layout import SUBMITTED_FILE, write_atomically
@@ -24,15 +25,17 @@ def nnunet_env() -> dict[str, str]:
 def run_local(jobs: list[FoldJob], sweep_dir: Path, device: str, gpus: int = 1) -> dict[str, str]:
     """Runs ``jobs`` here: in turn, or with ``gpus`` > 1 one job per GPU (CUDA_VISIBLE_DEVICES).
     A failed job is reported and the others still run (see :func:`run_recorded`). Returns
-    {job key: done/skipped/failed}."""
+    {job key: done/skipped/failed/stopped}. Ctrl-C stops the running trainings gracefully
+    (:mod:`.child`; again: kills them), starts no other job and raises KeyboardInterrupt."""
     pending: queue.Queue[FoldJob] = queue.Queue()
     for job in jobs:
         pending.put(job)
     outcomes: dict[str, str] = {}
+    interrupted = threading.Event()
 
     def worker(gpu: int | None) -> None:
         env = nnunet_env() if gpu is None else {**nnunet_env(), "CUDA_VISIBLE_DEVICES": str(gpu)}
-        while True:
+        while not interrupted.is_set():
             try:
                 job = pending.get_nowait()
             except queue.Empty:
@@ -41,13 +44,24 @@ def run_local(jobs: list[FoldJob], sweep_dir: Path, device: str, gpus: int = 1) 
             print(f"{outcomes[job.key]:>8}  {job.key}", flush=True)
 
     if device != "cuda" or gpus <= 1:
-        worker(None)
-    else:
-        threads = [threading.Thread(target=worker, args=(gpu,)) for gpu in range(gpus)]
-        for thread in threads:
-            thread.start()
+        worker(None)  # Ctrl-C reaches run_child, in this thread
+        return outcomes
+    threads = [threading.Thread(target=worker, args=(gpu,)) for gpu in range(gpus)]
+    for thread in threads:
+        thread.start()
+    try:
         for thread in threads:
             thread.join()
+    except KeyboardInterrupt:  # in this thread, not the workers': stop their children from here
+        interrupted.set()
+        print("\nCtrl-C: stopping the trainings at their next iteration; Ctrl-C again kills them", flush=True)
+        try:
+            stop_children(timeout_s=None)
+        except KeyboardInterrupt:
+            kill_children()
+        for thread in threads:
+            thread.join()
+        raise
     return outcomes
 
 
@@ -56,6 +70,9 @@ def run_recorded(job: FoldJob, sweep_dir: Path, device: str, env: dict[str, str]
     ``"failed"`` instead of raising any Exception (it is written to the job's record), so the sweep goes on."""
     try:
         return run_job(job, sweep_dir, device, env)
+    except Interrupted:
+        print(f"{'stopped':>8}  {job.key}", flush=True)
+        raise
     except Exception as err:
         print(f"FAILED {job.key}: {describe_error(err)}", flush=True)
         return "failed"

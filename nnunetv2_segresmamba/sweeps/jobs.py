@@ -18,6 +18,7 @@ from itertools import product
 from pathlib import Path
 
 from nnunetv2_segresmamba.registry import DEFAULT_PLANS, RESENC_PRESETS, resenc_planner, resenc_plans
+from nnunetv2_segresmamba.sweeps.child import Child, Interrupted, failure_message, run_child, stopped
 from nnunetv2_segresmamba.tools.layout import (
     CHECKPOINT_FINAL,
     LOGS_DIR,
@@ -26,7 +27,7 @@ from nnunetv2_segresmamba.tools.layout import (
     VALIDATION_SUMMARY,
     write_atomically,
 )
-from nnunetv2_segresmamba.tools.pipeline import describe_error, run_command
+from nnunetv2_segresmamba.tools.pipeline import describe_error
 
 
 @dataclass(frozen=True, order=True)
@@ -163,7 +164,8 @@ def write_record(sweep_dir: Path, job: FoldJob, **fields) -> None:
 
 
 def run_fold(job: FoldJob, sweep_dir: Path, device: str, env: dict[str, str] | None = None) -> str:
-    """Runs one job to completion and returns ``"skipped"`` (already done) or ``"done"``.
+    """Runs one job to its end and returns ``"skipped"`` (already done), ``"done"`` or
+    ``"stopped"`` (the trainer stopped gracefully, :mod:`.child`: a rerun resumes it).
 
     A finished fold is never trained again: a trained but unvalidated fold only gets
     ``--val --npz``; anything else resumes from its latest checkpoint. A failure is written to
@@ -181,12 +183,40 @@ def run_fold(job: FoldJob, sweep_dir: Path, device: str, env: dict[str, str] | N
     try:
         with open(log, "a") as f:
             f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
-        run_command(command, env, log_path=str(log), quiet=True, append=True)
+        child = run_child(command, env, str(log))
+    except Interrupted as interrupted:  # Ctrl-C: run_child stopped the trainer gracefully (or killed it)
+        record_stop(sweep_dir, job, interrupted.child)
+        raise
     except Exception as err:  # any failure, so that no record is left "running"
         write_record(sweep_dir, job, state="failed", ended=time.time(), error=describe_error(err))
         raise
+    if stopped(child):
+        record_stop(sweep_dir, job, child)
+        return "stopped"
+    record_attempt(sweep_dir, job, child)
+    if child.process.returncode:
+        error = RuntimeError(failure_message(command, child))
+        write_record(sweep_dir, job, state="failed", ended=time.time(), error=describe_error(error))
+        raise error
     write_record(sweep_dir, job, state="done", ended=time.time())
     return "done"
+
+
+def record_attempt(sweep_dir: Path, job: FoldJob, child: Child | None) -> None:
+    """Adds the epoch the trainer resumed at, if it resumed, to the record's ``resumed_at``."""
+    if child is not None and child.resumed_at is not None:
+        record = read_record(sweep_dir, job) or {}
+        write_record(sweep_dir, job, resumed_at=[*record.get("resumed_at", []), child.resumed_at])
+
+
+def record_stop(sweep_dir: Path, job: FoldJob, child: Child | None) -> None:
+    """Records a graceful stop: state ``stopped``, the epoch ``--c`` resumes at added to
+    ``stopped_at`` (None where the trainer wrote no checkpoint, e.g. killed by a second Ctrl-C)."""
+    record_attempt(sweep_dir, job, child)
+    record = read_record(sweep_dir, job) or {}
+    epoch = child.stopped_at if child is not None and stopped(child) else None
+    write_record(sweep_dir, job, state="stopped", ended=time.time(),
+                 stopped_at=[*record.get("stopped_at", []), epoch])
 
 
 def slurm_job_id() -> str | None:

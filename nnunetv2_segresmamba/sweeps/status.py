@@ -3,8 +3,14 @@
 - ``done``: trained and validated (``checkpoint_final.pth`` and ``validation/summary.json``); a test-set
   ensemble: its predictions complete (``sweeps.predict``);
 - ``running`` / ``pending``: a live process here, or a task in ``squeue``;
+- ``stopped``: the trainer stopped gracefully (Ctrl-C, SIGUSR1/SIGTERM) and was not requeued: run
+  the sweep again to resume it;
 - ``failed``: nnU-Net failed, or the job was killed or left the queue before finishing;
 - ``not started``: never run or submitted.
+
+The detail of a fold that was stopped says how often and at which epochs it stopped and resumed
+(the job record's ``stopped_at`` and ``resumed_at``): ``2 stops (--c at epochs 2, 3); resumed
+at epochs 2, 3``.
 """
 
 from __future__ import annotations
@@ -48,15 +54,33 @@ def job_states(jobs: list[FoldJob], sweep_dir: Path, results: str | os.PathLike)
 
 
 def _state(job: FoldJob, sweep_dir: Path, results, queue: dict[str, str], slurm_id: str | None) -> tuple[str, str]:
+    record = read_record(sweep_dir, job) or {}
+    state, detail = _plain_state(job, sweep_dir, record, results, queue, slurm_id)
+    return state, "; ".join(filter(None, [detail, stops_and_resumes(record)]))
+
+
+def stops_and_resumes(record: dict) -> str:
+    """``N stops (--c at epochs ...); resumed at epochs ...`` from a job record, or ""."""
+    stops, resumes = record.get("stopped_at") or [], record.get("resumed_at") or []
+    if not stops and not resumes:
+        return ""
+    epochs = ", ".join("?" if e is None else str(e) for e in stops)  # ?: no checkpoint written (killed)
+    text = f"{len(stops)} stop{'s' * (len(stops) != 1)} (--c at epochs {epochs})" if stops else ""
+    return "; ".join(filter(None, [text, f"resumed at epochs {', '.join(map(str, resumes))}" if resumes else ""]))
+
+
+def _plain_state(job: FoldJob, sweep_dir: Path, record: dict, results, queue: dict[str, str],
+                 slurm_id: str | None) -> tuple[str, str]:
     if job_is_done(job, sweep_dir, results):
         return "done", ""
-    record = read_record(sweep_dir, job) or {}
     if record.get("state") == "running":
         return _running_or_lost(record, queue)
     if slurm_id in queue:
         return ("running" if queue[slurm_id] == "RUNNING" else "pending"), f"SLURM {slurm_id} {queue[slurm_id]}"
     if record.get("state") == "failed":
         return "failed", record.get("error") or ""
+    if record.get("state") == "stopped":
+        return "stopped", "rerun the sweep to resume"
     if slurm_id:
         return "failed", f"SLURM {slurm_id} left the queue without running"
     return "not started", ""

@@ -12,13 +12,14 @@ from nnunetv2_segresmamba.sweeps.predict import PredictJob, predict_jobs, read_t
 from nnunetv2_segresmamba.sweeps.status import ACTIVE, JobStatus, format_table, job_states
 
 Job = FoldJob | PredictJob
+INTERRUPTED_EXIT_CODE = 130  # a shell's code for a command ended by Ctrl-C
 
 
 def run_sweep(jobs: list[FoldJob], sweep_dir: Path, results: str, executor: str = "local", device: str = "cuda",
               dry_run: bool = False, wait: bool = False, gpus: int = 1, slurm: SlurmOptions | None = None,
               poll_s: float = 10.0) -> int:
     """Runs the sweep, then its test-set ensembles (see :mod:`~nnunetv2_segresmamba.sweeps.predict`);
-    returns a process exit code (1 when a job failed)."""
+    returns a process exit code (1 when a job failed, 130 after Ctrl-C)."""
     if not dry_run:
         write_plan(sweep_dir, jobs)
     code, settled = run_phase(jobs, sweep_dir, results, executor, device, dry_run, wait, gpus, slurm, poll_s)
@@ -46,7 +47,12 @@ def run_phase(jobs: list[Job], sweep_dir: Path, results: str, executor: str, dev
     if not todo:
         return 0, not any(s.state in ACTIVE for s in statuses)
     if executor == "local":
-        outcomes = run_local(todo, sweep_dir, device, gpus)
+        try:
+            outcomes = run_local(todo, sweep_dir, device, gpus)
+        except KeyboardInterrupt:
+            print(format_table(job_states(jobs, sweep_dir, results)))
+            print("stopped by Ctrl-C: run the same command again to resume", flush=True)
+            return INTERRUPTED_EXIT_CODE, False
         failed = "failed" in outcomes.values()
         final = job_states(jobs, sweep_dir, results)
     else:

@@ -34,6 +34,7 @@ from nnunetv2_segresmamba.registry import (
 from nnunetv2_segresmamba.tools.checkpoints import PRE_RENAME_NETWORK_CLASS, load_checkpoint_file, pre_rename_error
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
 from nnunetv2_segresmamba.trainers.fine_tuning import mark, run_target
+from nnunetv2_segresmamba.trainers.graceful_stop import GracefulStop
 from nnunetv2_segresmamba.trainers.schedules import CosineAnnealingScheduler
 from nnunetv2_segresmamba.trainers.tracking import energy_record, energy_tracker_from_env, write_run_metrics
 
@@ -61,8 +62,9 @@ class PaperRecipe:
     deep_supervision = False
 
 
-class ComparisonTrainerBase(nnUNetTrainer):
-    """Base of the comparison family. Subclasses set the recipe attributes below.
+class ComparisonTrainerBase(GracefulStop, nnUNetTrainer):
+    """Base of the comparison family. Subclasses set the recipe attributes below. Stops
+    cleanly on SIGUSR1 and SIGTERM (:class:`~.graceful_stop.GracefulStop`).
 
     The recipe comes from a mixin listed before this base (:class:`NnUNetRecipe`,
     :class:`PaperRecipe`), so that a sibling can swap it: ``class X(NnUNetRecipe, Trainer)``.

@@ -21,6 +21,7 @@ from nnunetv2_segresmamba.trainers.base import (
     TwoEpochs,
     network_of,
 )
+from nnunetv2_segresmamba.trainers.graceful_stop import StopCheckSchedule
 
 SEGMAMBA, SWINUNETR, UNETR = network("SegMamba"), network("SwinUNETR"), network("UNETR")
 
@@ -144,6 +145,10 @@ class nnUNetTrainerComparisonNnUNet_2epochs(TwoEpochs, nnUNetTrainerComparisonNn
 
 class nnUNetTrainerComparisonNnUNet_smoke(SmokeSchedule, nnUNetTrainerComparisonNnUNet):
     pass
+
+
+class nnUNetTrainerComparisonNnUNet_stopcheck(StopCheckSchedule, nnUNetTrainerComparisonNnUNet):
+    """For the graceful stop's tests: only a graceful stop writes checkpoint_latest.pth."""
 
 
 class nnUNetTrainerComparisonNnUNet_paperRecipe_smoke(QuickSmokeSchedule, nnUNetTrainerComparisonNnUNet_paperRecipe):
