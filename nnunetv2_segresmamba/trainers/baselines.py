@@ -9,17 +9,14 @@ same for every sibling.
 from __future__ import annotations
 
 from nnunetv2_segresmamba.registry import network
-from nnunetv2_segresmamba.trainers.base import (
-    SMOKE_FEATURE_SIZES,
-    ComparisonTrainerBase,
-    GaLore,
-    LowMemory,
+from nnunetv2_segresmamba.trainers.base import SMOKE_FEATURE_SIZES, ComparisonTrainerBase, network_of
+from nnunetv2_segresmamba.trainers.memory import GaLore, LowMemory
+from nnunetv2_segresmamba.trainers.recipes import (
     NnUNetRecipe,
     PaperRecipe,
     QuickSmokeSchedule,
     SmokeSchedule,
     TwoEpochs,
-    network_of,
 )
 
 SEGMAMBA, SWINUNETR, UNETR = network("SegMamba"), network("SwinUNETR"), network("UNETR")
