@@ -32,7 +32,8 @@ from nnunetv2_segresmamba.operators.tom import MambaLayer
 from nnunetv2_segresmamba.optimizers.galore import GaLoreAdamW
 from nnunetv2_segresmamba.registry import network
 from nnunetv2_segresmamba.tools.reporting import markdown_table
-from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, galore_groups, parameter_groups
+from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase
+from nnunetv2_segresmamba.trainers.parameter_groups import galore_groups, parameter_groups
 
 MODES = {"plain": (False, False), "lowmem": (True, False), "GaLore": (False, True), "lowmem_GaLore": (True, True)}
 

@@ -66,7 +66,7 @@ def test_a_network_without_marks_gets_one_group(planned, monkeypatch):
 
 
 def test_optimizers_are_fused_where_torch_has_the_kernels():
-    from nnunetv2_segresmamba.trainers.base import fused_if_available
+    from nnunetv2_segresmamba.trainers.parameter_groups import fused_if_available
 
     layer = torch.nn.Linear(3, 2)
     fused = fused_if_available(torch.optim.AdamW, [{"params": layer.parameters()}], lr=1e-3)
@@ -236,7 +236,7 @@ def test_lowmem_is_refused_where_the_network_would_not_checkpoint(trainer):
     """nnU-Net's, Swin-UMamba's and UNETR's networks are built without any checkpointing switch: a
     LowMemory variant would train exactly as the plain trainer. It is refused where it is defined,
     naming the trainers that take it."""
-    from nnunetv2_segresmamba.trainers.base import LowMemory
+    from nnunetv2_segresmamba.trainers.memory import LowMemory
 
     supported = ("nnUNetTrainerSegResMamba, nnUNetTrainerSegMamba, nnUNetTrainerSwinUNETR, nnUNetTrainerUMambaBot, "
                  "nnUNetTrainerUMambaEnc")
@@ -583,7 +583,7 @@ def test_siblings_galore_trainers_keep_their_recipe_and_take_a_step(name, planne
 
 
 def test_galore_is_refused_on_a_recipe_without_adamw():
-    from nnunetv2_segresmamba.trainers.base import GaLore
+    from nnunetv2_segresmamba.trainers.memory import GaLore
 
     with pytest.raises(TypeError, match=r"GaLore replaces a recipe's AdamW, but this trainer's recipe trains with SGD"):
         type("nnUNetTrainerSegMamba_GaLore", (GaLore, trainers.nnUNetTrainerSegMamba), {})

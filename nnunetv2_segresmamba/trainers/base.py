@@ -1,6 +1,8 @@
-"""What every trainer of the comparison family shares: the training budget, the
-configurations each network supports (2d and 3D, or 3D only), no torch.compile, patch
-rounding, and recipes set as class attributes."""
+"""The base trainer of the comparison family: the training budget, the configurations each
+network supports (2d and 3D, or 3D only), no torch.compile, patch rounding, checkpoints that
+record their network, and the recipe read from class attributes. The recipes and run lengths
+are in :mod:`.recipes`, the memory modes in :mod:`.memory`, the optimizer's groups in
+:mod:`.parameter_groups`."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import os
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,13 +22,12 @@ from nnunetv2.utilities.helpers import softmax_helper_dim1
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch.optim.lr_scheduler import _LRScheduler
 
-from nnunetv2_segresmamba.optimizers.galore import DEFAULT_GAP, DEFAULT_SCALE, GaLoreAdamW, as_matrix
+from nnunetv2_segresmamba.optimizers.galore import DEFAULT_GAP, DEFAULT_SCALE, GaLoreAdamW
 from nnunetv2_segresmamba.registry import (
     BOTH,
     DEFAULT_PLANS,
     Member,
     checkpointing_builder,
-    checkpointing_members,
     member,
     takes_checkpointing,
 )
@@ -35,31 +35,9 @@ from nnunetv2_segresmamba.tools.checkpoints import PRE_RENAME_NETWORK_CLASS, loa
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
 from nnunetv2_segresmamba.trainers.fine_tuning import mark, run_target
 from nnunetv2_segresmamba.trainers.graceful_stop import GracefulStop
+from nnunetv2_segresmamba.trainers.parameter_groups import fused_if_available, galore_groups, parameter_groups
 from nnunetv2_segresmamba.trainers.schedules import CosineAnnealingScheduler
 from nnunetv2_segresmamba.trainers.tracking import energy_record, energy_tracker_from_env, write_run_metrics
-
-
-class NnUNetRecipe:
-    """Mixin: nnU-Net's recipe, SGD lr 1e-2 (nesterov, momentum 0.99, weight decay 3e-5), poly
-    schedule, Dice + cross-entropy. Deep supervision is the network's choice, not set here."""
-
-    optimizer_name = "SGD"
-    recipe_initial_lr = 1e-2
-    recipe_weight_decay = 3e-5
-    lr_schedule = "poly"
-    loss_name = "dice_ce"
-
-
-class PaperRecipe:
-    """Mixin: the SegResMamba paper's recipe (appendix A), AdamW lr 1e-4 (weight decay 1e-5),
-    cosine annealing, soft Dice, no deep supervision."""
-
-    optimizer_name = "AdamW"
-    recipe_initial_lr = 1e-4
-    recipe_weight_decay = 1e-5
-    lr_schedule = "cosine"
-    loss_name = "dice"
-    deep_supervision = False
 
 
 class ComparisonTrainerBase(GracefulStop, nnUNetTrainer):
@@ -277,17 +255,6 @@ class ComparisonTrainerBase(GracefulStop, nnUNetTrainer):
         )
 
 
-def fused_if_available(optimizer_class: type[torch.optim.Optimizer], params: list[dict],
-                       **kwargs) -> torch.optim.Optimizer:
-    """``optimizer_class(params, fused=True, **kwargs)``: one kernel updates every parameter, not
-    a Python loop over them (several times faster on a CPU); unfused where torch has no fused
-    kernel for the parameters' device. The update is the same algorithm either way."""
-    try:
-        return optimizer_class(params, fused=True, **kwargs)
-    except RuntimeError:  # "`fused=True` requires all the params to be ... of supported devices"
-        return optimizer_class(params, **kwargs)
-
-
 def seed_everything(seed: int) -> None:
     """Seeds Python's, NumPy's and torch's random generators."""
     random.seed(seed)
@@ -310,124 +277,6 @@ def environment_variable(name: str, value: str) -> Iterator[None]:
 
 
 SMOKE_FEATURE_SIZES = (16, 32, 64, 128)  # SegResMamba's and SegMamba's stage widths in smoke runs: a third
-
-
-class LowMemory:
-    """Mixin: the same network with activation checkpointing (its ``checkpointing`` argument, or
-    MONAI's ``use_checkpoint``): the network's segments (encoder stages or their convolutions,
-    decoder blocks, and in SegResMamba's and SegMamba's ToMs each direction) keep only their
-    inputs for the backward pass and run again there. Less training memory for one more forward
-    pass a step and a little more (measured: documentation/memory_modes.md);
-    the same weights and parameter names, and the gradients to fp32 rounding, so a ``_lowmem``
-    run predicts like any other (its checkpoint loads into the plain network too). Only for
-    trainers whose ``build_network`` takes it (:func:`~nnunetv2_segresmamba.registry.takes_checkpointing`):
-    another trainer is refused where it is defined, as it would train without checkpointing."""
-
-    activation_checkpointing = True
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if not takes_checkpointing(cls.build_network):
-            supported = ", ".join(dict.fromkeys(m.trainer for m in checkpointing_members()))
-            raise TypeError(f"{cls.__name__}: LowMemory checkpoints a network's activations, but this trainer's "
-                            "build_network builds its network without checkpointing, so it would train exactly as "
-                            f"without LowMemory. LowMemory works with these trainers and their variants: {supported} "
-                            "(e.g. nnUNetTrainerSegResMamba_lowmem); train this one without it.")
-
-
-class GaLore:
-    """Mixin: the recipe's AdamW as GaLore-AdamW (:mod:`nnunetv2_segresmamba.optimizers.galore`):
-    the gradients of Linear and conv weights projected to ``galore_rank`` dimensions, Adam's moments
-    kept there; the other parameters take unprojected steps. A smaller optimizer state; the same
-    network and checkpoints, which predict without any GaLore import. Only for trainers whose
-    recipe trains with AdamW: a trainer with another optimizer is refused where it is defined."""
-
-    optimizer_name = "GaLoreAdamW"
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        recipe = next((vars(c)["optimizer_name"] for c in cls.__mro__
-                       if not issubclass(c, GaLore) and "optimizer_name" in vars(c)), None)
-        if recipe != "AdamW":
-            trains = "names no optimizer_name" if recipe is None else f"trains with {recipe}"
-            raise TypeError(f"{cls.__name__}: GaLore replaces a recipe's AdamW, but this trainer's recipe {trains}; "
-                            "put GaLore in front of a trainer whose optimizer_name is 'AdamW'")
-        if cls.optimizer_name != GaLore.optimizer_name:
-            raise TypeError(f"{cls.__name__} would train with {cls.optimizer_name}: put GaLore first among its bases, "
-                            "e.g. class X(GaLore, nnUNetTrainerSegResMamba)")
-
-
-class TwoEpochs:
-    """Mixin: two epochs of the full iteration count, a quick check on a real dataset."""
-
-    comparison_num_epochs = 2
-
-
-class SmokeSchedule:
-    """Mixin: a pipeline check in a few CPU minutes: 2 epochs x 4 iterations, 1 validation
-    iteration, a checkpoint every epoch, seeded. Trains, validates, saves and predicts; learns little."""
-
-    comparison_num_epochs = 2
-    comparison_iterations_per_epoch = 4
-    comparison_val_iterations_per_epoch = 1
-    comparison_save_every = 1
-    seed = 0
-
-
-class QuickSmokeSchedule(SmokeSchedule):
-    """Mixin: the cheapest run that still trains, validates, saves and predicts through the CLI:
-    1 epoch x 2 iterations, without mirroring (as nnU-Net's ``nnUNetTrainerNoMirroring``: one
-    forward pass a window at validation and prediction instead of 8). For the networks whose
-    learning other smoke runs cover (the ablations), and for those whose patches of 32^3 and up
-    make each CPU step slow (SegMamba, SwinUNETR, UNETR)."""
-
-    comparison_num_epochs = 1
-    comparison_iterations_per_epoch = 2
-
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self.inference_allowed_mirroring_axes = None
-        return rotation, dummy_2d, initial_patch_size, None
-
-
-def parameter_groups(network: nn.Module, weight_decay: float, exempt_marked: bool = True) -> list[dict]:
-    """Two optimizer groups: every parameter with ``weight_decay``, except those marked
-    ``_no_weight_decay`` (the ToM's ``A_log``, ``D`` and their ``_b``/``_s`` twins, as in
-    mamba_ssm), which get none unless ``exempt_marked`` is False. Norm weights and biases keep the
-    recipe's weight decay: each recipe of the family (nnU-Net, MONAI's tutorials, SegMamba's
-    script) decays them, and the comparison reproduces those recipes. The second group is left
-    out when nothing is exempt."""
-    decay, no_decay = [], []
-    for parameter in network.parameters():
-        if parameter.requires_grad:
-            exempt = exempt_marked and getattr(parameter, "_no_weight_decay", False)
-            (no_decay if exempt else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
-
-
-PROJECTED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-def galore_groups(network: nn.Module, groups: list[dict], rank: int, update_proj_gap: int,
-                  scale: float) -> list[dict]:
-    """``groups`` (:func:`parameter_groups`) with the weights of ``network``'s Linear and conv
-    layers split off into groups of their own, which GaLore projects (``rank``, ``update_proj_gap``,
-    ``scale``), where their matrices (:func:`~nnunetv2_segresmamba.optimizers.galore.as_matrix`)
-    have more than ``rank`` rows and columns (else a projection saves nothing); each keeps its
-    group's weight decay."""
-    projected_ids = {id(m.weight) for m in network.modules()
-                     if isinstance(m, PROJECTED_MODULES) and min(as_matrix(m.weight).shape) > rank}
-    split = []
-    for group in groups:
-        projected = [p for p in group["params"] if id(p) in projected_ids]
-        rest = [p for p in group["params"] if id(p) not in projected_ids]
-        galore = {"rank": rank, "update_proj_gap": update_proj_gap, "scale": scale}
-        split += [{**group, "params": params, **extra} for params, extra in ((projected, galore), (rest, {}))
-                  if params]
-    return split
 
 
 def network_of(member: Member) -> classmethod:

@@ -9,19 +9,16 @@ same for every sibling.
 from __future__ import annotations
 
 from nnunetv2_segresmamba.registry import network
-from nnunetv2_segresmamba.trainers.base import (
-    SMOKE_FEATURE_SIZES,
-    ComparisonTrainerBase,
-    GaLore,
-    LowMemory,
+from nnunetv2_segresmamba.trainers.base import SMOKE_FEATURE_SIZES, ComparisonTrainerBase, network_of
+from nnunetv2_segresmamba.trainers.graceful_stop import StopCheckSchedule
+from nnunetv2_segresmamba.trainers.memory import GaLore, LowMemory
+from nnunetv2_segresmamba.trainers.recipes import (
     NnUNetRecipe,
     PaperRecipe,
     QuickSmokeSchedule,
     SmokeSchedule,
     TwoEpochs,
-    network_of,
 )
-from nnunetv2_segresmamba.trainers.graceful_stop import StopCheckSchedule
 
 SEGMAMBA, SWINUNETR, UNETR = network("SegMamba"), network("SwinUNETR"), network("UNETR")
 

@@ -7,11 +7,9 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunetv2_segresmamba.networks.segresmamba import SegResMamba, arch_kwargs_for_plan
 from nnunetv2_segresmamba.registry import checkpointing_builder, network
-from nnunetv2_segresmamba.trainers.base import (
-    SMOKE_FEATURE_SIZES,
-    ComparisonTrainerBase,
-    GaLore,
-    LowMemory,
+from nnunetv2_segresmamba.trainers.base import SMOKE_FEATURE_SIZES, ComparisonTrainerBase
+from nnunetv2_segresmamba.trainers.memory import GaLore, LowMemory
+from nnunetv2_segresmamba.trainers.recipes import (
     NnUNetRecipe,
     PaperRecipe,
     QuickSmokeSchedule,

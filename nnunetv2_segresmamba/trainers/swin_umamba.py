@@ -20,7 +20,8 @@ from nnunetv2_segresmamba.networks.swin_umamba import SwinUMamba, SwinUMambaD
 from nnunetv2_segresmamba.networks.vmamba import VSSMEncoder
 from nnunetv2_segresmamba.networks.vmamba_weights import load_vmamba_encoder
 from nnunetv2_segresmamba.registry import member
-from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase, QuickSmokeSchedule, TwoEpochs
+from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase
+from nnunetv2_segresmamba.trainers.recipes import QuickSmokeSchedule, TwoEpochs
 
 
 class SwinUMambaRecipe(ComparisonTrainerBase):

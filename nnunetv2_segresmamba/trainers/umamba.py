@@ -9,13 +9,9 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunetv2_segresmamba.networks.umamba import UMambaBot, UMambaEnc, arch_kwargs_for_plan
 from nnunetv2_segresmamba.registry import checkpointing_builder
-from nnunetv2_segresmamba.trainers.base import (
-    ComparisonTrainerBase,
-    LowMemory,
-    NnUNetRecipe,
-    QuickSmokeSchedule,
-    TwoEpochs,
-)
+from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase
+from nnunetv2_segresmamba.trainers.memory import LowMemory
+from nnunetv2_segresmamba.trainers.recipes import NnUNetRecipe, QuickSmokeSchedule, TwoEpochs
 
 
 class UMambaRecipe(NnUNetRecipe, ComparisonTrainerBase):
