@@ -6,8 +6,9 @@ without its Mamba layer).
 
 Benchmarks and cluster sweeps iterate over :data:`FAMILY` (by default over its "comparison"
 group: see :func:`members`); each entry builds its network for (in_channels, out_channels,
-patch_size) without any plans file. Look a member up by trainer and plans (:func:`member`) or
-by network name (:func:`network`).
+patch_size) without any plans file. Look a member up by network name (:func:`network`); a
+trainer class names its member (``ComparisonTrainerBase.member``), and :func:`on_plans` finds
+it on other plans.
 
 Import-light: torch and the networks are imported by the builders only, so that reports can
 name networks without loading torch.
@@ -202,9 +203,6 @@ BOTH, ONLY_3D, ONLY_2D = (2, 3), (3,), (2,)  # the spatial dims of the configura
 # (SwinUNETR, UNETR, SegMamba), Swin-UMamba's deep-supervision heads
 SEG_LAYERS, SEGRESMAMBA_HEAD, MONAI_OUT, SWIN_UMAMBA_OUT = (
     ("decoder.seg_layers.",), ("head.seg_layers.",), ("out.",), ("out_layers.",))
-SCHEDULE_SUFFIXES = ("_smoke", "_2epochs", "_demo", "_pipeline")  # shorter runs of a member's trainer
-# the member's network and recipe in less memory: activation checkpointing, GaLore-AdamW, both
-MEMORY_SUFFIXES = ("_lowmem_GaLore", "_lowmem", "_GaLore")
 
 
 @dataclass(frozen=True)
@@ -358,26 +356,19 @@ def members(group: str | None = COMPARISON) -> list[Member]:
     return [m for m in FAMILY if group is None or m.group == group]
 
 
-def member(trainer: str, plans: str = DEFAULT_PLANS) -> Member:
-    """The family member that trains ``trainer`` (a schedule suffix such as ``_smoke`` or
-    ``_2epochs``, after a memory suffix such as ``_lowmem``, ``_GaLore`` or ``_lowmem_GaLore``
-    or not, is allowed: the member's network) on ``plans``;
-    for plans no member names (a SegResMamba on ResEnc plans, say), the trainer's member on the
-    default plans."""
-    base = trainer
-    for suffixes in (SCHEDULE_SUFFIXES, MEMORY_SUFFIXES):
-        base = next((base[: -len(s)] for s in suffixes if base.endswith(s)), base)
-    candidates = [m for m in FAMILY if m.trainer == base]
-    if candidates:
-        return min(candidates, key=lambda m: (m.plans != plans, m.plans != DEFAULT_PLANS))
-    raise KeyError(f"{trainer!r} is not a trainer of the family: {sorted({m.trainer for m in FAMILY})}")
+def on_plans(member: Member, plans: str) -> Member:
+    """The member that trains ``member``'s trainer on ``plans`` (nnU-Net's trainer on ResEnc M
+    plans: "nnU-Net ResEnc M"); ``member`` itself where no member names those plans (a
+    SegResMamba on ResEnc plans builds SegResMamba). Each trainer class names its member
+    (``ComparisonTrainerBase.member``): the registry reads no trainer names."""
+    return next((m for m in FAMILY if m.trainer == member.trainer and m.plans == plans), member)
+
 
 
 def checkpointing_members() -> list[Member]:
     """The members whose network can checkpoint its activations (:func:`takes_checkpointing`):
-    those with ``_lowmem`` trainers (:class:`~nnunetv2_segresmamba.trainers.base.LowMemory`)."""
+    those with ``_lowmem`` trainers (:class:`~nnunetv2_segresmamba.trainers.memory.LowMemory`)."""
     return [m for m in FAMILY if takes_checkpointing(m.builder)]
-
 
 def network(name: str) -> Member:
     """The family member whose network is called ``name`` (e.g. "SwinUNETR")."""

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from nnunetv2_segresmamba.registry import FAMILY, member, members, network
+from nnunetv2_segresmamba.registry import FAMILY, members, network, on_plans
 from nnunetv2_segresmamba.trainers import base
 
 MEASURED_PARAMS = {  # 128^3 (128^2 for the 2D-only networks), 1 -> 14 channels
@@ -93,16 +93,25 @@ def test_no_divisor_leaves_plans_alone():
     assert plans["configurations"]["3d_fullres"]["patch_size"] == [40, 224, 192]
 
 
-def test_registry_lookup():
-    assert member("nnUNetTrainerSwinUNETR_smoke").network == "SwinUNETR"
-    assert member("nnUNetTrainerSegResMamba_nnUNetRecipe_smoke").network == "SegResMamba-nnUNetRecipe"
-    assert member("nnUNetTrainerSegResMamba_2epochs").network == "SegResMamba"
+def member_of(trainer: str, plans: str = "nnUNetPlans"):
+    from nnunetv2_segresmamba import trainers
+
+    return getattr(trainers, trainer).family_member(plans)
+
+
+def test_each_trainer_names_its_member():
+    """Variants inherit their member; on other plans the member of the same trainer on those
+    plans, where the registry has one."""
+    assert member_of("nnUNetTrainerSwinUNETR_smoke").network == "SwinUNETR"
+    assert member_of("nnUNetTrainerSegResMamba_nnUNetRecipe_smoke").network == "SegResMamba-nnUNetRecipe"
+    assert member_of("nnUNetTrainerSegResMamba_2epochs").network == "SegResMamba"
+    assert member_of("nnUNetTrainerSegResMamba_lowmem_GaLore_smoke").network == "SegResMamba"
+    assert member_of("nnUNetTrainerSegResMambaNoToM_smoke").network == "SegResMamba-NoToM"
     assert [m.trainer for m in FAMILY][0] == "nnUNetTrainerSegResMamba"
-    with pytest.raises(KeyError, match="not a trainer of the family"):
-        member("nnUNetTrainerFoo")
-    assert member("nnUNetTrainerComparisonNnUNet_smoke", "nnUNetResEncUNetMPlans").network == "nnU-Net ResEnc M"
-    assert member("nnUNetTrainerComparisonNnUNet").network == "nnU-Net"
-    assert member("nnUNetTrainerSegResMamba", "nnUNetResEncUNetLPlans").network == "SegResMamba"  # any plans
+    assert member_of("nnUNetTrainerComparisonNnUNet_smoke", "nnUNetResEncUNetMPlans").network == "nnU-Net ResEnc M"
+    assert member_of("nnUNetTrainerComparisonNnUNet").network == "nnU-Net"
+    assert member_of("nnUNetTrainerSegResMamba", "nnUNetResEncUNetLPlans").network == "SegResMamba"  # any plans
+    assert on_plans(network("SegMamba"), "nnUNetResEncUNetMPlans") is network("SegMamba")
     assert network("SwinUNETR").trainer == "nnUNetTrainerSwinUNETR"
     with pytest.raises(KeyError, match="the networks are .*'nnU-Net-paperRecipe'"):
         network("SwinUnetr")
@@ -164,7 +173,7 @@ def test_smoke_trainers_build_small_networks_through_build_network(trainer):
 
     patch, expected = SMOKE_PARAMS[trainer]
     trainer_class = getattr(trainers, trainer)
-    with on_meta_where_it_builds(member(trainer)):
+    with on_meta_where_it_builds(member_of(trainer)):
         net = trainer_class.build_network(None, SimpleNamespace(patch_size=patch), 2, 3, False)
     assert sum(p.numel() for p in net.parameters()) == expected
 
@@ -201,3 +210,10 @@ def test_groups_keep_the_five_as_the_default_and_every_trainer_exists():
         assert m.trainer in trainers.__all__ and f"{m.trainer}_smoke" in trainers.__all__
     with pytest.raises(ValueError, match="group must be"):
         members("ablations")
+
+
+def test_every_member_is_named_by_its_trainer_class():
+    """The registry's members and the trainer classes agree: each member's trainer names it (on
+    the member's plans), so no lookup needs to parse a trainer's name."""
+    for m in FAMILY:
+        assert member_of(m.trainer, m.plans) == m, m.network

@@ -57,12 +57,11 @@ def test_epoch_counts_and_next_steps():
 
 def test_the_demo_trains_a_seeded_segresmamba():
     from nnunetv2_segresmamba import trainers
-    from nnunetv2_segresmamba.registry import member
     from nnunetv2_segresmamba.tools.demo import DEMO_TRAINER
 
     demo = getattr(trainers, DEMO_TRAINER)
     assert issubclass(demo, trainers.nnUNetTrainerSegResMamba) and demo.seed is not None
-    assert member(DEMO_TRAINER).network == "SegResMamba"
+    assert demo.family_member().network == "SegResMamba"
 
 
 def test_the_demo_ends_with_the_exports_of_its_own_folders(tmp_path, monkeypatch):

@@ -86,8 +86,8 @@ def test_a_checkpoint_of_other_plans_is_refused_naming_the_tensors_and_the_comma
                   if not k.startswith(member.output_layers) and v.shape != pretrained.state_dict()[k].shape]
     assert mismatched, "the two plans build the same network"
     before = {k: v.clone() for k, v in tuned.state_dict().items()}
-    mark(tuned, FineTuningTarget(member.output_layers, "nnUNetTrainerSegResMamba", "Dataset994_Other", "3d_fullres",
-                                 "0"))
+    mark(tuned, FineTuningTarget(member.output_layers, "nnUNetTrainerSegResMamba", "SegResMamba", "Dataset994_Other",
+                                 "3d_fullres", "0"))
     path = save_checkpoint(pretrained, tmp_path / "checkpoint_final.pth")
     with pytest.raises(ValueError) as refused:
         run_training.load_pretrained_weights(tuned, path)
@@ -103,12 +103,13 @@ def test_a_checkpoint_of_other_plans_is_refused_naming_the_tensors_and_the_comma
 
 
 def test_a_checkpoint_of_another_network_says_so(tmp_path):
-    """A SegMamba checkpoint into a SwinUNETR of the family: the tensors, and which networks they are."""
+    """A SegMamba checkpoint into a SwinUNETR of the family: the tensors, and which networks they are
+    (the member each trainer names, which our checkpoints record in their ``architecture``)."""
     segmamba, swinunetr = network("SegMamba"), network("SwinUNETR")
     path = save_checkpoint(small_network(segmamba, PRETRAINED_CLASSES, seed=0), tmp_path / "checkpoint_final.pth",
-                           trainer_name="nnUNetTrainerSegMamba_smoke")
+                           trainer_name="nnUNetTrainerSegMamba_smoke", architecture={"member": "SegMamba"})
     tuned = small_network(swinunetr, TARGET_CLASSES, seed=1)
-    mark(tuned, FineTuningTarget(swinunetr.output_layers, "nnUNetTrainerSwinUNETR"))
+    mark(tuned, FineTuningTarget(swinunetr.output_layers, "nnUNetTrainerSwinUNETR", "SwinUNETR"))
     with pytest.raises(ValueError, match=r"(?s)missing from the checkpoint, \d+:.*The checkpoint holds SegMamba "
                                          r"\(nnUNetTrainerSegMamba_smoke\); nnUNetTrainerSwinUNETR builds SwinUNETR"):
         run_training.load_pretrained_weights(tuned, path)

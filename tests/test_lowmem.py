@@ -8,7 +8,7 @@ import torch
 
 from nnunetv2_segresmamba.networks import SegResMamba
 from nnunetv2_segresmamba.operators.tom import MambaLayer
-from nnunetv2_segresmamba.registry import member, network
+from nnunetv2_segresmamba.registry import network
 from nnunetv2_segresmamba.trainers.base import require_same_architecture
 from tests.reference import backends_to_test, device_of
 
@@ -249,4 +249,4 @@ def test_lowmem_trainers_are_their_members_with_checkpointing():
             "__weakref__", "__init_subclass__"}  # LowMemory's check of the trainers defined after it
         assert changed == {"activation_checkpointing"}, trainer
         for name in (f"{trainer}_lowmem", f"{trainer}_lowmem_smoke"):
-            assert member(name).network == network_name == member(trainer).network
+            assert getattr(trainers, name).family_member().network == network_name == plain.family_member().network

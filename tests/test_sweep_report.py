@@ -10,6 +10,7 @@ import pytest
 
 from nnunetv2_segresmamba.sweeps.jobs import FoldJob, write_plan
 from nnunetv2_segresmamba.sweeps.report import build_report
+from tests.workspaces import record_member
 
 DATASET, CONFIGURATION = "Dataset991_E2E", "3d_fullres"
 OURS, THEIRS = "nnUNetTrainerSegResMamba", "nnUNetTrainerSegMamba"
@@ -67,6 +68,7 @@ def make_sweep(tmp_path, gpu=True, missing=True):
         fold_dir = job.fold_dir(results)
         fold_dir.mkdir(parents=True)
         (fold_dir / "checkpoint_final.pth").write_bytes(b"")
+        record_member(fold_dir, job.trainer, job.plans)
         if job.fold >= len(CLASS_DICE[job.trainer]):
             if missing:
                 continue  # trained, but validation never ran
@@ -210,6 +212,7 @@ def report_of_done_folds(tmp_path, class_dice: dict[FoldJob, tuple[float, float]
     for job, dice in class_dice.items():
         job.fold_dir(results).mkdir(parents=True)
         (job.fold_dir(results) / "checkpoint_final.pth").write_bytes(b"")
+        record_member(job.fold_dir(results), job.trainer, job.plans)
         write_summary(job.fold_dir(results), dice)
     build_report(sweep, results)
     return (sweep / "report" / "leaderboard.md").read_text()

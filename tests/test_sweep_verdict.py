@@ -14,6 +14,7 @@ from nnunetv2_segresmamba.sweeps.predict import PredictJob
 from nnunetv2_segresmamba.sweeps.report import build_report
 from nnunetv2_segresmamba.tools.layout import TEST_SET_FILE
 from tests.test_evaluation import sphere, write_nifti
+from tests.workspaces import record_member
 
 DATASET, CONFIGURATION = "Dataset991_E2E", "3d_fullres"
 OURS, CONTROL, THEIRS = "nnUNetTrainerSegResMamba", "nnUNetTrainerSegResMambaNoToM", "nnUNetTrainerSegMamba"
@@ -51,6 +52,7 @@ def make_sweep(tmp_path):
         write_dataset_files(fold_dir.parent)
         fold_dir.mkdir()
         (fold_dir / "checkpoint_final.pth").write_bytes(b"")
+        record_member(fold_dir, job.trainer, job.plans)
         if job.trainer == THEIRS and job.fold == 2:
             continue
         (fold_dir / "validation").mkdir()

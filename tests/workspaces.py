@@ -56,3 +56,13 @@ def drop_checkpoints(root: str) -> None:
     """
     for path in glob.glob(os.path.join(root, "**", "*.pth"), recursive=True):
         os.remove(path)
+
+
+def record_member(fold_dir, trainer: str, plans: str = "nnUNetPlans") -> None:
+    """What a trainer of ours writes into its fold folder when training starts: the member its
+    class names (``tools.layout.write_member_record``), for fold folders a test makes by hand."""
+    from nnunetv2_segresmamba import trainers
+    from nnunetv2_segresmamba.tools.layout import write_member_record
+
+    member = getattr(trainers, trainer).family_member(plans)
+    write_member_record(fold_dir, trainer, member.network if member is not None else None)

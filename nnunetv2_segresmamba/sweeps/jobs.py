@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from itertools import product
 from pathlib import Path
 
-from nnunetv2_segresmamba.registry import DEFAULT_PLANS, RESENC_PRESETS, resenc_planner, resenc_plans
+from nnunetv2_segresmamba.registry import DEFAULT_PLANS, RESENC_PRESETS, Member, network, resenc_planner, resenc_plans
 from nnunetv2_segresmamba.sweeps.child import Child, Interrupted, failure_message, run_child, stopped
 from nnunetv2_segresmamba.tools.layout import (
     CHECKPOINT_FINAL,
@@ -25,9 +25,26 @@ from nnunetv2_segresmamba.tools.layout import (
     PLAN_FILE,
     RECORDS_DIR,
     VALIDATION_SUMMARY,
+    recorded_network,
     write_atomically,
 )
 from nnunetv2_segresmamba.tools.pipeline import describe_error
+
+
+def trainer_dir(results: str | os.PathLike, dataset: str, trainer: str, plans: str, configuration: str) -> Path:
+    """nnU-Net's folder of a trainer's folds: ``<results>/<dataset>/<trainer>__<plans>__<configuration>``."""
+    return Path(results, dataset, f"{trainer}__{plans}__{configuration}")
+
+
+def trained_member(folder: str | os.PathLike) -> Member | None:
+    """The family member whose network the folds in ``folder`` (:func:`trainer_dir`) train, as
+    their trainer recorded it (each trainer class names its member; ``tools.layout.recorded_network``);
+    None for a trainer outside the family, or before any fold started."""
+    name = recorded_network(folder)
+    try:
+        return network(name) if name else None
+    except KeyError:  # a network no longer in the registry
+        return None
 
 
 @dataclass(frozen=True, order=True)
@@ -46,7 +63,7 @@ class FoldJob:
 
     def fold_dir(self, results: str | os.PathLike) -> Path:
         """nnU-Net's output folder of this fold under ``nnUNet_results``."""
-        return Path(results, self.dataset, f"{self.trainer}__{self.plans}__{self.configuration}", f"fold_{self.fold}")
+        return trainer_dir(results, self.dataset, self.trainer, self.plans, self.configuration) / f"fold_{self.fold}"
 
     def command(self, device: str, *flags: str) -> list[str]:
         """``nnUNetv2_train`` of this fold on ``device``, with ``flags`` at the end."""

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunetv2_segresmamba.evaluation.folder import Tolerances
-from nnunetv2_segresmamba.registry import DEFAULT_PLANS, member
-from nnunetv2_segresmamba.sweeps.jobs import FoldJob, is_done, is_trained, read_plan
+from nnunetv2_segresmamba.registry import DEFAULT_PLANS
+from nnunetv2_segresmamba.sweeps.jobs import FoldJob, is_done, is_trained, read_plan, trained_member
 from nnunetv2_segresmamba.sweeps.verdict import STATISTICS_FILE, build_verdict
 from nnunetv2_segresmamba.tools.layout import PLAN_FILE, REPORT_DIR, RUN_METRICS_FILE, VALIDATION_SUMMARY
 from nnunetv2_segresmamba.tools.reporting import (
@@ -118,13 +118,14 @@ def group_folds(folds: list[FoldResult]) -> dict[GroupKey, list[FoldResult]]:
     return groups
 
 
-def network_name(trainer: str, plans: str = DEFAULT_PLANS) -> str:
-    """The family's name of the network ``trainer`` trains on ``plans`` (nnU-Net's trainer on ResEnc
-    M plans: "nnU-Net ResEnc M"), with the plans in brackets where no member names them
-    ("SegResMamba (nnUNetResEncUNetLPlans)"); the trainer itself for a trainer outside the family."""
-    try:
-        found = member(trainer, plans)
-    except KeyError:
+def network_name(folder: Path, trainer: str, plans: str = DEFAULT_PLANS) -> str:
+    """The family's name of the network that ``trainer``'s folds in ``folder`` train on ``plans``
+    (nnU-Net's trainer on ResEnc M plans: "nnU-Net ResEnc M"), as the trainer recorded it
+    (:func:`~nnunetv2_segresmamba.sweeps.jobs.trained_member`), with the plans in brackets where no
+    member names them ("SegResMamba (nnUNetResEncUNetLPlans)"); the trainer itself for a trainer
+    outside the family."""
+    found = trained_member(folder)
+    if found is None:
         return trainer
     return found.network if found.plans == plans else f"{found.network} ({plans})"
 
@@ -133,7 +134,8 @@ def fold_row(fold: FoldResult, labels: list[str]) -> dict:
     job, m = fold.job, fold.metrics
     return {
         "dataset": job.dataset, "configuration": job.configuration, "plans": job.plans, "trainer": job.trainer,
-        "network": network_name(job.trainer, job.plans), "fold": job.fold, "state": "done" if fold.done else "missing",
+        "network": network_name(fold.fold_dir.parent, job.trainer, job.plans), "fold": job.fold,
+        "state": "done" if fold.done else "missing",
         "fold_dir": str(fold.fold_dir), "dice": fold.dice,
         **{f"dice_{label}": fold.class_dice.get(label) for label in labels},
         "epochs": m.get("epochs"), "epoch_time_s": m.get("epoch_time_median_s"),
@@ -152,7 +154,8 @@ def leaderboard_row(key: GroupKey, folds: list[FoldResult], allow_incomplete: bo
     missing = [f.job.fold for f in folds if not f.done]
     averaged = done if allow_incomplete or not missing else []
     row = {"dataset": dataset, "configuration": configuration, "plans": plans, "trainer": trainer,
-           "network": network_name(trainer, plans), "folds_done": len(done), "folds_expected": len(folds),
+           "network": network_name(folds[0].fold_dir.parent, trainer, plans), "folds_done": len(done),
+           "folds_expected": len(folds),
            "missing_folds": " ".join(map(str, missing)), "complete": not missing,
            **_mean_std("dice", [f.dice for f in averaged])}
     for label in _labels(done):

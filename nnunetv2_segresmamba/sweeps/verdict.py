@@ -33,8 +33,8 @@ from nnunetv2_segresmamba.evaluation.folder import (
 )
 from nnunetv2_segresmamba.evaluation.metrics import BOTH_EMPTY, PRED_EMPTY, REF_EMPTY
 from nnunetv2_segresmamba.evaluation.stats import BOOTSTRAP_SAMPLES, Paired, case_ranks, compare, rank_stability
-from nnunetv2_segresmamba.registry import DEFAULT_PLANS, member
-from nnunetv2_segresmamba.sweeps.jobs import FoldJob
+from nnunetv2_segresmamba.registry import DEFAULT_PLANS, Member
+from nnunetv2_segresmamba.sweeps.jobs import FoldJob, trained_member, trainer_dir
 from nnunetv2_segresmamba.sweeps.predict import predict_jobs, read_test_sets
 from nnunetv2_segresmamba.tools.layout import VALIDATION_SUMMARY
 from nnunetv2_segresmamba.tools.reporting import markdown_table, pyplot, save_figure
@@ -55,6 +55,7 @@ class Entry:
     split: str
     rows: list[dict] = field(default_factory=list)
     complete: bool = True
+    member: Member | None = None  # the family member its trainer recorded training; None outside the family
 
     @property
     def panel(self) -> tuple[str, str, str]:
@@ -123,7 +124,7 @@ def cv_entries(fold_results: Sequence, tolerances: Tolerances, num_processes: in
         groups.setdefault((f.job.dataset, f.job.configuration, f.job.plans, f.job.trainer), []).append(f)
     entries = []
     for (dataset, configuration, plans, trainer), folds in groups.items():
-        entry = Entry(dataset, configuration, plans, trainer, CV)
+        entry = Entry(dataset, configuration, plans, trainer, CV, member=trained_member(folds[0].fold_dir.parent))
         for f in folds:
             pairs = _validation_pairs(f.fold_dir) if f.done else None
             if pairs is None:
@@ -167,7 +168,8 @@ def ensemble_entries(fold_jobs: list[FoldJob], sweep_dir: Path, results: Path, t
             continue
         dataset_info = read_dataset(out / "dataset.json", out / "plans.json")
         pairs = case_pairs(sets[job.dataset]["labels"], out, dataset_info.file_ending)
-        entry = Entry(job.dataset, job.configuration, job.plans, job.trainer, TEST)
+        folds_dir = trainer_dir(results, job.dataset, job.trainer, job.plans, job.configuration)
+        entry = Entry(job.dataset, job.configuration, job.plans, job.trainer, TEST, member=trained_member(folds_dir))
         entry.rows = [{**r, "fold": "ensemble " + " ".join(map(str, job.folds))}
                       for r in evaluate_cases(pairs, dataset_info, tolerances, num_processes)]
         entries.append(entry)
@@ -206,12 +208,7 @@ def control_pairs(entries: list[Entry]) -> list[tuple[str, str]]:
     """(network, its ablation) for each ablation of the family whose network is in ``entries``
     on the same plans: SegResMamba and SegResMamba-NoToM, U-Mamba Bot and its No-Mamba control,
     a network and its recipe swap."""
-    networks = {}
-    for e in entries:
-        try:
-            networks[e.label] = (member(e.trainer, e.plans), e.plans)
-        except KeyError:  # a trainer outside the family has no control
-            continue
+    networks = {e.label: (e.member, e.plans) for e in entries if e.member is not None}  # outside the family: none
     return [(label, control) for control, (m, plans) in networks.items() if m.ablates
             for label, (n, other_plans) in networks.items() if n.network == m.ablates and other_plans == plans]
 
@@ -269,10 +266,7 @@ def _metrics_table(entries: list[Entry]) -> list[str]:
 
 
 def _network(e: Entry) -> str:
-    try:
-        return member(e.trainer, e.plans).network
-    except KeyError:
-        return e.trainer
+    return e.member.network if e.member is not None else e.trainer
 
 
 def _paired_table(by_metric: dict[str, list[Paired]]) -> list[str]:

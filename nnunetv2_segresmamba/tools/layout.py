@@ -6,6 +6,7 @@ importing nnU-Net or torch.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pathlib import Path
 CHECKPOINT_FINAL = "checkpoint_final.pth"  # nnU-Net's, written when training has ended
 VALIDATION_SUMMARY = Path("validation", "summary.json")  # nnU-Net's metrics of the fold's validation
 RUN_METRICS_FILE = "run_metrics.json"  # ours: epoch times, peak GPU memory, energy (trainers.tracking)
+MEMBER_FILE = "member.json"  # ours: the trainer and the family member's network it trains
 
 # A sweep folder
 PLAN_FILE = "plan.json"  # every job of the sweep
@@ -35,3 +37,19 @@ def write_atomically(path: str | os.PathLike, text: str) -> Path:
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def write_member_record(fold_dir: str | os.PathLike, trainer: str, network: str | None) -> Path:
+    """Records in a fold folder which family member's network ``trainer`` trains (None: a trainer
+    outside the family), so that reports name networks without importing the trainers."""
+    return write_atomically(Path(fold_dir, MEMBER_FILE), json.dumps({"trainer": trainer, "network": network}))
+
+
+def recorded_network(trainer_dir: str | os.PathLike) -> str | None:
+    """The network that the folds under ``trainer_dir`` (``<trainer>__<plans>__<configuration>``)
+    recorded with :func:`write_member_record`; None where no fold recorded one."""
+    for record in sorted(Path(trainer_dir).glob(f"fold_*/{MEMBER_FILE}")):
+        network = json.loads(record.read_text()).get("network")
+        if network:
+            return network
+    return None

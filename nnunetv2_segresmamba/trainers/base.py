@@ -28,10 +28,11 @@ from nnunetv2_segresmamba.registry import (
     DEFAULT_PLANS,
     Member,
     checkpointing_builder,
-    member,
+    on_plans,
     takes_checkpointing,
 )
 from nnunetv2_segresmamba.tools.checkpoints import PRE_RENAME_NETWORK_CLASS, load_checkpoint_file, pre_rename_error
+from nnunetv2_segresmamba.tools.layout import write_member_record
 from nnunetv2_segresmamba.tools.pipeline import require_nnunet_env
 from nnunetv2_segresmamba.trainers.fine_tuning import mark, run_target
 from nnunetv2_segresmamba.trainers.graceful_stop import GracefulStop
@@ -51,6 +52,8 @@ class ComparisonTrainerBase(GracefulStop, nnUNetTrainer):
     Subclasses change class attributes only: nnU-Net re-creates trainers from the exact
     ``__init__`` signature, so no variant may override it.
     """
+
+    member: Member | None = None  # the registry member whose network it trains; set by each member's trainer
 
     # training budget, one place for the whole family
     comparison_num_epochs = 1000
@@ -106,18 +109,14 @@ class ComparisonTrainerBase(GracefulStop, nnUNetTrainer):
         super().initialize()
         family_member = type(self).family_member(self.plans_manager.plans_name)
         if family_member is not None:
-            mark(self.network, run_target(self, family_member.output_layers))
+            mark(self.network, run_target(self, family_member))
 
     @classmethod
     def family_member(cls, plans: str = DEFAULT_PLANS) -> Member | None:
-        """The registry's member of this trainer, or of the nearest base class that has one (a
-        subclass of a family trainer builds its network); None for a trainer outside the family."""
-        for klass in cls.__mro__:
-            try:
-                return member(klass.__name__, plans)
-            except KeyError:
-                continue
-        return None
+        """The registry member this trainer trains (:attr:`member`, which its variants inherit), as
+        it is on ``plans`` (nnU-Net's trainer on ResEnc M plans: "nnU-Net ResEnc M"); None for a
+        trainer that names none."""
+        return on_plans(cls.member, plans) if cls.member is not None else None
 
     def get_dataloaders(self):
         """nnU-Net's loaders. A seeded run samples and augments its batches in this process, since
@@ -131,11 +130,14 @@ class ComparisonTrainerBase(GracefulStop, nnUNetTrainer):
             return super().get_dataloaders()
 
     def on_train_start(self) -> None:
-        """Also starts energy tracking when asked for (see :mod:`.tracking`)."""
+        """Also starts energy tracking when asked for (see :mod:`.tracking`), and records the
+        member this run trains in the fold folder (:func:`write_member_record`)."""
         self._first_epoch_this_process = self.current_epoch
         self._energy_tracker = None
         if self.local_rank == 0:  # before nnU-Net starts its workers, so a bad setting fails fast
             self._energy_tracker = energy_tracker_from_env(self.output_folder, type(self).__name__)
+            member = self.family_member(self.plans_manager.plans_name)
+            write_member_record(self.output_folder, type(self).__name__, member.network if member else None)
         super().on_train_start()
 
     def on_train_end(self) -> None:
@@ -169,11 +171,13 @@ class ComparisonTrainerBase(GracefulStop, nnUNetTrainer):
         return getattr(network, "_orig_mod", network)  # torch.compile's wrapper
 
     def architecture(self) -> dict:
-        """What a checkpoint records of its network, beside ``network_weights``: the class and,
-        for networks that have them (SegResMamba), the arguments it was built with."""
-        network = self.bare_network()
+        """What a checkpoint records of its network, beside ``network_weights``: the class, for
+        networks that have them (SegResMamba) the arguments it was built with, and the registry
+        member's network name (None outside the family)."""
+        network, member = self.bare_network(), self.family_member(self.plans_manager.plans_name)
         return {"network_class_name": f"{type(network).__module__}.{type(network).__qualname__}",
-                "arch_kwargs": getattr(network, "arch_kwargs", None)}
+                "arch_kwargs": getattr(network, "arch_kwargs", None),
+                "member": member.network if member is not None else None}
 
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint with the network's :meth:`architecture` beside its weights, written

@@ -33,6 +33,7 @@ class nnUNetTrainerSegMamba(NnUNetRecipe, ComparisonTrainerBase):
     - configurations: 3D only (its port is a 3D network); ``2d`` is refused with advice
     """
 
+    member = SEGMAMBA
     loss_name = "ce"
     patch_divisor = SEGMAMBA.patch_divisor
     supported_spatial_dims = SEGMAMBA.spatial_dims  # 3D only: refuses 2d with advice
@@ -49,6 +50,7 @@ class nnUNetTrainerSwinUNETR(NnUNetRecipe, ComparisonTrainerBase):
     - patch: rounded to multiples of 32 (five stride-2 stages)
     """
 
+    member = SWINUNETR
     optimizer_name = "AdamW"
     recipe_initial_lr = 1e-4
     recipe_weight_decay = 1e-5
@@ -62,6 +64,7 @@ class nnUNetTrainerUNETR(nnUNetTrainerSwinUNETR):
     (MONAI's BTCV tutorial): AdamW 1e-4, weight decay 1e-5, cosine, Dice + CE. Patch rounded to
     multiples of 16 (the ViT patch)."""
 
+    member = UNETR
     patch_divisor = UNETR.patch_divisor
     build_network = network_of(UNETR)
 
@@ -70,6 +73,7 @@ class nnUNetTrainerComparisonNnUNet(NnUNetRecipe, ComparisonTrainerBase):
     """nnU-Net itself: the network from the plans (2D or 3D) and nnU-Net's recipe (SGD 1e-2, poly,
     Dice + CE, deep supervision), only the family's shared budget set by the base."""
 
+    member = network("nnU-Net")  # on ResEnc plans: that preset's member (registry.on_plans)
     deep_supervision = True
 
 
@@ -77,6 +81,8 @@ class nnUNetTrainerComparisonNnUNet_paperRecipe(PaperRecipe, nnUNetTrainerCompar
     """Ablation: nnU-Net's network (from the plans, without deep supervision) with the SegResMamba
     paper's recipe, AdamW 1e-4, cosine, Dice. With nnUNetTrainerSegResMamba_nnUNetRecipe it makes
     the 2 x 2 of network x recipe."""
+
+    member = network("nnU-Net-paperRecipe")
 
 
 class nnUNetTrainerSegMamba_2epochs(TwoEpochs, nnUNetTrainerSegMamba):
@@ -88,7 +94,7 @@ class nnUNetTrainerSegMamba_smoke(QuickSmokeSchedule, nnUNetTrainerSegMamba):
 
 
 class nnUNetTrainerSegMamba_lowmem(LowMemory, nnUNetTrainerSegMamba):
-    """SegMamba with activation checkpointing (``SegMamba(checkpointing=True)``, :class:`~.base.LowMemory`):
+    """SegMamba with activation checkpointing (``SegMamba(checkpointing=True)``, :class:`~.memory.LowMemory`):
     each encoder stage's downsampling and GSC and its skip, and each UNETR block, recomputed in the
     backward pass, and each ToM layer scanning one direction at a time; the output block is not
     checkpointed. The same network, weights and recipe."""
@@ -108,7 +114,7 @@ class nnUNetTrainerSwinUNETR_smoke(QuickSmokeSchedule, nnUNetTrainerSwinUNETR):
 
 class nnUNetTrainerSwinUNETR_lowmem(LowMemory, nnUNetTrainerSwinUNETR):
     """SwinUNETR with MONAI's ``use_checkpoint``: the attention and MLP halves of every Swin block
-    recomputed in the backward pass (:class:`~.base.LowMemory`); the same network, weights and recipe."""
+    recomputed in the backward pass (:class:`~.memory.LowMemory`); the same network, weights and recipe."""
 
 
 class nnUNetTrainerSwinUNETR_lowmem_smoke(QuickSmokeSchedule, nnUNetTrainerSwinUNETR_lowmem):
@@ -116,7 +122,7 @@ class nnUNetTrainerSwinUNETR_lowmem_smoke(QuickSmokeSchedule, nnUNetTrainerSwinU
 
 
 class nnUNetTrainerSwinUNETR_GaLore(GaLore, nnUNetTrainerSwinUNETR):
-    """SwinUNETR and its recipe with GaLore-AdamW in place of AdamW (:class:`~.base.GaLore`)."""
+    """SwinUNETR and its recipe with GaLore-AdamW in place of AdamW (:class:`~.memory.GaLore`)."""
 
 
 class nnUNetTrainerSwinUNETR_lowmem_GaLore(GaLore, nnUNetTrainerSwinUNETR_lowmem):
@@ -132,7 +138,7 @@ class nnUNetTrainerUNETR_smoke(QuickSmokeSchedule, nnUNetTrainerUNETR):
 
 
 class nnUNetTrainerUNETR_GaLore(GaLore, nnUNetTrainerUNETR):
-    """UNETR and its recipe with GaLore-AdamW in place of AdamW (:class:`~.base.GaLore`): ViT-B's
+    """UNETR and its recipe with GaLore-AdamW in place of AdamW (:class:`~.memory.GaLore`): ViT-B's
     768-wide Linear weights are where it saves."""
 
 

@@ -46,6 +46,7 @@ from nnunetv2.run.load_pretrained_weights import load_pretrained_weights as nnun
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
+from nnunetv2_segresmamba.registry import Member
 from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
 
 MARK = "fine_tuning_target"  # the attribute of a network that our trainers built
@@ -59,6 +60,7 @@ class FineTuningTarget:
 
     output_layers: tuple[str, ...]
     trainer: str | None = None
+    network: str | None = None  # the registry member's network name
     dataset: str | None = None  # nnU-Net's dataset name, e.g. "Dataset994_Other"
     configuration: str | None = None
     fold: str | None = None
@@ -83,11 +85,11 @@ def bare(network: nn.Module) -> nn.Module:
     return network._orig_mod if isinstance(network, OptimizedModule) else network
 
 
-def run_target(trainer: Any, output_layers: tuple[str, ...]) -> FineTuningTarget:
-    """The mark for the network of an initialised nnU-Net ``trainer`` with ``output_layers``."""
+def run_target(trainer: Any, member: Member) -> FineTuningTarget:
+    """The mark for the network of an initialised nnU-Net ``trainer`` that trains ``member``."""
     return FineTuningTarget(
-        tuple(output_layers), type(trainer).__name__, trainer.plans_manager.dataset_name, trainer.configuration_name,
-        str(trainer.fold),
+        tuple(member.output_layers), type(trainer).__name__, member.network, trainer.plans_manager.dataset_name,
+        trainer.configuration_name, str(trainer.fold),
         trainer.configuration_manager.configuration, trainer.num_input_channels)
 
 
@@ -166,8 +168,8 @@ def advice(fname: str, checkpoint: dict, target: FineTuningTarget) -> list[str]:
     source = checkpoint.get("init_args") or {}
     causes = []
     source_trainer = checkpoint.get("trainer_name")
-    networks = network_names(source_trainer, target.trainer)
-    if networks and networks[0] != networks[1]:
+    networks = (checkpoint.get("architecture") or {}).get("member"), target.network  # recorded by our trainers
+    if all(networks) and networks[0] != networks[1]:
         causes.append(f"The checkpoint holds {networks[0]} ({source_trainer}); {target.trainer} builds "
                       f"{networks[1]}: fine-tune from a checkpoint of the same network.")
     channels = len(source["dataset_json"]["channel_names"]) if "dataset_json" in source else None
@@ -187,18 +189,6 @@ def advice(fname: str, checkpoint: dict, target: FineTuningTarget) -> list[str]:
                       f"other arguments than {target.trainer} (widths, ToM directions): fine-tune with a trainer "
                       "that builds the checkpoint's network.")
     return causes
-
-
-def network_names(source_trainer: str | None, target_trainer: str | None) -> tuple[str, str] | None:
-    """The registry's network names of the two trainers, or None where one is not the family's."""
-    from nnunetv2_segresmamba.registry import member
-
-    if source_trainer is None or target_trainer is None:
-        return None
-    try:
-        return member(source_trainer).network, member(target_trainer).network
-    except KeyError:
-        return None
 
 
 def plan_differences(source: dict, plan: dict | None) -> list[str] | None:

@@ -35,11 +35,12 @@ class nnUNetTrainerSegResMamba(PaperRecipe, ComparisonTrainerBase):
       (:func:`nnunetv2_segresmamba.networks.segresmamba.arch_kwargs_for_plan`), so that the
       preprocessed plans, the run's plans.json and every checkpoint (its ``architecture``
       entry) give the same network.
-    - activation checkpointing: off (on in the ``_lowmem`` variants, :class:`~.base.LowMemory`).
+    - activation checkpointing: off (on in the ``_lowmem`` variants, :class:`~.memory.LowMemory`).
     - torch.compile: off.
     """
 
-    tom_directions: tuple[str, ...] = network("SegResMamba").tom_directions  # (): every ToM replaced by identity
+    member = network("SegResMamba")
+    tom_directions: tuple[str, ...] = member.tom_directions  # (): every ToM replaced by identity
 
     @classmethod
     @checkpointing_builder
@@ -101,7 +102,7 @@ class nnUNetTrainerSegResMamba_demo(nnUNetTrainerSegResMamba_smoke):
 
 
 class nnUNetTrainerSegResMamba_lowmem(LowMemory, nnUNetTrainerSegResMamba):
-    """The paper's network and recipe with activation checkpointing (:class:`~.base.LowMemory`):
+    """The paper's network and recipe with activation checkpointing (:class:`~.memory.LowMemory`):
     the encoder's convolutions, its ToMs direction by direction, and the decoder blocks run again
     in the backward pass instead of keeping their activations. The same network and weights as
     :class:`nnUNetTrainerSegResMamba`."""
@@ -112,7 +113,7 @@ class nnUNetTrainerSegResMamba_lowmem_smoke(SmallQuickSmoke, nnUNetTrainerSegRes
 
 
 class nnUNetTrainerSegResMamba_GaLore(GaLore, nnUNetTrainerSegResMamba):
-    """The paper's network and recipe with GaLore-AdamW (:class:`~.base.GaLore`) in place of AdamW:
+    """The paper's network and recipe with GaLore-AdamW (:class:`~.memory.GaLore`) in place of AdamW:
     a smaller optimizer state. The same network and weights as :class:`nnUNetTrainerSegResMamba`."""
 
 
@@ -141,24 +142,29 @@ class nnUNetTrainerSegResMambaNoToM(nnUNetTrainerSegResMamba):
     """Ablation: every ToM (MambaLayer) replaced by identity, everything else the same; the
     control that nnU-Net Revisited ran for U-Mamba ("No-Mamba Base")."""
 
-    tom_directions = network("SegResMamba-NoToM").tom_directions
+    member = network("SegResMamba-NoToM")
+    tom_directions = member.tom_directions
 
 
 class nnUNetTrainerSegResMambaForwardToM(nnUNetTrainerSegResMamba):
     """Ablation: the ToM scans forward only (no reverse, no inter-slice scan)."""
 
-    tom_directions = network("SegResMamba-ForwardToM").tom_directions
+    member = network("SegResMamba-ForwardToM")
+    tom_directions = member.tom_directions
 
 
 class nnUNetTrainerSegResMambaForwardReverseToM(nnUNetTrainerSegResMamba):
     """Ablation: the ToM scans forward and reverse, without the inter-slice scan."""
 
-    tom_directions = network("SegResMamba-ForwardReverseToM").tom_directions
+    member = network("SegResMamba-ForwardReverseToM")
+    tom_directions = member.tom_directions
 
 
 class nnUNetTrainerSegResMamba_nnUNetRecipe(NnUNetRecipe, nnUNetTrainerSegResMamba):
     """Ablation: SegResMamba with nnU-Net's recipe (SGD 1e-2 nesterov, poly, Dice + CE), the
     recipe of the family's nnU-Net sibling; SegResMamba has no deep supervision."""
+
+    member = network("SegResMamba-nnUNetRecipe")
 
 
 class nnUNetTrainerSegResMambaNoToM_smoke(SmallQuickSmoke, nnUNetTrainerSegResMambaNoToM):

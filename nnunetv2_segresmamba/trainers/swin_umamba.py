@@ -19,7 +19,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunetv2_segresmamba.networks.swin_umamba import SwinUMamba, SwinUMambaD
 from nnunetv2_segresmamba.networks.vmamba import VSSMEncoder
 from nnunetv2_segresmamba.networks.vmamba_weights import load_vmamba_encoder
-from nnunetv2_segresmamba.registry import member
+from nnunetv2_segresmamba.registry import network
 from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase
 from nnunetv2_segresmamba.trainers.recipes import QuickSmokeSchedule, TwoEpochs
 
@@ -28,6 +28,7 @@ class SwinUMambaRecipe(ComparisonTrainerBase):
     """What the Swin-UMamba trainers share: the official recipe, the 2d configuration, patches
     rounded to multiples of 32, and the ImageNet encoder with its frozen first epochs."""
 
+    member = network("Swin-UMamba")
     network_class: type[nn.Module] = SwinUMamba
     imagenet_encoder = True  # False: trained from scratch
     frozen_encoder_epochs = 10  # epochs that train the encoder's patch embedding only (with imagenet_encoder)
@@ -41,9 +42,9 @@ class SwinUMambaRecipe(ComparisonTrainerBase):
     loss_name = "dice_ce"
     deep_supervision = True
     decay_every_parameter = True  # the official AdamW over network.parameters()
-    patch_divisor = member("nnUNetTrainerSwinUMamba").patch_divisor
+    patch_divisor = member.patch_divisor
     patch_min_multiple = 1  # a 1 x 1 deepest map meets LayerNorms and a transposed conv only
-    supported_spatial_dims = member("nnUNetTrainerSwinUMamba").spatial_dims
+    supported_spatial_dims = member.spatial_dims
 
     @classmethod
     def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -120,18 +121,21 @@ class nnUNetTrainerSwinUMambaD(SwinUMambaRecipe):
     """Swin-UMamba-dagger: VMamba-Tiny encoder from ImageNet (patches of 4), VSS-block decoder,
     deep supervision at 1, 1/4, 1/8, 1/16; the official recipe."""
 
+    member = network("Swin-UMamba-dagger")
     network_class = SwinUMambaD
 
 
 class nnUNetTrainerSwinUMambaScratch(nnUNetTrainerSwinUMamba):
     """Swin-UMamba trained from scratch: no ImageNet weights, no frozen epochs."""
 
+    member = network("Swin-UMamba-Scratch")
     imagenet_encoder = False
 
 
 class nnUNetTrainerSwinUMambaDScratch(nnUNetTrainerSwinUMambaD):
     """Swin-UMamba-dagger trained from scratch."""
 
+    member = network("Swin-UMamba-dagger-Scratch")
     imagenet_encoder = False
 
 

@@ -8,7 +8,7 @@ import torch.nn as nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_segresmamba.networks.umamba import UMambaBot, UMambaEnc, arch_kwargs_for_plan
-from nnunetv2_segresmamba.registry import checkpointing_builder
+from nnunetv2_segresmamba.registry import checkpointing_builder, network
 from nnunetv2_segresmamba.trainers.base import ComparisonTrainerBase
 from nnunetv2_segresmamba.trainers.memory import LowMemory
 from nnunetv2_segresmamba.trainers.recipes import NnUNetRecipe, QuickSmokeSchedule, TwoEpochs
@@ -37,6 +37,7 @@ class nnUNetTrainerUMambaBot(UMambaRecipe):
     - official checkpoints (``network_weights`` of the official trainers) load with strict keys
     """
 
+    member = network("U-Mamba Bot")
     mamba = True  # False: the Mamba layer is identity (the No-Mamba control)
 
     @classmethod
@@ -54,6 +55,8 @@ class nnUNetTrainerUMambaEnc(UMambaRecipe):
     the configuration's patch (``input_size``: where a feature map has no more voxels than
     channels, its layer scans the channels). Otherwise as :class:`nnUNetTrainerUMambaBot`."""
 
+    member = network("U-Mamba Enc")
+
     @classmethod
     @checkpointing_builder
     def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -69,12 +72,13 @@ class nnUNetTrainerUMambaBotNoMamba(nnUNetTrainerUMambaBot):
     """Control: U-Mamba Bot with its Mamba layer (LayerNorm and Mamba) replaced by identity, the
     "No-Mamba Base" of nnU-Net Revisited, which scored as well as U-Mamba Bot."""
 
+    member = network("U-Mamba Bot-NoMamba")
     mamba = False
 
 
 class nnUNetTrainerUMambaBot_lowmem(LowMemory, nnUNetTrainerUMambaBot):
     """U-Mamba Bot with activation checkpointing: the stem, each encoder stage and each decoder
-    stage recomputed in the backward pass (:class:`~.base.LowMemory`); the same network and recipe."""
+    stage recomputed in the backward pass (:class:`~.memory.LowMemory`); the same network and recipe."""
 
 
 class nnUNetTrainerUMambaEnc_lowmem(LowMemory, nnUNetTrainerUMambaEnc):
