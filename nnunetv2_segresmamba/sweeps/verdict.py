@@ -323,14 +323,22 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def _figure_per_panel(panels: list[Panel], path: Path, height: float) -> tuple:
+    """A figure with one axis per panel: (figure, [(axis, panel)]); (None, []) and no stale file at
+    ``path`` when there is no panel to draw."""
+    if not panels:
+        path.unlink(missing_ok=True)
+        return None, []
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(1 + 3.2 * len(panels), height), squeeze=False)
+    return fig, list(zip(axes[0], panels))
+
+
 def _plot_cases(panels: list[Panel], metric: str, path: Path) -> Path | None:
     """One panel per dataset, configuration and split; one box of per-case scores per trainer."""
-    shown = [p for p in panels if p.entries]
-    if not shown:
-        path.unlink(missing_ok=True)
+    fig, drawn = _figure_per_panel([p for p in panels if p.entries], path, 4.5)
+    if fig is None:
         return None
-    fig, axes = pyplot().subplots(1, len(shown), figsize=(1 + 3.2 * len(shown), 4.5), squeeze=False)
-    for ax, panel in zip(axes[0], shown):
+    for ax, panel in drawn:
         values = [list(e.scores(metric).values()) for e in panel.entries]
         ax.boxplot(values)
         for i, v in enumerate(values, start=1):
@@ -367,12 +375,10 @@ def _plot_forest(panels: list[Panel], path: Path) -> Path | None:
 
 
 def _plot_rank_stability(panels: list[Panel], path: Path) -> Path | None:
-    ranked = [p for p in panels if p.ranks]
-    if not ranked:
-        path.unlink(missing_ok=True)
+    fig, drawn = _figure_per_panel([p for p in panels if p.ranks], path, 4)
+    if fig is None:
         return None
-    fig, axes = pyplot().subplots(1, len(ranked), figsize=(1 + 3.2 * len(ranked), 4), squeeze=False)
-    for ax, panel in zip(axes[0], ranked):
+    for ax, panel in drawn:
         labels = list(panel.ranks["dice"])
         ax.bar(range(len(labels)), [panel.ranks["dice"][t][1] for t in labels])
         ax.set_xticks(range(len(labels)), [t.replace(":", "\n") for t in labels], rotation=20, ha="right", fontsize=7)

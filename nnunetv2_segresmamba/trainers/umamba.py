@@ -21,6 +21,23 @@ class UMambaRecipe(NnUNetRecipe, ComparisonTrainerBase):
     deep_supervision = True
     decay_every_parameter = True
 
+    @classmethod
+    @checkpointing_builder
+    def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                      num_input_channels: int, num_output_channels: int,
+                      enable_deep_supervision: bool = True) -> nn.Module:
+        """The trainer's U-Mamba (:meth:`network_for`) from the plan's U-Net arguments, its block
+        counts as U-Mamba's constructors rewrite them, He-initialised as the official builders do."""
+        kwargs = arch_kwargs_for_plan(configuration_manager.network_arch_init_kwargs)
+        return cls.network_for(num_input_channels, num_output_channels, list(configuration_manager.patch_size), kwargs,
+                               enable_deep_supervision).initialize()
+
+    @classmethod
+    def network_for(cls, num_input_channels: int, num_output_channels: int, patch_size: list[int], kwargs: dict,
+                    deep_supervision: bool) -> nn.Module:
+        """The network of this trainer (U-Mamba Bot or Enc) for the plan's arguments ``kwargs``."""
+        raise NotImplementedError
+
 
 class nnUNetTrainerUMambaBot(UMambaRecipe):
     """U-Mamba Bot: a residual U-Net from the plans with one Mamba layer at the bottleneck; 2D or
@@ -41,13 +58,10 @@ class nnUNetTrainerUMambaBot(UMambaRecipe):
     mamba = True  # False: the Mamba layer is identity (the No-Mamba control)
 
     @classmethod
-    @checkpointing_builder
-    def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                      num_input_channels: int, num_output_channels: int,
-                      enable_deep_supervision: bool = True) -> nn.Module:
-        kwargs = arch_kwargs_for_plan(configuration_manager.network_arch_init_kwargs)
-        return UMambaBot(num_input_channels, num_output_channels, **kwargs, deep_supervision=enable_deep_supervision,
-                         mamba=cls.mamba, checkpointing=cls.activation_checkpointing).initialize()
+    def network_for(cls, num_input_channels: int, num_output_channels: int, patch_size: list[int], kwargs: dict,
+                    deep_supervision: bool) -> nn.Module:
+        return UMambaBot(num_input_channels, num_output_channels, **kwargs, deep_supervision=deep_supervision,
+                         mamba=cls.mamba, checkpointing=cls.activation_checkpointing)
 
 
 class nnUNetTrainerUMambaEnc(UMambaRecipe):
@@ -58,14 +72,10 @@ class nnUNetTrainerUMambaEnc(UMambaRecipe):
     member = network("U-Mamba Enc")
 
     @classmethod
-    @checkpointing_builder
-    def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                      num_input_channels: int, num_output_channels: int,
-                      enable_deep_supervision: bool = True) -> nn.Module:
-        kwargs = arch_kwargs_for_plan(configuration_manager.network_arch_init_kwargs)
-        return UMambaEnc(num_input_channels, num_output_channels, configuration_manager.patch_size, **kwargs,
-                         deep_supervision=enable_deep_supervision,
-                         checkpointing=cls.activation_checkpointing).initialize()
+    def network_for(cls, num_input_channels: int, num_output_channels: int, patch_size: list[int], kwargs: dict,
+                    deep_supervision: bool) -> nn.Module:
+        return UMambaEnc(num_input_channels, num_output_channels, patch_size, **kwargs,
+                         deep_supervision=deep_supervision, checkpointing=cls.activation_checkpointing)
 
 
 class nnUNetTrainerUMambaBotNoMamba(nnUNetTrainerUMambaBot):
