@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import describe
+from benchmarks.machine import describe, new_run_folder
 from nnunetv2_segresmamba.tools.reporting import markdown_table, pyplot, save_figure
 
 SHAPE, SPACING, CLASSES, PATCH = (200, 256, 256), (2.0, 0.8, 0.8), 14, (128, 128, 128)
@@ -103,9 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=4, help="cases evaluated (default %(default)s)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--out", type=Path, required=True, help="a new folder for the results")
+    parser.add_argument("--out", type=Path, help="a new folder for the results (default: a new folder under "
+                        "benchmarks/results/runs/)")
     args = parser.parse_args(argv)
-    if args.out.exists():
+    if args.out is not None and args.out.exists():
         raise SystemExit(f"{args.out} exists; choose a new --out (results are never overwritten)")
     command = "python -m benchmarks.evaluation_speed " + shlex.join(sys.argv[1:] if argv is None else argv)
     load = [os.getloadavg()[0]]
@@ -117,11 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     results = {"machine": describe(), "command": command, "load_average_1min_start_end": load,
                "shape_zyx": list(SHAPE), "spacing_mm": list(SPACING), "classes": CLASSES, "cases": args.cases,
                "evaluation_s_per_case": evaluation, "prediction": prediction}
-    args.out.mkdir(parents=True)
-    (args.out / "evaluation_speed.json").write_text(json.dumps(results, indent=2))
-    write_markdown(results, args.out / "evaluation_speed.md")
-    plot(results, args.out / "evaluation_speed.png")
-    print((args.out / "evaluation_speed.md").read_text())
+    out = args.out or new_run_folder(describe())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation_speed.json").write_text(json.dumps(results, indent=2))
+    write_markdown(results, out / "evaluation_speed.md")
+    plot(results, out / "evaluation_speed.png")
+    print((out / "evaluation_speed.md").read_text())
 
 
 def write_markdown(results: dict, path: Path) -> None:

@@ -22,7 +22,7 @@ from nnunetv2_segresmamba.networks.swin_umamba import SwinUMamba
 from nnunetv2_segresmamba.networks.umamba import UMambaBot, UMambaEnc
 from nnunetv2_segresmamba.optimizers.galore import GaLoreAdamW
 from nnunetv2_segresmamba.registry import network, umamba_plan
-from nnunetv2_segresmamba.trainers.base import galore_groups, parameter_groups
+from nnunetv2_segresmamba.trainers.parameter_groups import galore_groups, parameter_groups
 
 WORLD, BATCH = 2, 2  # the global batch; each rank gets BATCH // WORLD samples
 SMALL = (8, 16, 32, 64)

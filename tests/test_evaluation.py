@@ -131,3 +131,22 @@ def test_evaluate_command_writes_the_per_case_csv_and_counts_empty_cases(tmp_pat
     again = subprocess.run([cli, "evaluate", str(ref_dir), str(pred_dir), "-o", str(out), "-djfile",
                             str(dataset_json)], capture_output=True, text=True)
     assert again.returncode == 1 and "nothing is overwritten" in again.stderr
+
+
+def test_a_2d_image_as_nnunet_reads_it_is_measured_in_2d():
+    """nnU-Net reads a 2D image as (1, y, x) with a placeholder spacing of 999 on the first axis:
+    measured as that one-slice volume, every foreground pixel would be a surface voxel."""
+    from nnunetv2_segresmamba.evaluation.folder import as_image_dims
+
+    ref = np.zeros((1, 40, 40), bool)
+    ref[0, 10:30, 10:30] = True
+    pred = np.roll(ref, 2, axis=2)
+    r, p, spacing = as_image_dims(ref, pred, [999.0, 0.5, 1.0])
+    assert r.shape == (40, 40) and spacing == [0.5, 1.0]
+    m = binary_metrics(r, p, spacing, tolerance_mm=1.0)
+    assert m.hd95_mm == pytest.approx(2.0)  # the left and right edges moved 2 px of 1 mm; top and bottom 0
+    plain = binary_metrics(ref[0], pred[0], [0.5, 1.0], tolerance_mm=1.0)
+    assert (m.hd95_mm, m.nsd) == (plain.hd95_mm, plain.nsd)
+    as_volume = binary_metrics(ref, pred, [999.0, 0.5, 1.0], tolerance_mm=1.0)  # what reading it as 3D gives
+    assert abs(as_volume.nsd - m.nsd) > 0.1 or abs(as_volume.hd95_mm - m.hd95_mm) > 0.5
+    assert as_image_dims(ref[0][None].repeat(3, 0), ref[0][None].repeat(3, 0), [2.0, 1.0, 1.0])[0].shape == (3, 40, 40)

@@ -118,7 +118,8 @@ def evaluate_case(reference_file: str, prediction_file: str, dataset: Dataset, t
     ref, pred = ref[0], pred[0]  # (1, *spatial) -> spatial
     if ref.shape != pred.shape:
         raise ValueError(f"{prediction_file}: shape {pred.shape} differs from its reference's {ref.shape}")
-    spacing = properties["spacing"]  # mm, in the array's axis order
+    spacing = list(properties["spacing"])  # mm, in the array's axis order
+    ref, pred, spacing = as_image_dims(ref, pred, spacing)
     valid = None if dataset.ignore_label is None else ref != dataset.ignore_label
     case = case_id(reference_file, dataset.file_ending)
     rows = []
@@ -130,6 +131,15 @@ def evaluate_case(reference_file: str, prediction_file: str, dataset: Dataset, t
         rows.append({"case": case, "class": name, "dice": m.dice, "hd95_mm": m.hd95_mm, "nsd": m.nsd,
                      "empty": m.empty})
     return rows
+
+
+def as_image_dims(ref: np.ndarray, pred: np.ndarray, spacing: list[float]) -> tuple[np.ndarray, np.ndarray, list]:
+    """A 2D image as nnU-Net reads it, (1, y, x) with a placeholder spacing (999) on its first
+    axis, as the (y, x) image it is: a one-slice volume would make every foreground pixel a
+    surface voxel and put the placeholder into the diagonal. 3D cases unchanged."""
+    if ref.ndim == 3 and ref.shape[0] == 1:
+        return ref[0], pred[0], spacing[1:]
+    return ref, pred, spacing
 
 
 def _mask(seg: np.ndarray, label: int | tuple[int, ...]) -> np.ndarray:

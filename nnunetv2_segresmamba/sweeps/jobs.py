@@ -31,13 +31,13 @@ from nnunetv2_segresmamba.tools.layout import (
 from nnunetv2_segresmamba.tools.pipeline import describe_error
 
 
-def trainer_dir(results: str | os.PathLike, dataset: str, trainer: str, plans: str, configuration: str) -> Path:
+def runs_dir(results: str | os.PathLike, dataset: str, trainer: str, plans: str, configuration: str) -> Path:
     """nnU-Net's folder of a trainer's folds: ``<results>/<dataset>/<trainer>__<plans>__<configuration>``."""
     return Path(results, dataset, f"{trainer}__{plans}__{configuration}")
 
 
 def trained_member(folder: str | os.PathLike) -> Member | None:
-    """The family member whose network the folds in ``folder`` (:func:`trainer_dir`) train, as
+    """The family member whose network the folds in ``folder`` (:func:`runs_dir`) train, as
     their trainer recorded it (each trainer class names its member; ``tools.layout.recorded_network``);
     None for a trainer outside the family, or before any fold started."""
     name = recorded_network(folder)
@@ -63,7 +63,7 @@ class FoldJob:
 
     def fold_dir(self, results: str | os.PathLike) -> Path:
         """nnU-Net's output folder of this fold under ``nnUNet_results``."""
-        return trainer_dir(results, self.dataset, self.trainer, self.plans, self.configuration) / f"fold_{self.fold}"
+        return runs_dir(results, self.dataset, self.trainer, self.plans, self.configuration) / f"fold_{self.fold}"
 
     def command(self, device: str, *flags: str) -> list[str]:
         """``nnUNetv2_train`` of this fold on ``device``, with ``flags`` at the end."""

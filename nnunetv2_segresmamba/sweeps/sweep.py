@@ -53,7 +53,7 @@ def run_phase(jobs: list[Job], sweep_dir: Path, results: str, executor: str, dev
             print(format_table(job_states(jobs, sweep_dir, results)))
             print("stopped by Ctrl-C: run the same command again to resume", flush=True)
             return INTERRUPTED_EXIT_CODE, False
-        failed = "failed" in outcomes.values()
+        failed = any(outcome in ("failed", "stopped") for outcome in outcomes.values())  # stopped: not done
         final = job_states(jobs, sweep_dir, results)
     else:
         ids = submit_slurm(todo, sweep_dir, device, slurm or SlurmOptions())

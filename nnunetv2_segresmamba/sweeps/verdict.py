@@ -34,7 +34,7 @@ from nnunetv2_segresmamba.evaluation.folder import (
 from nnunetv2_segresmamba.evaluation.metrics import BOTH_EMPTY, PRED_EMPTY, REF_EMPTY
 from nnunetv2_segresmamba.evaluation.stats import BOOTSTRAP_SAMPLES, Paired, case_ranks, compare, rank_stability
 from nnunetv2_segresmamba.registry import DEFAULT_PLANS, Member
-from nnunetv2_segresmamba.sweeps.jobs import FoldJob, trained_member, trainer_dir
+from nnunetv2_segresmamba.sweeps.jobs import FoldJob, runs_dir, trained_member
 from nnunetv2_segresmamba.sweeps.predict import predict_jobs, read_test_sets
 from nnunetv2_segresmamba.tools.layout import VALIDATION_SUMMARY
 from nnunetv2_segresmamba.tools.reporting import markdown_table, pyplot, save_figure
@@ -168,7 +168,7 @@ def ensemble_entries(fold_jobs: list[FoldJob], sweep_dir: Path, results: Path, t
             continue
         dataset_info = read_dataset(out / "dataset.json", out / "plans.json")
         pairs = case_pairs(sets[job.dataset]["labels"], out, dataset_info.file_ending)
-        folds_dir = trainer_dir(results, job.dataset, job.trainer, job.plans, job.configuration)
+        folds_dir = runs_dir(results, job.dataset, job.trainer, job.plans, job.configuration)
         entry = Entry(job.dataset, job.configuration, job.plans, job.trainer, TEST, member=trained_member(folds_dir))
         entry.rows = [{**r, "fold": "ensemble " + " ".join(map(str, job.folds))}
                       for r in evaluate_cases(pairs, dataset_info, tolerances, num_processes)]

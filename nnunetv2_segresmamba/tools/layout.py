@@ -45,10 +45,10 @@ def write_member_record(fold_dir: str | os.PathLike, trainer: str, network: str 
     return write_atomically(Path(fold_dir, MEMBER_FILE), json.dumps({"trainer": trainer, "network": network}))
 
 
-def recorded_network(trainer_dir: str | os.PathLike) -> str | None:
-    """The network that the folds under ``trainer_dir`` (``<trainer>__<plans>__<configuration>``)
+def recorded_network(runs_dir: str | os.PathLike) -> str | None:
+    """The network that the folds under ``runs_dir`` (``<trainer>__<plans>__<configuration>``)
     recorded with :func:`write_member_record`; None where no fold recorded one."""
-    for record in sorted(Path(trainer_dir).glob(f"fold_*/{MEMBER_FILE}")):
+    for record in sorted(Path(runs_dir).glob(f"fold_*/{MEMBER_FILE}")):
         network = json.loads(record.read_text()).get("network")
         if network:
             return network

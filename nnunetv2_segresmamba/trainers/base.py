@@ -45,8 +45,8 @@ class ComparisonTrainerBase(GracefulStop, nnUNetTrainer):
     """Base of the comparison family. Subclasses set the recipe attributes below. Stops
     cleanly on SIGUSR1 and SIGTERM (:class:`~.graceful_stop.GracefulStop`).
 
-    The recipe comes from a mixin listed before this base (:class:`NnUNetRecipe`,
-    :class:`PaperRecipe`), so that a sibling can swap it: ``class X(NnUNetRecipe, Trainer)``.
+    The recipe comes from a mixin listed before this base (:class:`~.recipes.NnUNetRecipe`,
+    :class:`~.recipes.PaperRecipe`), so that a sibling can swap it: ``class X(NnUNetRecipe, Trainer)``.
     The budget (``num_epochs`` x ``num_iterations_per_epoch``) is nnU-Net's default and is
     set here only, so every network of the family trains for the same number of steps.
     Subclasses change class attributes only: nnU-Net re-creates trainers from the exact
@@ -288,7 +288,7 @@ def network_of(member: Member) -> classmethod:
     the registry ``member``'s network for the configuration's patch, with the trainer's
     ``network_widths``, and ``checkpointing=True`` for a trainer with ``activation_checkpointing``
     where the member's builder takes it (then marked :func:`~nnunetv2_segresmamba.registry.checkpointing_builder`;
-    :class:`LowMemory` refuses the others). No deep supervision: the flag is ignored."""
+    :class:`~.memory.LowMemory` refuses the others). No deep supervision: the flag is ignored."""
     checkpoints = takes_checkpointing(member.builder)
 
     def build_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
