@@ -91,8 +91,12 @@ class Panel:
         return {e.label: [e.scores(metric)[c] for c in self.cases] for e in self.entries}
 
     def network(self, label: str) -> str:
-        """The family's name of the network that the entry ``label`` trains."""
-        return next(_network(e) for e in self.entries if e.label == label)
+        """The family's name of the network that the entry ``label`` trains, with the label where
+        another entry of the panel trains the same network (on other plans, or another schedule)."""
+        entry = next(e for e in self.entries if e.label == label)
+        name = _network(entry)
+        shared = sum(_network(e) == name for e in self.entries) > 1
+        return f"{name} ({label})" if shared else name
 
 
 def build_verdict(fold_results: Sequence, sweep_dir: Path, results: Path, out_dir: Path, tolerances: Tolerances,

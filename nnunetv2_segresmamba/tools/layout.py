@@ -42,6 +42,7 @@ def write_atomically(path: str | os.PathLike, text: str) -> Path:
 def write_member_record(fold_dir: str | os.PathLike, trainer: str, network: str | None) -> Path:
     """Records in a fold folder which family member's network ``trainer`` trains (None: a trainer
     outside the family), so that reports name networks without importing the trainers."""
+    Path(fold_dir).mkdir(parents=True, exist_ok=True)
     return write_atomically(Path(fold_dir, MEMBER_FILE), json.dumps({"trainer": trainer, "network": network}))
 
 

@@ -103,13 +103,17 @@ class ComparisonTrainerBase(GracefulStop, nnUNetTrainer):
     def initialize(self) -> None:
         """nnU-Net's, with the random generators seeded first when :attr:`seed` is set; then the
         network is marked with its member's output layers and this run, so that
-        ``-pretrained_weights`` leaves those out (:mod:`.fine_tuning`)."""
+        ``-pretrained_weights`` leaves those out (:mod:`.fine_tuning`), and the member is recorded
+        in the fold folder (``tools.layout.write_member_record``), also for ``--val``."""
         if self.seed is not None and not self.was_initialized:
             seed_everything(self.seed)
         super().initialize()
         family_member = type(self).family_member(self.plans_manager.plans_name)
         if family_member is not None:
             mark(self.network, run_target(self, family_member))
+        if self.local_rank == 0:  # for reports, which name networks without importing the trainers
+            write_member_record(self.output_folder, type(self).__name__,
+                                family_member.network if family_member is not None else None)
 
     @classmethod
     def family_member(cls, plans: str = DEFAULT_PLANS) -> Member | None:
@@ -130,14 +134,11 @@ class ComparisonTrainerBase(GracefulStop, nnUNetTrainer):
             return super().get_dataloaders()
 
     def on_train_start(self) -> None:
-        """Also starts energy tracking when asked for (see :mod:`.tracking`), and records the
-        member this run trains in the fold folder (:func:`write_member_record`)."""
+        """Also starts energy tracking when asked for (see :mod:`.tracking`)."""
         self._first_epoch_this_process = self.current_epoch
         self._energy_tracker = None
         if self.local_rank == 0:  # before nnU-Net starts its workers, so a bad setting fails fast
             self._energy_tracker = energy_tracker_from_env(self.output_folder, type(self).__name__)
-            member = self.family_member(self.plans_manager.plans_name)
-            write_member_record(self.output_folder, type(self).__name__, member.network if member else None)
         super().on_train_start()
 
     def on_train_end(self) -> None:
