@@ -25,6 +25,7 @@ from pathlib import Path
 
 PARTITION = "debug"
 NODE_NAME = "localnode"
+CRED_EXPIRE_S = 30  # job credentials (AuthInfo cred_expire): a requeued job starts again after this, not 120 s
 # The binaries each kind of cluster runs, and the Debian 12 package of each.
 _BASE_BINARIES = {"munged": "munge", "slurmctld": "slurmctld", "slurmd": "slurmd", "sbatch": "slurm-client",
                   "sinfo": "slurm-client", "squeue": "slurm-client", "scancel": "slurm-client", "sacct": "slurm-client"}
@@ -245,7 +246,8 @@ def _slurm_conf(workdir: Path, ports: _Ports, accounting: bool) -> list[str]:
         "SlurmUser=root",
         "AuthType=auth/munge",
         "CredType=cred/munge",
-        f"AuthInfo=socket={munge_socket}",
+        # cred_expire: also how long a requeued job waits before it may start again (default 120 s)
+        f"AuthInfo=socket={munge_socket},cred_expire={CRED_EXPIRE_S}",
         f"StateSaveLocation={workdir / 'state'}",
         f"SlurmdSpoolDir={workdir / 'spool'}",
         f"SlurmctldPidFile={workdir / 'run' / 'slurmctld.pid'}",
