@@ -1,10 +1,16 @@
-"""Sweep jobs: trainers on plans of their own (``-tr TRAINER:PLANS``), and plans that are missing."""
+"""Sweep jobs: trainers on plans of their own (``-tr TRAINER:PLANS``), plans that are missing, and
+the state of a fold that is done while its process ends."""
 
+import os
+import socket
+import subprocess
 import sys
 
 import pytest
 
-from nnunetv2_segresmamba.sweeps.jobs import FoldJob, require_plans, trainer_and_plans
+from nnunetv2_segresmamba.sweeps.jobs import FoldJob, require_plans, trainer_and_plans, write_record
+from nnunetv2_segresmamba.sweeps.status import job_states
+from nnunetv2_segresmamba.tools.layout import CHECKPOINT_FINAL, VALIDATION_SUMMARY
 
 DATASET = "Dataset991_E2E"
 
@@ -52,3 +58,27 @@ def test_the_planning_advice_is_a_command_nnunet_takes(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exited:
         plan_experiment_entry()
     assert exited.value.code == 0
+
+
+def test_a_done_fold_whose_process_has_not_recorded_its_end_is_still_running(tmp_path):
+    """A fold's files say it is done (checkpoint_final.pth, validation/summary.json) a moment before
+    its process records the end (the epochs it resumed at): ``sweep --wait`` must wait for that."""
+    job, results, sweep_dir = FoldJob(DATASET, "3d_fullres", "nnUNetTrainerSegResMamba", 0), tmp_path / "r", tmp_path
+    fold_dir = job.fold_dir(results)
+    (fold_dir / VALIDATION_SUMMARY).parent.mkdir(parents=True)
+    (fold_dir / CHECKPOINT_FINAL).write_text("")
+    (fold_dir / VALIDATION_SUMMARY).write_text("{}")
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+
+    def state(**record) -> tuple[str, str]:
+        write_record(sweep_dir, job, **record)
+        status = job_states([job], sweep_dir, results)[0]
+        return status.state, status.detail
+
+    host = socket.gethostname()
+    assert state(state="running", host=host, pid=os.getpid(), slurm_job_id=None)[0] == "running"
+    assert state(state="running", host=host, pid=ended.pid, slurm_job_id=None) == ("done", "")
+    assert state(state="running", host="elsewhere", pid=os.getpid(), slurm_job_id=None) == ("done", "")
+    assert state(state="running", host=host, pid=os.getpid(), slurm_job_id="123_4") == ("done", "")  # not queued
+    assert state(state="done", host=host, pid=os.getpid(), slurm_job_id=None) == ("done", "")

@@ -2,7 +2,8 @@
 
 - ``done``: trained and validated (``checkpoint_final.pth`` and ``validation/summary.json``); a test-set
   ensemble: its predictions complete (``sweeps.predict``);
-- ``running`` / ``pending``: a live process here, or a task in ``squeue``;
+- ``running`` / ``pending``: a live process here, or a task in ``squeue`` (also while a done job's
+  process is still ending: ``--wait`` returns once every job has recorded its end);
 - ``stopped``: the trainer stopped gracefully (Ctrl-C, SIGUSR1/SIGTERM) and was not requeued: run
   the sweep again to resume it;
 - ``failed``: nnU-Net failed, or the job was killed or left the queue before finishing;
@@ -72,6 +73,8 @@ def stops_and_resumes(record: dict) -> str:
 def _plain_state(job: FoldJob, sweep_dir: Path, record: dict, results, queue: dict[str, str],
                  slurm_id: str | None) -> tuple[str, str]:
     if job_is_done(job, sweep_dir, results):
+        if record.get("state") == "running" and _still_running(record, queue):
+            return "running", "finishing (its results are written; its process is ending)"
         return "done", ""
     if record.get("state") == "running":
         return _running_or_lost(record, queue)
@@ -97,6 +100,15 @@ def _running_or_lost(record: dict, queue: dict[str, str]) -> tuple[str, str]:
     if _alive(record["pid"]):
         return "running", f"pid {record['pid']}"
     return "failed", f"pid {record['pid']} ended while training (killed)"
+
+
+def _still_running(record: dict, queue: dict[str, str]) -> bool:
+    """Whether the process of a ``running`` record is seen to run: its SLURM task is queued, or its
+    pid lives on this host. A fold's files say it is done before its process has recorded the end."""
+    slurm_id = record.get("slurm_job_id")
+    if slurm_id:
+        return slurm_id in queue
+    return record.get("host") == socket.gethostname() and _alive(record["pid"])
 
 
 def _alive(pid: int) -> bool:
