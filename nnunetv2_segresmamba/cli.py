@@ -174,7 +174,7 @@ def _add_evaluate_parser(sub) -> None:
 
 
 def _add_sweep_parsers(sub) -> None:
-    from nnunetv2_segresmamba.registry import ABLATION, BASELINE, DEFAULT_PLANS, members, network
+    from nnunetv2_segresmamba.registry import ABLATION, BASELINE, DEFAULT_PLANS, members, network, trainer_label
     from nnunetv2_segresmamba.sweeps.executors import SlurmOptions
     from nnunetv2_segresmamba.tools.layout import REPORT_DIR
 
@@ -188,8 +188,7 @@ def _add_sweep_parsers(sub) -> None:
     sweep.add_argument("-tr", "--trainers", nargs="+", default=[m.trainer for m in members()],
                        help="TRAINER or TRAINER:PLANS (on other plans than -p), e.g. "
                             f"{resenc.trainer}:{resenc.plans}; default: the comparison family's five; the baselines: "
-                            + " ".join(f"{m.trainer}:{m.plans}" if m.plans != DEFAULT_PLANS else m.trainer
-                                       for m in members(BASELINE))
+                            + " ".join(trainer_label(m.trainer, m.plans) for m in members(BASELINE))
                             + "; the ablations: " + " ".join(m.trainer for m in members(ABLATION)))
     sweep.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     sweep.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans of the trainers named without any "
@@ -228,8 +227,8 @@ def _add_sweep_parsers(sub) -> None:
                         help="average over the folds present when some are missing (marked as incomplete); the "
                              "per-case statistics compare such a trainer on the cases it has")
     report.add_argument("--reference", metavar="TRAINER[:PLANS]",
-                        help="the trainer the others are compared with, case by case (default: the one with the "
-                             "highest mean Dice on the shared cases)")
+                        help="the trainer the others are compared with, case by case (default: the sweep's first, "
+                             "in the order of its -tr)")
     report.add_argument("-np", type=int, default=1, help="processes evaluating cases (default %(default)s)")
     _add_tolerance_args(report)
     report.set_defaults(func=_report)

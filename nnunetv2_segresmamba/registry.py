@@ -197,6 +197,11 @@ def build_nnunet(in_channels: int, out_channels: int, patch_size: Sequence[int])
 COMPARISON, BASELINE, ABLATION = "comparison", "baseline", "ablation"
 GROUPS = (COMPARISON, BASELINE, ABLATION)
 DEFAULT_PLANS = "nnUNetPlans"  # nnU-Net's default planner's plans identifier
+
+
+def trainer_label(trainer: str, plans: str) -> str:
+    """``TRAINER``, or ``TRAINER:PLANS`` where the plans are not nnU-Net's default (as ``sweep -tr`` takes it)."""
+    return trainer if plans == DEFAULT_PLANS else f"{trainer}:{plans}"
 BOTH, ONLY_3D, ONLY_2D = (2, 3), (3,), (2,)  # the spatial dims of the configurations a member trains
 # Output layers, as state-dict key prefixes (see Member.output_layers): nnU-Net's convention (its
 # U-Nets' decoders, U-Mamba's, Swin-UMamba-dagger's), SegResMamba's head, MONAI's UnetOutBlock

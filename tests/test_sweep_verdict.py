@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from nnunetv2_segresmamba.sweeps.jobs import FoldJob, write_plan
+from nnunetv2_segresmamba.sweeps.jobs import FoldJob, read_plan, write_plan
 from nnunetv2_segresmamba.sweeps.predict import PredictJob
 from nnunetv2_segresmamba.sweeps.report import build_report
-from nnunetv2_segresmamba.tools.layout import TEST_SET_FILE
+from nnunetv2_segresmamba.tools.layout import PLAN_FILE, TEST_SET_FILE
 from tests.test_evaluation import sphere, write_nifti
 from tests.workspaces import record_member
 
@@ -122,7 +122,7 @@ def test_paired_statistics_controls_and_ranking_follow_the_cases(report):
     for split, n in (("cross-validation", 6), ("test", 2)):
         ours, control = (case_scores(cases, t, split, "dice") for t in (OURS, CONTROL))
         rows = {(r["kind"], r["metric"]): r for r in paired if r["split"] == split}
-        vs = rows["reference", "dice"]  # the reference: the best mean Dice, SegResMamba
+        vs = rows["reference", "dice"]  # the reference: the sweep's first trainer, SegResMamba
         assert (vs["trainer"], vs["versus"], int(vs["cases"])) == (CONTROL, OURS, n)
         assert float(vs["mean_difference"]) == pytest.approx(sum(control[c] - ours[c] for c in ours) / n)
         assert (vs["wins"], vs["ties"], vs["losses"]) == ("0", "0", str(n))
@@ -160,3 +160,19 @@ def test_every_ablation_names_the_network_it_changes():
     assert all(network(m.ablates).group != ABLATION for m in members(ABLATION))
     assert network("U-Mamba Bot-NoMamba").ablates == "U-Mamba Bot"
     assert network("SegResMamba-NoToM").ablates == "SegResMamba" and network("SegResMamba").ablates is None
+
+
+def test_the_default_reference_is_the_sweeps_first_trainer_not_the_best(tmp_path):
+    """The reference is chosen before the results are seen: the sweep's first trainer (``-tr`` order),
+    here the one-voxel-off control, never the trainer with the best mean Dice."""
+    sweep, results = make_sweep(tmp_path)
+    jobs = read_plan(sweep)
+    (sweep / PLAN_FILE).unlink()
+    write_plan(sweep, [j for j in jobs if j.trainer == CONTROL] + [j for j in jobs if j.trainer != CONTROL])
+    with pytest.raises(ValueError, match=f"--reference UMambaBot is not a trainer of this sweep: {CONTROL}, "):
+        build_report(sweep, results, reference="UMambaBot")
+    build_report(sweep, results)
+    rows = [r for r in read_csv(sweep / "report" / "paired.csv") if r["kind"] == "reference" and r["metric"] == "dice"]
+    assert {(r["split"], r["trainer"], r["versus"]) for r in rows} == {
+        ("cross-validation", OURS, CONTROL), ("test", OURS, CONTROL)}
+    assert all(float(r["mean_difference"]) > 0 for r in rows)

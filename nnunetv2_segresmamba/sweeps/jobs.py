@@ -138,8 +138,9 @@ def dataset_name(dataset: str) -> str:
 
 
 def write_plan(sweep_dir: Path, jobs: list[FoldJob]) -> list[FoldJob]:
-    """Adds ``jobs`` to the sweep's plan (earlier jobs stay) and returns the whole plan."""
-    merged = sorted(set(read_plan(sweep_dir)) | set(jobs))
+    """Adds ``jobs`` to the sweep's plan and returns the whole plan: earlier jobs first, then the new
+    ones in their order (the first trainer of the first ``sweep`` is the report's default reference)."""
+    merged = list(dict.fromkeys([*read_plan(sweep_dir), *jobs]))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(sweep_dir / PLAN_FILE, json.dumps([asdict(j) for j in merged], indent=2))
     return merged

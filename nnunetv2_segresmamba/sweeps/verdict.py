@@ -33,8 +33,8 @@ from nnunetv2_segresmamba.evaluation.folder import (
 )
 from nnunetv2_segresmamba.evaluation.metrics import BOTH_EMPTY, PRED_EMPTY, REF_EMPTY
 from nnunetv2_segresmamba.evaluation.stats import BOOTSTRAP_SAMPLES, Paired, case_ranks, compare, rank_stability
-from nnunetv2_segresmamba.registry import DEFAULT_PLANS, Member
-from nnunetv2_segresmamba.sweeps.jobs import FoldJob, runs_dir, trained_member
+from nnunetv2_segresmamba.registry import Member, trainer_label
+from nnunetv2_segresmamba.sweeps.jobs import FoldJob, read_plan, runs_dir, trained_member
 from nnunetv2_segresmamba.sweeps.predict import predict_jobs, read_test_sets
 from nnunetv2_segresmamba.tools.layout import VALIDATION_SUMMARY
 from nnunetv2_segresmamba.tools.reporting import markdown_table, pyplot, save_figure
@@ -63,8 +63,7 @@ class Entry:
 
     @property
     def label(self) -> str:
-        """The trainer, with its plans where they are not nnU-Net's default."""
-        return self.trainer if self.plans == DEFAULT_PLANS else f"{self.trainer}:{self.plans}"
+        return trainer_label(self.trainer, self.plans)
 
     def scores(self, metric: str) -> dict[str, float]:
         """{case: the mean over its classes of ``metric``}."""
@@ -107,7 +106,10 @@ def build_verdict(fold_results: Sequence, sweep_dir: Path, results: Path, out_di
     notes: list[str] = []
     entries = cv_entries(fold_results, tolerances, num_processes, allow_incomplete, notes)
     entries += ensemble_entries([f.job for f in fold_results], sweep_dir, results, tolerances, num_processes, notes)
-    panels = [compare_panel(key, [e for e in entries if e.panel == key], reference)
+    planned = list(dict.fromkeys(trainer_label(j.trainer, j.plans) for j in read_plan(sweep_dir)))  # sweep's -tr order
+    if reference and reference not in planned:
+        raise ValueError(f"--reference {reference} is not a trainer of this sweep: {', '.join(planned)}")
+    panels = [compare_panel(key, [e for e in entries if e.panel == key], reference, planned)
               for key in dict.fromkeys(e.panel for e in entries)]
     written = [_write_csv(out_dir / "cases.csv", [r for e in entries for r in _case_rows(e)]),
                _write_csv(out_dir / "paired.csv", _paired_rows(panels)),
@@ -180,8 +182,10 @@ def ensemble_entries(fold_jobs: list[FoldJob], sweep_dir: Path, results: Path, t
     return entries
 
 
-def compare_panel(key: tuple[str, str, str], entries: list[Entry], reference: str | None) -> Panel:
-    """Paired statistics, controls and ranking of ``entries`` on their shared cases."""
+def compare_panel(key: tuple[str, str, str], entries: list[Entry], reference: str | None,
+                  planned: Sequence[str] = ()) -> Panel:
+    """Paired statistics, controls and ranking of ``entries`` on their shared cases, against
+    ``reference``, else the first trainer of ``planned`` (the sweep's order) that the panel has."""
     cases = sorted(set.intersection(*(set(e.scores("dice")) for e in entries)))
     panel = Panel(key, entries, cases)
     if len(entries) < 2 or len(cases) < 2:
@@ -189,8 +193,8 @@ def compare_panel(key: tuple[str, str, str], entries: list[Entry], reference: st
                            "(they need two trainers and two cases)")
         return panel
     labels = [e.label for e in entries]
-    panel.reference = reference if reference in labels else _best(panel)
-    if reference and reference not in labels:
+    panel.reference = next(t for t in [reference, *planned, *labels] if t in labels)
+    if reference and reference != panel.reference:
         panel.notes.append(f"--reference {reference} is not in this panel; compared with {panel.reference} instead")
     controls = control_pairs(entries)
     for metric in METRICS:
@@ -200,12 +204,6 @@ def compare_panel(key: tuple[str, str, str], entries: list[Entry], reference: st
         ranks, first = case_ranks(scores, higher), rank_stability(scores, higher)
         panel.ranks[metric] = {t: (float(ranks[t].mean()), first[t]) for t in labels}
     return panel
-
-
-def _best(panel: Panel) -> str:
-    """The label with the highest mean Dice on the shared cases."""
-    scores = panel.scores("dice")
-    return max(scores, key=lambda t: statistics.fmean(scores[t]))
 
 
 def control_pairs(entries: list[Entry]) -> list[tuple[str, str]]:
