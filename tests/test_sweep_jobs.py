@@ -1,5 +1,5 @@
-"""Sweep jobs: trainers on plans of their own (``-tr TRAINER:PLANS``), plans that are missing, and
-the state of a fold that is done while its process ends."""
+"""Sweep jobs: trainers on plans of their own (``-tr TRAINER:PLANS``), plans that are missing, the
+state of a fold that is done while its process ends, and the stops and resumes its status shows."""
 
 import os
 import socket
@@ -9,8 +9,16 @@ import sys
 import pytest
 
 from nnunetv2_segresmamba.sweeps.jobs import FoldJob, require_plans, trainer_and_plans, write_record
-from nnunetv2_segresmamba.sweeps.status import job_states
+from nnunetv2_segresmamba.sweeps.status import job_states, stops_and_resumes
 from nnunetv2_segresmamba.tools.layout import CHECKPOINT_FINAL, VALIDATION_SUMMARY
+from nnunetv2_segresmamba.tools.stopping import (
+    IN_VALIDATION,
+    resumed_epoch,
+    resumed_line,
+    stopped_epoch,
+    stopped_in_validation_line,
+    stopped_line,
+)
 
 DATASET = "Dataset991_E2E"
 
@@ -82,3 +90,14 @@ def test_a_done_fold_whose_process_has_not_recorded_its_end_is_still_running(tmp
     assert state(state="running", host="elsewhere", pid=os.getpid(), slurm_job_id=None) == ("done", "")
     assert state(state="running", host=host, pid=os.getpid(), slurm_job_id="123_4") == ("done", "")  # not queued
     assert state(state="done", host=host, pid=os.getpid(), slurm_job_id=None) == ("done", "")
+
+
+def test_the_status_says_where_each_stop_resumes():
+    """The trainer's log lines, read back by the sweep: an epoch, the final validation (which --c
+    redoes), or nothing (killed before a checkpoint); and the status line built from the record."""
+    assert stopped_epoch(stopped_line("SIGUSR1", 7)) == 7 and resumed_epoch(resumed_line(7)) == 7
+    assert stopped_epoch("2026-12-08 10:00:00.000: " + stopped_in_validation_line("SIGTERM")) == IN_VALIDATION
+    assert stopped_epoch(resumed_line(7)) is None and resumed_epoch(stopped_line("SIGUSR1", 7)) is None
+    record = {"stopped_at": [2, IN_VALIDATION, None], "resumed_at": [2]}
+    assert stops_and_resumes(record) == "3 stops (--c at epochs 2, validation, ?); resumed at epochs 2"
+    assert stops_and_resumes({}) == ""

@@ -35,7 +35,7 @@ class Child:
     reader: threading.Thread
     tail: deque = field(default_factory=lambda: deque(maxlen=40))
     resumed_at: int | None = None  # the epoch the trainer said it resumed at
-    stopped_at: int | None = None  # the epoch the trainer said --c resumes at, when it stopped
+    stopped_at: int | str | None = None  # where the trainer said --c resumes when it stopped (stopped_epoch)
 
     def read(self, log) -> None:
         for line in self.process.stdout:

@@ -11,7 +11,8 @@
 
 The detail of a fold that was stopped says how often and at which epochs it stopped and resumed
 (the job record's ``stopped_at`` and ``resumed_at``): ``2 stops (--c at epochs 2, 3); resumed
-at epochs 2, 3``.
+at epochs 2, 3``; a stop in the final validation reads ``validation``, a stop that wrote no
+checkpoint (a second Ctrl-C killed the trainer) ``?``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def stops_and_resumes(record: dict) -> str:
     stops, resumes = record.get("stopped_at") or [], record.get("resumed_at") or []
     if not stops and not resumes:
         return ""
-    epochs = ", ".join("?" if e is None else str(e) for e in stops)  # ?: no checkpoint written (killed)
+    epochs = ", ".join("?" if e is None else str(e) for e in stops)  # ?: no checkpoint written (killed);
+    # "validation": stopped in the final validation, which --c redoes
     text = f"{len(stops)} stop{'s' * (len(stops) != 1)} (--c at epochs {epochs})" if stops else ""
     return "; ".join(filter(None, [text, f"resumed at epochs {', '.join(map(str, resumes))}" if resumes else ""]))
 

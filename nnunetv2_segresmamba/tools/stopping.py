@@ -23,7 +23,9 @@ _STOPPED = "Stopped by {signal}, not failed: checkpoint_latest.pth written; --c 
 _RESUMED = "Resuming at epoch {epoch}"
 _STOPPED_RE = re.compile(r"Stopped by (\w+), not failed: checkpoint_latest\.pth written; --c resumes at epoch (\d+)")
 _STOPPED_IN_VALIDATION = "Stopped by {signal} during the final validation, not failed: --c redoes the validation"
+_STOPPED_IN_VALIDATION_RE = re.compile(r"Stopped by \w+ during the final validation, not failed")
 _RESUMED_RE = re.compile(r"Resuming at epoch (\d+)")
+IN_VALIDATION = "validation"  # where --c resumes after a stop in the final validation: it redoes it
 
 
 def stopped_line(signal_name: str, epoch: int) -> str:
@@ -41,10 +43,13 @@ def resumed_line(epoch: int) -> str:
     return _RESUMED.format(epoch=epoch)
 
 
-def stopped_epoch(line: str) -> int | None:
-    """The epoch where ``--c`` resumes, if ``line`` is a :func:`stopped_line`; else None."""
+def stopped_epoch(line: str) -> int | str | None:
+    """The epoch where ``--c`` resumes, if ``line`` is a :func:`stopped_line`; :data:`IN_VALIDATION`
+    if it is a :func:`stopped_in_validation_line`; else None."""
     match = _STOPPED_RE.search(line)
-    return int(match.group(2)) if match else None
+    if match:
+        return int(match.group(2))
+    return IN_VALIDATION if _STOPPED_IN_VALIDATION_RE.search(line) else None
 
 
 def resumed_epoch(line: str) -> int | None:
