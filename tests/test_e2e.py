@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -277,6 +278,36 @@ def test_resume_from_a_truncated_checkpoint_names_it_and_keeps_it(e2e_workspace,
     message = str(error.value).replace("\n", "")
     assert checkpoint in message and f"mv {checkpoint} {checkpoint}.corrupt" in message
     assert open(checkpoint, "rb").read() == truncated
+
+
+def test_a_stop_signal_in_the_final_validation_leaves_it_undone_for_c(e2e_workspace, trained, tmp_path, monkeypatch):
+    """SIGUSR1 to the trainer as nnUNetv2_train --val runs it (in this process): it exits with 75,
+    the half-written validation is not taken as done (its summary.json removed), and its log says so
+    in the line the sweep records as ``validation``."""
+    from nnunetv2_segresmamba.tools.stopping import IN_VALIDATION, STOPPED_EXIT_CODE, stopped_epoch
+    from nnunetv2_segresmamba.trainers import nnUNetTrainerSegResMamba_smoke
+
+    assert threading.current_thread() is threading.main_thread(), "Python's signal handlers run in the main thread"
+    results, copy = copied_run(e2e_workspace, tmp_path)
+    trainer = planned_trainer(e2e_workspace, monkeypatch, nnUNetTrainerSegResMamba_smoke,
+                              {**e2e_workspace.env, "nnUNet_results": results})
+    trainer.initialize()
+    trainer.load_checkpoint(str(copy / "fold_0" / "checkpoint_final.pth"))
+    summary = copy / "fold_0" / "validation" / "summary.json"
+    summary.parent.mkdir()
+    summary.write_text("{}")  # as a validation stopped after nnU-Net wrote it would leave it
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        trainer.install_stop_handlers()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        with pytest.raises(SystemExit) as stopped:
+            trainer.perform_actual_validation(False)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert stopped.value.code == STOPPED_EXIT_CODE
+    assert not summary.exists()
+    assert stopped_epoch(open(trainer.log_file).read().splitlines()[-1]) == IN_VALIDATION
 
 
 # nnU-Net's whole flow: 2d and 3d_fullres, find_best_configuration, ensemble, postprocessing

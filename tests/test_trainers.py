@@ -63,6 +63,7 @@ def test_mamba_parameters_marked_no_weight_decay_get_none(planned, monkeypatch):
 def test_a_network_without_marks_gets_one_group(planned, monkeypatch):
     trainer = initialized("nnUNetTrainerComparisonNnUNet", planned, monkeypatch)
     assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [3e-5]
+    assert "optimizer: SGD (fused)" in open(trainer.log_file).read()  # the training log says which update runs
 
 
 def test_optimizers_are_fused_where_torch_has_the_kernels():

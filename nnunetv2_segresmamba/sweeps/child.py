@@ -10,8 +10,6 @@ process of the job step: the sweep's task handles it). To stop it, the sweep for
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from nnunetv2_segresmamba.tools.pipeline import command_env, command_line
 from nnunetv2_segresmamba.tools.stopping import FORWARDED_SIGNAL, STOPPED_EXIT_CODE, resumed_epoch, stopped_epoch
 
 STOP_WAIT_S = 90.0  # how long a stopping child may take (one iteration and a checkpoint) before it is killed
@@ -82,17 +81,18 @@ def _first(new: int | None, old: int | None) -> int | None:
     return new if new is not None else old
 
 
-def _ignore_sweep_signals() -> None:  # in the child, before exec: ignored signals stay ignored
+def _ignore_sweep_signals() -> None:
+    """In the child, between fork and exec (ignored signals stay ignored across exec), so no signal
+    can reach it before: nnUNetv2_train sets its own handlers only once training starts. Safe beside
+    the sweep's threads (subprocess's caveat): ``signal.signal`` takes no lock a thread could hold."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def start_child(args: list[str], env: dict[str, str] | None, log) -> Child:
     """Starts ``args`` with its output appended to the open file ``log``."""
-    executable = shutil.which(args[0]) or os.path.join(os.path.dirname(sys.executable), args[0])
-    process = subprocess.Popen([executable, *args[1:]], env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               preexec_fn=_ignore_sweep_signals)
+    process = subprocess.Popen(command_line(args), env=command_env(env), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, preexec_fn=_ignore_sweep_signals)
     child = Child(process, threading.Thread(target=lambda: child.read(log), daemon=True))
     child.reader.start()
     return child
@@ -138,11 +138,6 @@ def kill_children() -> None:
     """Kills every child this process runs (a second Ctrl-C)."""
     for child in list(_RUNNING):
         child.process.kill()
-
-
-def failure_message(args: list[str], child: Child) -> str:
-    """What :func:`~nnunetv2_segresmamba.tools.pipeline.run_command` says of a failed command."""
-    return f"`{' '.join(args)}` failed with exit code {child.process.returncode}:\n{''.join(child.tail)}"
 
 
 def stopped(child: Child) -> bool:

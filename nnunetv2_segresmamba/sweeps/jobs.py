@@ -18,7 +18,7 @@ from itertools import product
 from pathlib import Path
 
 from nnunetv2_segresmamba.registry import DEFAULT_PLANS, RESENC_PRESETS, Member, network, resenc_planner, resenc_plans
-from nnunetv2_segresmamba.sweeps.child import Child, Interrupted, failure_message, run_child, stopped
+from nnunetv2_segresmamba.sweeps.child import Child, Interrupted, run_child, stopped
 from nnunetv2_segresmamba.tools.layout import (
     CHECKPOINT_FINAL,
     LOGS_DIR,
@@ -28,7 +28,7 @@ from nnunetv2_segresmamba.tools.layout import (
     recorded_network,
     write_atomically,
 )
-from nnunetv2_segresmamba.tools.pipeline import describe_error
+from nnunetv2_segresmamba.tools.pipeline import describe_error, failure_message
 
 
 def runs_dir(results: str | os.PathLike, dataset: str, trainer: str, plans: str, configuration: str) -> Path:
@@ -213,7 +213,7 @@ def run_fold(job: FoldJob, sweep_dir: Path, device: str, env: dict[str, str] | N
         return "stopped"
     record_attempt(sweep_dir, job, child)
     if child.process.returncode:
-        error = RuntimeError(failure_message(command, child))
+        error = RuntimeError(failure_message(command, child.process.returncode, child.tail))
         write_record(sweep_dir, job, state="failed", ended=time.time(), error=describe_error(error))
         raise error
     write_record(sweep_dir, job, state="done", ended=time.time())

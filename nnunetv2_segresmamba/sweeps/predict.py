@@ -80,6 +80,9 @@ def run_predict(job: PredictJob, sweep_dir: Path, device: str, env: dict[str, st
             f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         run_command(command, env, log_path=str(log), quiet=True, append=True)
         os.replace(partial, out)
+    except KeyboardInterrupt:  # Ctrl-C reached nnUNetv2_predict too: a rerun continues into the partial folder
+        write_record(sweep_dir, job, state="stopped", ended=time.time())
+        raise
     except Exception as err:
         write_record(sweep_dir, job, state="failed", ended=time.time(), error=describe_error(err))
         raise

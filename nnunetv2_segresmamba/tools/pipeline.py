@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 NNUNET_DIRS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -43,16 +43,29 @@ def require_nnunet_env(names: tuple[str, ...] = NNUNET_DIRS) -> dict[str, str]:
     return {n: os.environ[n] for n in names}
 
 
+def command_line(args: list[str]) -> list[str]:
+    """``args`` with its command found on PATH, else beside this Python (a venv not activated)."""
+    return [shutil.which(args[0]) or os.path.join(os.path.dirname(sys.executable), args[0]), *args[1:]]
+
+
+def command_env(env: dict[str, str] | None) -> dict[str, str]:
+    """This process's environment with ``env``, and unbuffered Python output (logs line by line)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+
+
+def failure_message(args: list[str], returncode: int, tail: Iterable[str]) -> str:
+    """What a failed command's error says: the command, its exit code and its output's tail."""
+    return f"`{' '.join(args)}` failed with exit code {returncode}:\n{''.join(tail)}"
+
+
 def run_command(args: list[str], env: dict[str, str] | None = None, log_path: str | None = None,
                 quiet: bool = False, append: bool = False, on_line: Callable[[str], None] | None = None) -> float:
     """Runs one CLI command; raises with the log's tail if it fails. Returns seconds taken.
     Output goes to ``log_path`` (appended with ``append``), unless ``quiet`` to stdout, and
     line by line to ``on_line`` as it comes."""
-    executable = shutil.which(args[0]) or os.path.join(os.path.dirname(sys.executable), args[0])
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     start = time.perf_counter()
     with open(log_path or os.devnull, "a" if append else "w") as log:
-        proc = subprocess.Popen([executable, *args[1:]], env=full_env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(command_line(args), env=command_env(env), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         tail: deque[str] = deque(maxlen=40)
         for line in proc.stdout:
@@ -65,7 +78,7 @@ def run_command(args: list[str], env: dict[str, str] | None = None, log_path: st
                 sys.stdout.flush()
         proc.wait()
     if proc.returncode:
-        raise RuntimeError(f"`{' '.join(args)}` failed with exit code {proc.returncode}:\n{''.join(tail)}")
+        raise RuntimeError(failure_message(args, proc.returncode, tail))
     return time.perf_counter() - start
 
 

@@ -236,6 +236,8 @@ class ComparisonTrainerBase(GracefulStop, nnUNetTrainer):
                                            weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
         else:
             raise ValueError(f"unknown optimizer_name {self.optimizer_name!r}: use 'SGD', 'AdamW' or 'GaLoreAdamW'")
+        fused = optimizer.defaults.get("fused")  # fused_if_available falls back where torch has no fused kernel
+        self.print_to_log_file(f"optimizer: {type(optimizer).__name__}{' (fused)' if fused else ' (not fused)'}")
         if self.lr_schedule == "cosine":
             return optimizer, CosineAnnealingScheduler(optimizer, self.initial_lr, self.num_epochs,
                                                        min_lr=self.recipe_min_lr)
