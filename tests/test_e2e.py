@@ -27,7 +27,7 @@ import torch
 from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
 from nnunetv2_segresmamba.tools.pipeline import evaluate_folder, run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
-from tests.workspaces import CPU_PREDICT
+from tests.workspaces import CPU_PREDICT, predict_in_process
 from tests.workspaces import E2E as SPEC
 from tests.workspaces import fold_dir as trainer_fold_dir
 
@@ -146,7 +146,7 @@ FINE_TUNE = SyntheticSpec(dataset_id=992, name="FineTune", num_train=5, num_test
                           spacing=(2.0, 1.0, 1.0), num_classes=1, num_channels=2, seed=1)
 
 
-def test_fine_tuning_on_another_dataset_with_pretrained_weights(e2e_workspace, trained, tmp_path):
+def test_fine_tuning_on_another_dataset_with_pretrained_weights(e2e_workspace, trained):
     """nnU-Net's -pretrained_weights from SPEC's trained fold into a dataset with another patch
     ((16, 48, 48), strided as SPEC's) and other classes: every tensor but the output layer is
     SPEC's, moved by the two AdamW steps of lr 1e-4 only; then the fine-tuned model predicts."""
@@ -171,13 +171,8 @@ def test_fine_tuning_on_another_dataset_with_pretrained_weights(e2e_workspace, t
         moved = (weight - source["network_weights"][name]).abs().max().item()
         assert moved < 1e-3, f"{name} moved by {moved}: not SPEC's weights"
 
-    raw = os.path.join(e2e_workspace.path("nnUNet_raw"), FINE_TUNE.folder_name)
-    run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", str(tmp_path / "out"), "-d", did,
-                 "-c", "3d_fullres", "-f", "0", "-tr", trainer, *CPU_PREDICT], e2e_workspace.env, quiet=True)
-    import SimpleITK as sitk
-
-    predictions = sorted(glob.glob(str(tmp_path / "out" / "*.nii.gz")))
-    assert len(predictions) == 1 and sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == (16, 48, 48)
+    predictions = predict_in_process(e2e_workspace, trainer, spec=FINE_TUNE)
+    assert len(predictions) == 1 and predictions[0].shape == (16, 48, 48)
 
 
 def planned_trainer(e2e_workspace, monkeypatch, trainer_class, env):
@@ -415,15 +410,14 @@ def test_sweep_predicts_the_test_set_once_and_reports_it_case_by_case(e2e_worksp
             [float(reported[key][m]) for m in ("dice", "hd95_mm", "nsd")])
 
 
-def predict_2d(e2e_workspace, trainer: str, out) -> list[str]:
-    """``trainer``'s 2d fold 0 predicts the test images into ``out`` (no TTA); the predictions."""
-    images = os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
-    run_command(["nnUNetv2_predict", "-i", images, "-o", str(out), "-d", DID, "-c", "2d", "-f", "0", "-tr", trainer,
-                 *CPU_PREDICT, "--disable_tta"], e2e_workspace.env, quiet=True)
-    return sorted(glob.glob(str(out / "*.nii.gz")))
+def assert_predicts_2d(e2e_workspace, trainer: str) -> None:
+    """``trainer``'s 2d fold 0 predicts the 3D test images slice by slice (nnU-Net's predictor, in
+    this process, no TTA; nnUNetv2_predict of a 2d run: test_find_best_configuration...)."""
+    segmentations = predict_in_process(e2e_workspace, trainer, "2d")
+    assert len(segmentations) == SPEC.num_test and all(s.shape == tuple(SPEC.shape) for s in segmentations)
 
 
-def test_umamba_enc_trains_and_predicts_2d(e2e_workspace, swept, tmp_path):
+def test_umamba_enc_trains_and_predicts_2d(e2e_workspace, swept):
     """The 2D U-Mamba Enc (its skip-free last decoder stage, Mamba layers on every other stage)
     through the CLI on the 2d configuration that ``swept`` preprocessed."""
     trainer = "nnUNetTrainerUMambaEnc_smoke"
@@ -433,11 +427,7 @@ def test_umamba_enc_trains_and_predicts_2d(e2e_workspace, swept, tmp_path):
     stages = {int(k.split(".")[2]) for k in weights if k.startswith("encoder.stages.")}
     with_mamba = {int(k.split(".")[2]) for k in weights if k.startswith("encoder.mamba_layers.")}
     assert with_mamba == set(range(len(stages) - 1, -1, -2))  # every other stage, the deepest included
-    import SimpleITK as sitk
-
-    predictions = predict_2d(e2e_workspace, trainer, tmp_path)
-    assert len(predictions) == SPEC.num_test
-    assert sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == tuple(SPEC.shape)
+    assert_predicts_2d(e2e_workspace, trainer)
 
 
 def test_swin_umamba_trains_from_vmamba_weights_and_predicts_without_them(e2e_workspace, swept, tmp_path,
@@ -461,20 +451,15 @@ def test_swin_umamba_trains_from_vmamba_weights_and_predicts_without_them(e2e_wo
                        model["layers.2.blocks.8.self_attention.A_logs"])  # loaded, then frozen
     assert torch.equal(trained["vssm_encoder.downsamples.0.reduction.weight"],
                        model["layers.0.downsample.reduction.weight"])
-    predictions = predict_2d(e2e_workspace, trainer, tmp_path / "predictions")  # without $nnUNet_vmamba_weights
-    assert len(predictions) == SPEC.num_test
+    assert_predicts_2d(e2e_workspace, trainer)  # without $nnUNet_vmamba_weights (deleted above)
 
 
 @pytest.mark.parametrize("trainer", ["nnUNetTrainerSwinUMambaScratch_smoke", "nnUNetTrainerSwinUMambaDScratch_smoke"])
-def test_swin_umamba_trains_from_scratch_and_predicts_2d(e2e_workspace, swept, tmp_path, trainer):
+def test_swin_umamba_trains_from_scratch_and_predicts_2d(e2e_workspace, swept, trainer):
     """Swin-UMamba and Swin-UMamba-dagger (its VSS-block decoder, deep supervision at 1/4 to 1/16)
     from scratch: they read no ImageNet file."""
     run_command(["nnUNetv2_train", DID, "2d", "0", "-tr", trainer, "-device", "cpu"], e2e_workspace.env, quiet=True)
-    import SimpleITK as sitk
-
-    predictions = predict_2d(e2e_workspace, trainer, tmp_path)
-    assert len(predictions) == SPEC.num_test
-    assert sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == tuple(SPEC.shape)
+    assert_predicts_2d(e2e_workspace, trainer)
 
 
 def test_find_best_configuration_then_its_inference_instructions(e2e_workspace, swept, predicted, tmp_path):

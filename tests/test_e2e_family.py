@@ -1,8 +1,8 @@
-"""End to end through the stock nnU-Net CLI on the dataset of test_e2e.py: a training and a
-prediction of each baseline's smoke trainer (the paper's and U-Mamba's; ResEnc M in
-test_e2e.py's sweep), a training of each ablation's, fine-tuning one of them on a dataset planned
-otherwise (``-pretrained_weights`` and nnU-Net's move of the plans), and the cascade,
-3d_lowres then 3d_cascade_fullres, on plans given a lowres configuration by
+"""End to end through the stock nnU-Net CLI on the dataset of test_e2e.py: a training of each
+baseline's smoke trainer (the paper's and U-Mamba's; ResEnc M in test_e2e.py's sweep) and its
+prediction by nnU-Net's predictor in this process, a training of each ablation's, fine-tuning one
+of them on a dataset planned otherwise (``-pretrained_weights`` and nnU-Net's move of the plans),
+and the cascade, 3d_lowres then 3d_cascade_fullres, on plans given a lowres configuration by
 ``nnunetv2_segresmamba add-cascade``. A module of its own so that it runs beside test_e2e.py
 under pytest-xdist."""
 
@@ -21,7 +21,7 @@ from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
 from nnunetv2_segresmamba.tools.pipeline import run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
 from nnunetv2_segresmamba.trainers.tracking import CO2_COUNTRY_ENV
-from tests.workspaces import CPU_PREDICT, drop_checkpoints, fold_dir
+from tests.workspaces import CPU_PREDICT, drop_checkpoints, fold_dir, predict_in_process
 from tests.workspaces import E2E as SPEC
 
 pytestmark = pytest.mark.e2e
@@ -59,8 +59,8 @@ def train_smoke(e2e_workspace, trainer, epochs):
 
 @pytest.mark.parametrize("trainer", BASELINES)
 def test_baseline_trains_and_predicts_through_the_cli(e2e_workspace, trainer):
-    """Trains, validates, and predicts without test-time mirroring (8 forward passes a window;
-    the prediction with mirroring runs in test_e2e.py)."""
+    """Trains and validates through the CLI, then predicts without test-time mirroring (8 forward
+    passes a window; nnUNetv2_predict with mirroring runs in test_e2e.py)."""
     patch, epochs = BASELINES[trainer]
     folder = train_smoke(e2e_workspace, trainer, epochs)
     with open(os.path.join(folder, "plans.json")) as f:
@@ -70,16 +70,10 @@ def test_baseline_trains_and_predicts_through_the_cli(e2e_workspace, trainer):
 
 
 def assert_predicts(e2e_workspace, trainer):
-    """``trainer``'s fold 0 predicts the test images, without test-time mirroring."""
-    raw = os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name)
-    out = os.path.join(e2e_workspace.root, f"predictions_{trainer}")
-    run_command(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", out, "-d", DID, "-c", "3d_fullres",
-                 "-f", "0", "-tr", trainer, *CPU_PREDICT, "--disable_tta"], e2e_workspace.env, quiet=True)
-    import SimpleITK as sitk
-
-    predictions = sorted(glob.glob(os.path.join(out, "*.nii.gz")))
-    assert len(predictions) == SPEC.num_test
-    assert sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == tuple(SPEC.shape)
+    """``trainer``'s fold 0 predicts the test images (nnU-Net's predictor, in this process)."""
+    segmentations = predict_in_process(e2e_workspace, trainer)
+    assert len(segmentations) == SPEC.num_test
+    assert all(s.shape == tuple(SPEC.shape) and set(s.ravel().tolist()) <= {0, 1, 2} for s in segmentations)
 
 
 @pytest.mark.parametrize("trainer", ABLATIONS)

@@ -126,31 +126,6 @@ def run_status(env, sweep_dir) -> str:
                           capture_output=True, text=True, check=True).stdout
 
 
-SLURM_FOLDS = (3, 4)  # not the local sweep's
-
-
-def test_slurm_sweep_on_a_real_cluster(workspace, tmp_path):
-    pytest.importorskip("submitit")
-    try:
-        cluster = start_local_cluster(tmp_path / "slurm", accounting=False)
-    except SlurmUnavailable as exc:
-        pytest.skip(f"no SLURM cluster on this machine: {exc}")
-    results, sweep_dir = workspace.path("nnUNet_results"), os.path.join(workspace.root, "sweeps", "slurm")
-    env = {**workspace.env, **cluster.env}
-    with cluster:
-        run_command(cli(*sweep_args(sweep_dir, [NNUNET], SLURM_FOLDS), "--executor", "slurm", "--partition",
-                        cluster.partition, "--gpus", "0", "--cpus", "1", "--time-min", "20",
-                        "--array-parallelism", "1", "--wait"), env, quiet=True)
-        status = run_status(env, sweep_dir)
-    assert len(re.findall(r"^done\s", status, re.M)) == 2, status
-    for fold in SLURM_FOLDS:
-        assert is_done(job(NNUNET, fold).fold_dir(results))
-        record = json.load(open(os.path.join(sweep_dir, "records", f"{job(NNUNET, fold).key}.json")))
-        assert re.fullmatch(r"\d+_\d+", record["slurm_job_id"]), "the fold did not run as a SLURM array task"
-    run_command(cli("report", "--sweep-dir", sweep_dir), env, quiet=True)
-    assert leaderboard(os.path.join(sweep_dir, "report"))[NNUNET]["folds_done"] == "2"
-
-
 STOPCHECK = "nnUNetTrainerComparisonNnUNet_stopcheck"  # 3 epochs; checkpoint_latest.pth only from a graceful stop
 EPOCH_LINE = re.compile(r": Epoch (\d+) ?$", re.M)
 
@@ -216,21 +191,27 @@ def test_local_sweep_ctrl_c_stops_the_training_gracefully_and_resumes(workspace)
                      run_status(workspace.env, sweep_dir), re.M)
 
 
-def test_slurm_fold_interrupted_twice_resumes_each_time(workspace, tmp_path):
-    """submitit's timeout signal (SIGUSR2 to the job step, as SLURM sends it
-    ``slurm_signal_delay_s`` before the time limit) in epoch 1, and again after the requeued task
-    resumed, in epoch 2: each time the task stops the training gracefully and submitit requeues it."""
+SLURM_FOLD = 3  # the local sweeps' are 0 to 2
+
+
+def test_slurm_array_runs_each_fold_and_requeues_one_stopped_twice(workspace, tmp_path):
+    """One array of two tasks on a real one-node SLURM cluster: nnU-Net's smoke fold, and the
+    stop-check fold, which gets submitit's timeout signal (SIGUSR2 to the job step, as SLURM sends
+    it ``slurm_signal_delay_s`` before the time limit) in epoch 1, and again after the requeued task
+    resumed, in epoch 2: each time the task stops the training gracefully and submitit requeues
+    it. Both folds end done, each in its array task, and the report has both."""
     pytest.importorskip("submitit")
     try:
         cluster = start_local_cluster(tmp_path / "slurm", accounting=False)
     except SlurmUnavailable as exc:
         pytest.skip(f"no SLURM cluster on this machine: {exc}")
-    results, sweep_dir = workspace.path("nnUNet_results"), os.path.join(workspace.root, "sweeps", "slurm_stops")
-    fold = job(STOPCHECK, 1)
+    results, sweep_dir = workspace.path("nnUNet_results"), os.path.join(workspace.root, "sweeps", "slurm")
+    fold, plain = job(STOPCHECK, SLURM_FOLD), job(NNUNET, SLURM_FOLD)
     fold_dir, env = fold.fold_dir(results), {**os.environ, **workspace.env, **cluster.env}
     with cluster:
-        proc = subprocess.Popen(cli(*sweep_args(sweep_dir, [STOPCHECK], [1]), "--executor", "slurm", "--partition",
-                                    cluster.partition, "--gpus", "0", "--cpus", "1", "--time-min", "20", "--wait"),
+        proc = subprocess.Popen(cli(*sweep_args(sweep_dir, [STOPCHECK, NNUNET], [SLURM_FOLD]), "--executor", "slurm",
+                                    "--partition", cluster.partition, "--gpus", "0", "--cpus", "1", "--time-min", "20",
+                                    "--wait"),
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             for stop, epoch in enumerate((1, 2), start=1):
@@ -245,9 +226,16 @@ def test_slurm_fold_interrupted_twice_resumes_each_time(workspace, tmp_path):
                 proc.kill()
         status = run_status(env, sweep_dir)
     assert proc.returncode == 0, out
-    assert is_done(fold_dir)
+    for done in (fold, plain):
+        assert is_done(done.fold_dir(results))
+        record = json.load(open(os.path.join(sweep_dir, "records", f"{done.key}.json")))
+        assert re.fullmatch(r"\d+_\d+", record["slurm_job_id"]), "the fold did not run as a SLURM array task"
+    assert re.search(rf"^done\s+{plain.key}\s", status, re.M), status
     pairs = assert_each_resume_where_it_stopped(fold_dir, stops=2)
     resumed = [r for _, r in pairs]
     assert re.search(rf"^done\s+{fold.key}\s+2 stops \(--c at epochs {resumed[0]}, {resumed[1]}\); resumed at "
                      rf"epochs {resumed[0]}, {resumed[1]}\s", status, re.M), status
     print(f"\nSLURM stops (epoch in progress, epoch resumed at): {pairs}")
+    run_command(cli("report", "--sweep-dir", sweep_dir), env, quiet=True)
+    board = leaderboard(os.path.join(sweep_dir, "report"))
+    assert board[NNUNET]["folds_done"] == board[STOPCHECK]["folds_done"] == "1"

@@ -66,3 +66,29 @@ def record_member(fold_dir, trainer: str, plans: str = "nnUNetPlans") -> None:
 
     member = getattr(trainers, trainer).family_member(plans)
     write_member_record(fold_dir, trainer, member.network if member is not None else None)
+
+
+def predict_in_process(ws: Workspace, trainer: str, configuration: str = "3d_fullres", fold: str = "0",
+                       spec: SyntheticSpec = E2E) -> list:
+    """``trainer``'s fold of ``spec`` predicts each test image in this process, without test-time
+    mirroring: nnU-Net's predictor as nnUNetv2_predict sets it up (the trainer looked up by the
+    name its run recorded, the network built from the run's plans, the checkpoint loaded), sliding
+    windows, and the resampling back to each image's grid. What a ``nnUNetv2_predict`` subprocess
+    adds (its worker processes) is nnU-Net's own and runs in test_e2e.py. The segmentations, in
+    case order."""
+    import torch
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(os.path.dirname(fold_dir(ws, trainer, configuration, fold, spec)),
+                                                   (fold if fold == "all" else int(fold),), "checkpoint_final.pth")
+    images = os.path.join(ws.path("nnUNet_raw"), spec.folder_name, "imagesTs")
+    first_channels = glob.glob(os.path.join(images, "*_0000.nii.gz"))
+    cases = sorted(os.path.basename(p)[:-len("_0000.nii.gz")] for p in first_channels)
+    segmentations = []
+    for case in cases:
+        files = [os.path.join(images, f"{case}_{c:04d}.nii.gz") for c in range(spec.num_channels)]
+        image, properties = SimpleITKIO().read_images(files)
+        segmentations.append(predictor.predict_single_npy_array(image, properties))
+    return segmentations
