@@ -39,10 +39,12 @@ def anisotropic_workspace(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def e2e_workspace(tmp_path_factory):
+def e2e_workspace(tmp_path_factory, request):
     """tests.workspaces.E2E, planned and preprocessed for 3d_fullres, once for each module that
-    asks (test_e2e.py and test_e2e_family.py, which pytest-xdist runs side by side); the
+    asks (test_e2e.py and test_e2e_family.py, which pytest-xdist runs side by side), after
+    nnU-Net's check of the dataset where the module sets ``VERIFY_DATASET_INTEGRITY``; the
     checkpoints its runs wrote are deleted when the module is done."""
-    ws = preprocess_e2e(str(tmp_path_factory.mktemp("e2e")))
+    verify = getattr(request.module, "VERIFY_DATASET_INTEGRITY", False)
+    ws = preprocess_e2e(str(tmp_path_factory.mktemp("e2e")), verify)
     yield ws
     drop_checkpoints(ws.root)

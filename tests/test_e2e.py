@@ -35,6 +35,7 @@ pytestmark = pytest.mark.e2e
 
 TRAINER = "nnUNetTrainerSegResMamba_smoke"
 DID = str(SPEC.dataset_id)
+VERIFY_DATASET_INTEGRITY = True  # the synthetic dataset passes nnU-Net's check (read by conftest's e2e_workspace)
 
 
 def fold_dir(ws, trainer=TRAINER, configuration="3d_fullres", fold="0"):

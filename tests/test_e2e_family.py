@@ -6,7 +6,6 @@ and the cascade, 3d_lowres then 3d_cascade_fullres, on plans given a lowres conf
 ``nnunetv2_segresmamba add-cascade``. A module of its own so that it runs beside test_e2e.py
 under pytest-xdist."""
 
-import glob
 import io
 import json
 import os
@@ -21,8 +20,8 @@ from nnunetv2_segresmamba.tools.checkpoints import load_checkpoint_file
 from nnunetv2_segresmamba.tools.pipeline import run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
 from nnunetv2_segresmamba.trainers.tracking import CO2_COUNTRY_ENV
-from tests.workspaces import CPU_PREDICT, drop_checkpoints, fold_dir, predict_in_process
 from tests.workspaces import E2E as SPEC
+from tests.workspaces import drop_checkpoints, fold_dir, predict_in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -177,7 +176,7 @@ def cascade(e2e_workspace):
                     e2e_workspace.env, quiet=True)
 
 
-def test_cascade_trains_and_predicts_through_the_cli(e2e_workspace, cascade, tmp_path):
+def test_cascade_trains_through_the_cli_and_its_second_stage_predicts_from_the_first(e2e_workspace, cascade):
     lowres_run = os.path.dirname(fold_dir(e2e_workspace, CASCADE_TRAINER, "3d_lowres"))
     with open(os.path.join(lowres_run, "plans.json")) as f:
         configurations = json.load(f)["configurations"]
@@ -191,16 +190,8 @@ def test_cascade_trains_and_predicts_through_the_cli(e2e_workspace, cascade, tmp
     weights = load_checkpoint_file(os.path.join(cascade_fold, "checkpoint_final.pth"), "cpu")
     assert weights["network_weights"]["stem.weight"].shape[1] == SPEC.num_channels + SPEC.num_classes  # + one-hot
 
-    images = os.path.join(e2e_workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs")
-    run_command(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path / "lowres"), "-d", DID, "-c", "3d_lowres",
-                 "-f", "all", "-tr", CASCADE_TRAINER, *CPU_PREDICT], e2e_workspace.env, quiet=True)
-    run_command(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path / "cascade"), "-d", DID, "-c",
-                 "3d_cascade_fullres", "-f", "0", "-tr", CASCADE_TRAINER, "-prev_stage_predictions",
-                 str(tmp_path / "lowres"), *CPU_PREDICT], e2e_workspace.env, quiet=True)
-    import SimpleITK as sitk
-
-    predictions = sorted(glob.glob(str(tmp_path / "cascade" / "*.nii.gz")))
-    assert len(predictions) == SPEC.num_test
-    assert sitk.GetArrayFromImage(sitk.ReadImage(predictions[0])).shape == tuple(SPEC.shape)
+    lowres = predict_in_process(e2e_workspace, CASCADE_TRAINER, "3d_lowres", "all")
+    predictions = predict_in_process(e2e_workspace, CASCADE_TRAINER, "3d_cascade_fullres", previous_stage=lowres)
+    assert len(predictions) == SPEC.num_test and all(p.shape == tuple(SPEC.shape) for p in predictions)
     for run in (lowres_run, os.path.dirname(cascade_fold)):  # used by no other test: free their disk now
         drop_checkpoints(run)

@@ -13,12 +13,13 @@ E2E = SyntheticSpec(dataset_id=991, name="E2E", num_train=6, num_test=2, shape=(
 CPU_PREDICT = ["-device", "cpu", "-npp", "1", "-nps", "1"]
 
 
-def preprocess_e2e(root: str) -> Workspace:
-    """E2E under ``root``, planned and preprocessed for 3d_fullres by nnU-Net."""
+def preprocess_e2e(root: str, verify: bool = False) -> Workspace:
+    """E2E under ``root``, planned and preprocessed for 3d_fullres by nnU-Net (``verify``: after
+    nnU-Net's check of the dataset, ``--verify_dataset_integrity``)."""
     ws = Workspace(root)
     make_dataset(ws.path("nnUNet_raw"), E2E)
     run_command(["nnUNetv2_plan_and_preprocess", "-d", str(E2E.dataset_id), "-c", "3d_fullres", "-np", "2",
-                 "--verify_dataset_integrity"], ws.env, quiet=True)
+                 *(["--verify_dataset_integrity"] if verify else [])], ws.env, quiet=True)
     return ws
 
 
@@ -69,13 +70,14 @@ def record_member(fold_dir, trainer: str, plans: str = "nnUNetPlans") -> None:
 
 
 def predict_in_process(ws: Workspace, trainer: str, configuration: str = "3d_fullres", fold: str = "0",
-                       spec: SyntheticSpec = E2E) -> list:
+                       spec: SyntheticSpec = E2E, previous_stage: list | None = None) -> list:
     """``trainer``'s fold of ``spec`` predicts each test image in this process, without test-time
     mirroring: nnU-Net's predictor as nnUNetv2_predict sets it up (the trainer looked up by the
     name its run recorded, the network built from the run's plans, the checkpoint loaded), sliding
-    windows, and the resampling back to each image's grid. What a ``nnUNetv2_predict`` subprocess
-    adds (its worker processes) is nnU-Net's own and runs in test_e2e.py. The segmentations, in
-    case order."""
+    windows, and the resampling back to each image's grid. A cascade's second stage takes the
+    first's segmentations, in case order, as ``-prev_stage_predictions`` gives them. What a
+    ``nnUNetv2_predict`` subprocess adds (its worker processes) is nnU-Net's own and runs in
+    test_e2e.py. The segmentations, in case order."""
     import torch
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -87,8 +89,10 @@ def predict_in_process(ws: Workspace, trainer: str, configuration: str = "3d_ful
     first_channels = glob.glob(os.path.join(images, "*_0000.nii.gz"))
     cases = sorted(os.path.basename(p)[:-len("_0000.nii.gz")] for p in first_channels)
     segmentations = []
-    for case in cases:
+    for i, case in enumerate(cases):
         files = [os.path.join(images, f"{case}_{c:04d}.nii.gz") for c in range(spec.num_channels)]
         image, properties = SimpleITKIO().read_images(files)
-        segmentations.append(predictor.predict_single_npy_array(image, properties))
+        # (1, z, y, x) float32, as nnU-Net's reader gives -prev_stage_predictions' files
+        previous = None if previous_stage is None else previous_stage[i][None].astype("float32")
+        segmentations.append(predictor.predict_single_npy_array(image, properties, previous))
     return segmentations
