@@ -14,6 +14,7 @@ import time
 import pytest
 
 from nnunetv2_segresmamba.sweeps.jobs import FoldJob, is_done
+from nnunetv2_segresmamba.sweeps.predict import PredictJob
 from nnunetv2_segresmamba.tools.pipeline import Workspace, run_command
 from nnunetv2_segresmamba.tools.synthetic import SyntheticSpec, make_dataset
 from tests.slurm_cluster import SlurmUnavailable, start_local_cluster
@@ -199,7 +200,9 @@ def test_slurm_array_runs_each_fold_and_requeues_one_stopped_twice(workspace, tm
     stop-check fold, which gets submitit's timeout signal (SIGUSR2 to the job step, as SLURM sends
     it ``slurm_signal_delay_s`` before the time limit) in epoch 1, and again after the requeued task
     resumed, in epoch 2: each time the task stops the training gracefully and submitit requeues
-    it. Both folds end done, each in its array task, and the report has both."""
+    it. Both folds end done, each in its array task; then (``--test``) each trainer's ensemble
+    predicts the test set as a task of a second array, and the report has both, cross-validation
+    and test."""
     pytest.importorskip("submitit")
     try:
         cluster = start_local_cluster(tmp_path / "slurm", accounting=False)
@@ -211,7 +214,7 @@ def test_slurm_array_runs_each_fold_and_requeues_one_stopped_twice(workspace, tm
     with cluster:
         proc = subprocess.Popen(cli(*sweep_args(sweep_dir, [STOPCHECK, NNUNET], [SLURM_FOLD]), "--executor", "slurm",
                                     "--partition", cluster.partition, "--gpus", "0", "--cpus", "1", "--time-min", "20",
-                                    "--wait"),
+                                    "--test", "--wait"),
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             for stop, epoch in enumerate((1, 2), start=1):
@@ -226,10 +229,14 @@ def test_slurm_array_runs_each_fold_and_requeues_one_stopped_twice(workspace, tm
                 proc.kill()
         status = run_status(env, sweep_dir)
     assert proc.returncode == 0, out
-    for done in (fold, plain):
-        assert is_done(done.fold_dir(results))
+    ensembles = [PredictJob(SPEC.folder_name, "3d_fullres", trainer, "nnUNetPlans", (SLURM_FOLD,),
+                            os.path.join(workspace.path("nnUNet_raw"), SPEC.folder_name, "imagesTs"))
+                 for trainer in (STOPCHECK, NNUNET)]
+    for done in (fold, plain, *ensembles):
         record = json.load(open(os.path.join(sweep_dir, "records", f"{done.key}.json")))
-        assert re.fullmatch(r"\d+_\d+", record["slurm_job_id"]), "the fold did not run as a SLURM array task"
+        assert re.fullmatch(r"\d+_\d+", record["slurm_job_id"]), f"{done.key} did not run as a SLURM array task"
+    assert all(is_done(j.fold_dir(results)) for j in (fold, plain))
+    assert all(len(glob.glob(str(e.output_dir(sweep_dir) / "*.nii.gz"))) == SPEC.num_test for e in ensembles)
     assert re.search(rf"^done\s+{plain.key}\s", status, re.M), status
     pairs = assert_each_resume_where_it_stopped(fold_dir, stops=2)
     resumed = [r for _, r in pairs]
@@ -239,3 +246,6 @@ def test_slurm_array_runs_each_fold_and_requeues_one_stopped_twice(workspace, tm
     run_command(cli("report", "--sweep-dir", sweep_dir), env, quiet=True)
     board = leaderboard(os.path.join(sweep_dir, "report"))
     assert board[NNUNET]["folds_done"] == board[STOPCHECK]["folds_done"] == "1"
+    with open(os.path.join(sweep_dir, "report", "cases.csv")) as f:
+        splits = {(r["trainer"], r["split"]) for r in csv.DictReader(f)}
+    assert splits == {(t, s) for t in (STOPCHECK, NNUNET) for s in ("cross-validation", "test")}
