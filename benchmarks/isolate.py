@@ -106,7 +106,7 @@ def run_isolated(target: Callable[..., dict], *args, memory_cap_gib: float | Non
         raise ValueError(f"memory_cap_gib must be positive (or None for no cap), got {memory_cap_gib}")
     ctx = _context(target)
     results = ctx.Queue()
-    child = ctx.Process(target=_child_main, args=(target, args, results, memory_cap_gib))
+    child = ctx.Process(target=_child_main, args=(target, args, results, memory_cap_gib, dict(os.environ)))
     child.start()
     while True:
         try:
@@ -123,9 +123,11 @@ def run_isolated(target: Callable[..., dict], *args, memory_cap_gib: float | Non
 
 
 def _context(target: Callable) -> mp.context.BaseContext:
-    """Children forked from a server process that imported torch and ``target``'s module, and
-    nothing else (no thread, no CUDA context): each child is as fresh as a spawned one without paying
-    torch's import again (seconds a child on a CPU). The server starts at the first call."""
+    """Children forked from a server process that imported torch and the first call's ``target``
+    module (a benchmark measures with one target), and nothing else (no thread, no CUDA context):
+    each child is as fresh as a spawned one without paying torch's import again (seconds a child
+    on a CPU). The server starts at the first call; each child takes this process's environment
+    as it is at its own start, as a spawned child would (:func:`_child_main`)."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", target.__module__])  # read when the server starts
     return ctx
@@ -139,7 +141,10 @@ def _left_behind(results: mp.Queue) -> dict | None:
         return None
 
 
-def _child_main(target: Callable[..., dict], args: tuple, results: mp.Queue, memory_cap_gib: float | None) -> None:
+def _child_main(target: Callable[..., dict], args: tuple, results: mp.Queue, memory_cap_gib: float | None,
+                environ: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(environ)  # the parent's now, not the server's from its start
     if memory_cap_gib is not None:
         cap = int(memory_cap_gib * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))

@@ -197,17 +197,18 @@ def build_nnunet(in_channels: int, out_channels: int, patch_size: Sequence[int])
 COMPARISON, BASELINE, ABLATION = "comparison", "baseline", "ablation"
 GROUPS = (COMPARISON, BASELINE, ABLATION)
 DEFAULT_PLANS = "nnUNetPlans"  # nnU-Net's default planner's plans identifier
-
-
-def trainer_label(trainer: str, plans: str) -> str:
-    """``TRAINER``, or ``TRAINER:PLANS`` where the plans are not nnU-Net's default (as ``sweep -tr`` takes it)."""
-    return trainer if plans == DEFAULT_PLANS else f"{trainer}:{plans}"
+PLANS_SEPARATOR = ":"  # sweep -tr TRAINER:PLANS
 BOTH, ONLY_3D, ONLY_2D = (2, 3), (3,), (2,)  # the spatial dims of the configurations a member trains
 # Output layers, as state-dict key prefixes (see Member.output_layers): nnU-Net's convention (its
 # U-Nets' decoders, U-Mamba's, Swin-UMamba-dagger's), SegResMamba's head, MONAI's UnetOutBlock
 # (SwinUNETR, UNETR, SegMamba), Swin-UMamba's deep-supervision heads
 SEG_LAYERS, SEGRESMAMBA_HEAD, MONAI_OUT, SWIN_UMAMBA_OUT = (
     ("decoder.seg_layers.",), ("head.seg_layers.",), ("out.",), ("out_layers.",))
+
+
+def trainer_label(trainer: str, plans: str) -> str:
+    """``TRAINER``, or ``TRAINER:PLANS`` where the plans are not nnU-Net's default (as ``sweep -tr`` takes it)."""
+    return trainer if plans == DEFAULT_PLANS else f"{trainer}{PLANS_SEPARATOR}{plans}"
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,13 @@ workers get one process each (its default, 8 spawned processes that each import 
 more on 2 cores than the tiny cases they export), and under pytest-xdist OpenMP's idle threads
 sleep instead of spinning (two trainings side by side on 2 cores, each with 2 threads: 18 s,
 against 21 s spinning, 33 s with one thread each, 32 s one after the other). And the planned
-datasets that several modules share."""
+datasets that several modules share, and the numba kernels compiled once in the background."""
 
+import importlib.util
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("nnUNet_def_n_proc", "1")  # read when nnunetv2.configuration is imported
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: the workers' processes share the cores
@@ -24,6 +28,24 @@ if not torch.cuda.is_available():
 # --dist loadfile --no-loadscope-reorder each starts on a worker of its own, and the quick
 # modules fill in around them, instead of two of them queueing on one worker at the end.
 SLOWEST_MODULES = ("test_e2e.py", "test_e2e_family.py", "test_benchmarks.py", "test_sweeps.py")
+
+
+KERNEL_WARMUP = pytest.StashKey[subprocess.Popen]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """tests/warm_kernels.py in the background, in the controlling process only: the numba
+    kernels compile once, while the first modules plan their datasets."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") and importlib.util.find_spec("numba"):
+        session.config.stash[KERNEL_WARMUP] = subprocess.Popen(
+            [sys.executable, "-m", "tests.warm_kernels"], cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    warmup = session.config.stash.get(KERNEL_WARMUP, None)
+    if warmup is not None:
+        warmup.wait()
 
 
 def pytest_collection_modifyitems(items: list) -> None:

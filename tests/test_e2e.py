@@ -276,10 +276,13 @@ def test_resume_from_a_truncated_checkpoint_names_it_and_keeps_it(e2e_workspace,
     assert open(checkpoint, "rb").read() == truncated
 
 
-def test_a_stop_signal_in_the_final_validation_leaves_it_undone_for_c(e2e_workspace, trained, tmp_path, monkeypatch):
-    """SIGUSR1 to the trainer as nnUNetv2_train --val runs it (in this process): it exits with 75,
-    the half-written validation is not taken as done (its summary.json removed), and its log says so
-    in the line the sweep records as ``validation``."""
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_a_stop_signal_in_the_final_validation_leaves_it_undone(e2e_workspace, trained, tmp_path, monkeypatch, when):
+    """SIGUSR1 to the trainer in its final validation (in this process, as ``nnUNetv2_train --val``
+    runs it), come while ``checkpoint_final.pth`` was written ("before") or while the network
+    predicts a validation case ("during"): it exits with 75, the validation is not taken as done
+    (a ``summary.json`` is removed), and its log says so in the line the sweep records as
+    ``validation``."""
     from nnunetv2_segresmamba.tools.stopping import IN_VALIDATION, STOPPED_EXIT_CODE, stopped_epoch
     from nnunetv2_segresmamba.trainers import nnUNetTrainerSegResMamba_smoke
 
@@ -292,16 +295,28 @@ def test_a_stop_signal_in_the_final_validation_leaves_it_undone_for_c(e2e_worksp
     summary = copy / "fold_0" / "validation" / "summary.json"
     summary.parent.mkdir()
     summary.write_text("{}")  # as a validation stopped after nnU-Net wrote it would leave it
+    forward = trainer.network.forward
+    predicted = []
+
+    def forward_then_signal(x):
+        predicted.append(x.shape)
+        os.kill(os.getpid(), signal.SIGUSR1)  # its handler runs at the next Python line: inside the prediction
+        return forward(x)
+
     handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
     try:
         trainer.install_stop_handlers()
-        os.kill(os.getpid(), signal.SIGUSR1)
+        if when == "before":
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            monkeypatch.setattr(trainer.network, "forward", forward_then_signal)
         with pytest.raises(SystemExit) as stopped:
             trainer.perform_actual_validation(False)
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
     assert stopped.value.code == STOPPED_EXIT_CODE
+    assert len(predicted) == (1 if when == "during" else 0)  # stopped at the first window
     assert not summary.exists()
     assert stopped_epoch(open(trainer.log_file).read().splitlines()[-1]) == IN_VALIDATION
 

@@ -57,7 +57,7 @@ def train_smoke(e2e_workspace, trainer, epochs):
 
 
 @pytest.mark.parametrize("trainer", BASELINES)
-def test_baseline_trains_and_predicts_through_the_cli(e2e_workspace, trainer):
+def test_baseline_trains_through_the_cli_and_predicts(e2e_workspace, trainer):
     """Trains and validates through the CLI, then predicts without test-time mirroring (8 forward
     passes a window; nnUNetv2_predict with mirroring runs in test_e2e.py)."""
     patch, epochs = BASELINES[trainer]

@@ -8,7 +8,7 @@ import torch
 
 from benchmarks.isolate import death_message, describe_failure, is_out_of_memory, run_isolated
 
-# children are spawned: their targets must be importable functions at the top of a module
+# children are forked from a fresh server process: their targets must be importable functions at the top of a module
 
 
 def returns(value):
@@ -31,8 +31,20 @@ def exits(code):
     os._exit(code)
 
 
+def environment_value(name):
+    return {"value": os.environ.get(name)}
+
+
 def test_a_child_returns_its_result():
     assert run_isolated(returns, 3) == {"value": 3}
+
+
+def test_a_child_runs_in_this_process_environment_as_it_is_now(monkeypatch):
+    """The children's server starts once; each child still takes the environment of its call."""
+    run_isolated(returns, 0)  # the server runs from here on
+    monkeypatch.setenv("NNUNETV2_SEGRESMAMBA_ISOLATE_CHECK", "set after the server started")
+    assert run_isolated(environment_value, "NNUNETV2_SEGRESMAMBA_ISOLATE_CHECK") == {
+        "value": "set after the server started"}
 
 
 @pytest.mark.parametrize(("target", "args", "cap", "error"), [

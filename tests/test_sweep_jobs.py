@@ -5,9 +5,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
+from nnunetv2_segresmamba.sweeps import status
 from nnunetv2_segresmamba.sweeps.jobs import FoldJob, require_plans, trainer_and_plans, write_record
 from nnunetv2_segresmamba.sweeps.status import job_states, stops_and_resumes
 from nnunetv2_segresmamba.tools.layout import CHECKPOINT_FINAL, VALIDATION_SUMMARY
@@ -68,7 +70,7 @@ def test_the_planning_advice_is_a_command_nnunet_takes(tmp_path, monkeypatch):
     assert exited.value.code == 0
 
 
-def test_a_done_fold_whose_process_has_not_recorded_its_end_is_still_running(tmp_path):
+def test_a_done_fold_whose_process_has_not_recorded_its_end_is_still_running(tmp_path, monkeypatch):
     """A fold's files say it is done (checkpoint_final.pth, validation/summary.json) a moment before
     its process records the end (the epochs it resumed at): ``sweep --wait`` must wait for that."""
     job, results, sweep_dir = FoldJob(DATASET, "3d_fullres", "nnUNetTrainerSegResMamba", 0), tmp_path / "r", tmp_path
@@ -84,12 +86,16 @@ def test_a_done_fold_whose_process_has_not_recorded_its_end_is_still_running(tmp
         status = job_states([job], sweep_dir, results)[0]
         return status.state, status.detail
 
-    host = socket.gethostname()
-    assert state(state="running", host=host, pid=os.getpid(), slurm_job_id=None)[0] == "running"
-    assert state(state="running", host=host, pid=ended.pid, slurm_job_id=None) == ("done", "")
-    assert state(state="running", host="elsewhere", pid=os.getpid(), slurm_job_id=None) == ("done", "")
-    assert state(state="running", host=host, pid=os.getpid(), slurm_job_id="123_4") == ("done", "")  # not queued
-    assert state(state="done", host=host, pid=os.getpid(), slurm_job_id=None) == ("done", "")
+    host, now = socket.gethostname(), time.time()
+    monkeypatch.setattr(status, "squeue_states", lambda: {"123_4": "RUNNING"})  # SLURM's queue, as squeue gives it
+    assert state(state="running", host=host, pid=os.getpid(), started=now, slurm_job_id=None)[0] == "running"
+    assert state(state="running", host=host, pid=ended.pid, started=now, slurm_job_id=None) == ("done", "")
+    # this pid began after the record's start: another process that reuses the recorded one's pid
+    assert state(state="running", host=host, pid=os.getpid(), started=now - 3600, slurm_job_id=None) == ("done", "")
+    assert state(state="running", host="elsewhere", pid=os.getpid(), started=now, slurm_job_id=None) == ("done", "")
+    assert state(state="running", host=host, pid=1, started=now, slurm_job_id="123_4")[0] == "running"  # queued
+    assert state(state="running", host=host, pid=1, started=now, slurm_job_id="123_5") == ("done", "")  # left it
+    assert state(state="done", host=host, pid=os.getpid(), started=now, slurm_job_id=None) == ("done", "")
 
 
 def test_the_status_says_where_each_stop_resumes():

@@ -12,6 +12,7 @@ import pytest
 from nnunetv2_segresmamba.sweeps.jobs import FoldJob, read_plan, write_plan
 from nnunetv2_segresmamba.sweeps.predict import PredictJob
 from nnunetv2_segresmamba.sweeps.report import build_report
+from nnunetv2_segresmamba.sweeps.verdict import check_reference
 from nnunetv2_segresmamba.tools.layout import PLAN_FILE, TEST_SET_FILE
 from tests.test_evaluation import sphere, write_nifti
 from tests.workspaces import record_member
@@ -164,15 +165,22 @@ def test_every_ablation_names_the_network_it_changes():
 
 def test_the_default_reference_is_the_sweeps_first_trainer_not_the_best(tmp_path):
     """The reference is chosen before the results are seen: the sweep's first trainer (``-tr`` order),
-    here the one-voxel-off control, never the trainer with the best mean Dice."""
+    here SegMamba, which has a missing fold, so each panel says it compares with the next one, the
+    one-voxel-off control, and never with the trainer with the best mean Dice. An unknown
+    ``--reference`` is refused before anything is evaluated or written."""
     sweep, results = make_sweep(tmp_path)
     jobs = read_plan(sweep)
     (sweep / PLAN_FILE).unlink()
-    write_plan(sweep, [j for j in jobs if j.trainer == CONTROL] + [j for j in jobs if j.trainer != CONTROL])
-    with pytest.raises(ValueError, match=f"--reference UMambaBot is not a trainer of this sweep: {CONTROL}, "):
+    order = (THEIRS, CONTROL, OURS)
+    write_plan(sweep, sorted(jobs, key=lambda j: order.index(j.trainer)))
+    with pytest.raises(ValueError, match=f"--reference UMambaBot is not a trainer of this sweep: {THEIRS}, {CONTROL}"):
         build_report(sweep, results, reference="UMambaBot")
+    assert not (sweep / "report").exists()
+    assert check_reference(sweep, f"{OURS}:nnUNetPlans") == OURS  # the default plans, named or not
     build_report(sweep, results)
     rows = [r for r in read_csv(sweep / "report" / "paired.csv") if r["kind"] == "reference" and r["metric"] == "dice"]
     assert {(r["split"], r["trainer"], r["versus"]) for r in rows} == {
         ("cross-validation", OURS, CONTROL), ("test", OURS, CONTROL)}
     assert all(float(r["mean_difference"]) > 0 for r in rows)
+    md = (sweep / "report" / "statistics.md").read_text()
+    assert md.count(f"the reference {THEIRS} is not in this panel; compared with {CONTROL} instead") == 2

@@ -172,7 +172,8 @@ def test_local_sweep_ctrl_c_stops_the_training_gracefully_and_resumes(workspace)
     fold = job(STOPCHECK, 0)
     args, env = sweep_args(sweep_dir, [STOPCHECK], [0]), {**os.environ, **workspace.env, "nnUNet_n_proc_DA": "1"}
     proc = subprocess.Popen(cli(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # SIG_DFL: as in a terminal, whatever this test inherited (a shell's background job ignores SIGINT)
     try:
         wait_for_log(fold.fold_dir(results), r": Epoch 1 ?$", proc)
         os.killpg(proc.pid, signal.SIGINT)

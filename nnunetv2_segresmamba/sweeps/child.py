@@ -77,7 +77,7 @@ class Interrupted(KeyboardInterrupt):
         self.child = child
 
 
-def _first(new: int | None, old: int | None) -> int | None:
+def _first(new: int | str | None, old: int | str | None) -> int | str | None:
     return new if new is not None else old
 
 

@@ -17,7 +17,15 @@ from dataclasses import asdict, dataclass
 from itertools import product
 from pathlib import Path
 
-from nnunetv2_segresmamba.registry import DEFAULT_PLANS, RESENC_PRESETS, Member, network, resenc_planner, resenc_plans
+from nnunetv2_segresmamba.registry import (
+    DEFAULT_PLANS,
+    PLANS_SEPARATOR,
+    RESENC_PRESETS,
+    Member,
+    network,
+    resenc_planner,
+    resenc_plans,
+)
 from nnunetv2_segresmamba.sweeps.child import Child, Interrupted, run_child, stopped
 from nnunetv2_segresmamba.tools.layout import (
     CHECKPOINT_FINAL,
@@ -78,9 +86,6 @@ class FoldJob:
     def validate_command(self, device: str) -> list[str]:
         """Validation only (``--val --npz``) of a trained fold; ``--c`` would save checkpoint_final again."""
         return self.command(device, "--npz", "--val")
-
-
-PLANS_SEPARATOR = ":"  # -tr TRAINER:PLANS
 
 
 def trainer_and_plans(spec: str, default_plans: str = DEFAULT_PLANS) -> tuple[str, str]:

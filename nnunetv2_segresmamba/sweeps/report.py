@@ -22,7 +22,7 @@ from pathlib import Path
 from nnunetv2_segresmamba.evaluation.folder import Tolerances
 from nnunetv2_segresmamba.registry import DEFAULT_PLANS
 from nnunetv2_segresmamba.sweeps.jobs import FoldJob, is_done, is_trained, read_plan, trained_member
-from nnunetv2_segresmamba.sweeps.verdict import STATISTICS_FILE, build_verdict
+from nnunetv2_segresmamba.sweeps.verdict import STATISTICS_FILE, build_verdict, check_reference
 from nnunetv2_segresmamba.tools.layout import PLAN_FILE, REPORT_DIR, RUN_METRICS_FILE, VALIDATION_SUMMARY
 from nnunetv2_segresmamba.tools.reporting import (
     DiceMemoryPoint,
@@ -71,9 +71,10 @@ def build_report(sweep_dir: Path, results: Path, out_dir: Path | None = None,
     ``tolerances`` (NSD), ``reference`` (TRAINER or TRAINER:PLANS) and ``num_processes``: the per-case
     part's (:func:`~nnunetv2_segresmamba.sweeps.verdict.build_verdict`).
     """
+    folds = collect(Path(sweep_dir), Path(results))
+    reference = check_reference(Path(sweep_dir), reference)
     out_dir = Path(out_dir or Path(sweep_dir) / REPORT_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
-    folds = collect(Path(sweep_dir), Path(results))
     groups = group_folds(folds)
     rows = sorted((leaderboard_row(key, members, allow_incomplete) for key, members in groups.items()),
                   key=_rank)

@@ -99,28 +99,45 @@ def _running_or_lost(record: dict, queue: dict[str, str]) -> tuple[str, str]:
         return "failed", f"SLURM {slurm_id} ended while training (killed, preempted or out of time)"
     if record.get("host") != socket.gethostname():
         return "running", f"pid {record['pid']} on {record['host']} (cannot check from here)"
-    if _alive(record["pid"]):
+    if _alive(record["pid"], record.get("started")):
         return "running", f"pid {record['pid']}"
     return "failed", f"pid {record['pid']} ended while training (killed)"
 
 
 def _still_running(record: dict, queue: dict[str, str]) -> bool:
     """Whether the process of a ``running`` record is seen to run: its SLURM task is queued, or its
-    pid lives on this host. A fold's files say it is done before its process has recorded the end."""
+    pid lives on this host. A fold's files say it is done before its process has recorded the end.
+    A process on another host cannot be checked from here: its files are taken as they are."""
     slurm_id = record.get("slurm_job_id")
     if slurm_id:
         return slurm_id in queue
-    return record.get("host") == socket.gethostname() and _alive(record["pid"])
+    return record.get("host") == socket.gethostname() and _alive(record["pid"], record.get("started"))
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, started: float | None = None) -> bool:
+    """Whether ``pid`` runs on this host and, where the record's ``started`` (``time.time()``) is
+    given and Linux's /proc says when the process began, began before it: not a later process
+    that reuses the pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    began = _start_time(pid)
+    return started is None or began is None or began <= started + 2  # /proc/stat's btime: whole seconds
+
+
+def _start_time(pid: int) -> float | None:
+    """When ``pid`` began (seconds since the epoch), from /proc; None where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return None
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime: clock ticks after boot
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def format_table(statuses: list[JobStatus]) -> str:

@@ -34,7 +34,7 @@ from nnunetv2_segresmamba.evaluation.folder import (
 from nnunetv2_segresmamba.evaluation.metrics import BOTH_EMPTY, PRED_EMPTY, REF_EMPTY
 from nnunetv2_segresmamba.evaluation.stats import BOOTSTRAP_SAMPLES, Paired, case_ranks, compare, rank_stability
 from nnunetv2_segresmamba.registry import Member, trainer_label
-from nnunetv2_segresmamba.sweeps.jobs import FoldJob, read_plan, runs_dir, trained_member
+from nnunetv2_segresmamba.sweeps.jobs import FoldJob, read_plan, runs_dir, trained_member, trainer_and_plans
 from nnunetv2_segresmamba.sweeps.predict import predict_jobs, read_test_sets
 from nnunetv2_segresmamba.tools.layout import VALIDATION_SUMMARY
 from nnunetv2_segresmamba.tools.reporting import markdown_table, pyplot, save_figure
@@ -103,12 +103,11 @@ def build_verdict(fold_results: Sequence, sweep_dir: Path, results: Path, out_di
     """Evaluates, compares and writes the files of the module docstring into ``out_dir``; returns them.
     ``fold_results``: the report's :class:`~nnunetv2_segresmamba.sweeps.report.FoldResult` of every
     planned fold."""
+    reference = check_reference(sweep_dir, reference)
     notes: list[str] = []
     entries = cv_entries(fold_results, tolerances, num_processes, allow_incomplete, notes)
     entries += ensemble_entries([f.job for f in fold_results], sweep_dir, results, tolerances, num_processes, notes)
-    planned = list(dict.fromkeys(trainer_label(j.trainer, j.plans) for j in read_plan(sweep_dir)))  # sweep's -tr order
-    if reference and reference not in planned:
-        raise ValueError(f"--reference {reference} is not a trainer of this sweep: {', '.join(planned)}")
+    planned = planned_trainers(sweep_dir)
     panels = [compare_panel(key, [e for e in entries if e.panel == key], reference, planned)
               for key in dict.fromkeys(e.panel for e in entries)]
     written = [_write_csv(out_dir / "cases.csv", [r for e in entries for r in _case_rows(e)]),
@@ -182,10 +181,28 @@ def ensemble_entries(fold_jobs: list[FoldJob], sweep_dir: Path, results: Path, t
     return entries
 
 
+def planned_trainers(sweep_dir: Path) -> list[str]:
+    """The sweep's trainers as ``sweep -tr`` named them (:func:`~nnunetv2_segresmamba.registry.trainer_label`),
+    in that order."""
+    return list(dict.fromkeys(trainer_label(j.trainer, j.plans) for j in read_plan(sweep_dir)))
+
+
+def check_reference(sweep_dir: Path, reference: str | None) -> str | None:
+    """``--reference`` as the sweep names its trainers (``TRAINER:nnUNetPlans`` is ``TRAINER``), or a
+    ValueError listing them: before anything is evaluated or written."""
+    if reference is None:
+        return None
+    label, planned = trainer_label(*trainer_and_plans(reference)), planned_trainers(sweep_dir)
+    if label not in planned:
+        raise ValueError(f"--reference {reference} is not a trainer of this sweep: {', '.join(planned)}")
+    return label
+
+
 def compare_panel(key: tuple[str, str, str], entries: list[Entry], reference: str | None,
-                  planned: Sequence[str] = ()) -> Panel:
+                  planned: Sequence[str]) -> Panel:
     """Paired statistics, controls and ranking of ``entries`` on their shared cases, against
-    ``reference``, else the first trainer of ``planned`` (the sweep's order) that the panel has."""
+    ``reference``, else the first trainer of ``planned`` (the sweep's order) that the panel has;
+    a note says so where that is not the one asked for (or, by default, the sweep's first)."""
     cases = sorted(set.intersection(*(set(e.scores("dice")) for e in entries)))
     panel = Panel(key, entries, cases)
     if len(entries) < 2 or len(cases) < 2:
@@ -194,8 +211,9 @@ def compare_panel(key: tuple[str, str, str], entries: list[Entry], reference: st
         return panel
     labels = [e.label for e in entries]
     panel.reference = next(t for t in [reference, *planned, *labels] if t in labels)
-    if reference and reference != panel.reference:
-        panel.notes.append(f"--reference {reference} is not in this panel; compared with {panel.reference} instead")
+    wanted = reference or (planned[0] if planned else panel.reference)
+    if wanted != panel.reference:
+        panel.notes.append(f"the reference {wanted} is not in this panel; compared with {panel.reference} instead")
     controls = control_pairs(entries)
     for metric in METRICS:
         scores, higher = panel.scores(metric), HIGHER_IS_BETTER[metric]

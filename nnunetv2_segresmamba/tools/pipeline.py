@@ -68,18 +68,33 @@ def run_command(args: list[str], env: dict[str, str] | None = None, log_path: st
         proc = subprocess.Popen(command_line(args), env=command_env(env), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         tail: deque[str] = deque(maxlen=40)
-        for line in proc.stdout:
-            log.write(line)
-            tail.append(line)
-            if on_line:
-                on_line(line)
-            if not quiet:
-                sys.stdout.write("    " + line)
-                sys.stdout.flush()
-        proc.wait()
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                tail.append(line)
+                if on_line:
+                    on_line(line)
+                if not quiet:
+                    sys.stdout.write("    " + line)
+                    sys.stdout.flush()
+            proc.wait()
+        except BaseException:  # Ctrl-C: the command has ended when we do (nothing writes on behind us)
+            end_process(proc)
+            raise
     if proc.returncode:
         raise RuntimeError(failure_message(args, proc.returncode, tail))
     return time.perf_counter() - start
+
+
+def end_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """Terminates ``proc`` (SIGTERM, then SIGKILL after ``timeout_s``) and waits for it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def describe_error(err: BaseException) -> str:

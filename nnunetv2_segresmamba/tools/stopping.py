@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
+from typing import Literal
 
 # SLURM's --signal=USR1@SECONDS (a user's choice), and SIGTERM: SLURM's preemption and time limit,
 # docker stop, kill. The sweep forwards SIGUSR1 to its training process.
@@ -43,7 +44,7 @@ def resumed_line(epoch: int) -> str:
     return _RESUMED.format(epoch=epoch)
 
 
-def stopped_epoch(line: str) -> int | str | None:
+def stopped_epoch(line: str) -> int | Literal["validation"] | None:
     """The epoch where ``--c`` resumes, if ``line`` is a :func:`stopped_line`; :data:`IN_VALIDATION`
     if it is a :func:`stopped_in_validation_line`; else None."""
     match = _STOPPED_RE.search(line)
