@@ -2,8 +2,9 @@
 
 - ``done``: trained and validated (``checkpoint_final.pth`` and ``validation/summary.json``); a test-set
   ensemble: its predictions complete (``sweeps.predict``);
-- ``running`` / ``pending``: a live process here, or a task in ``squeue`` (also while a done job's
-  process is still ending: ``--wait`` returns once every job has recorded its end);
+- ``running`` / ``pending``: a live process here, or a task in ``squeue`` (also a done job whose
+  process is still seen running, ending: ``--wait`` returns once it has recorded its end; a
+  process on another host cannot be seen from here);
 - ``stopped``: the trainer stopped gracefully (Ctrl-C, SIGUSR1/SIGTERM) and was not requeued: run
   the sweep again to resume it;
 - ``failed``: nnU-Net failed, or the job was killed or left the queue before finishing;
