@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nnunetv2_segresmamba.tools.pipeline import end_process
+
 PARTITION = "debug"
 NODE_NAME = "localnode"
 CRED_EXPIRE_S = 30  # job credentials (AuthInfo cred_expire): a requeued job starts again after this, not 120 s
@@ -78,14 +80,7 @@ class _Daemon:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if the daemon is still there after ``timeout_s``."""
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        end_process(self.process, timeout_s)
 
 
 @dataclass
