@@ -102,8 +102,8 @@ def build_verdict(fold_results: Sequence, sweep_dir: Path, results: Path, out_di
                   reference: str | None = None, num_processes: int = 1, allow_incomplete: bool = False) -> list[Path]:
     """Evaluates, compares and writes the files of the module docstring into ``out_dir``; returns them.
     ``fold_results``: the report's :class:`~nnunetv2_segresmamba.sweeps.report.FoldResult` of every
-    planned fold."""
-    reference = check_reference(sweep_dir, reference)
+    planned fold; ``reference``: a trainer of the sweep as :func:`check_reference` gives it (the
+    report checks it before it writes anything)."""
     notes: list[str] = []
     entries = cv_entries(fold_results, tolerances, num_processes, allow_incomplete, notes)
     entries += ensemble_entries([f.job for f in fold_results], sweep_dir, results, tolerances, num_processes, notes)
